@@ -1,0 +1,45 @@
+"""The `netwatch` command: one argparse tree, one module per command group.
+
+Each command group lives in its own module with a `register(subparsers)` function that adds
+its parser and sets `func` on it; `func(args) -> int` returns an exit code from
+`netwatch.exitcodes`. Errors that a user can fix are printed as one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from netwatch import __version__, exitcodes
+from netwatch.commands import config_cmd
+
+# Command groups, in the order `netwatch --help` lists them.
+COMMAND_GROUPS = [config_cmd]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="netwatch",
+        description="Network and BGP failover monitor: uplink agent, transit controller, lab.",
+    )
+    parser.add_argument("--version", action="version", version=f"netwatch {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for group in COMMAND_GROUPS:
+        group.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "func"):
+        parser.print_help(sys.stderr)
+        return exitcodes.USAGE
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Command groups of the `netwatch` CLI, one module each."""
