@@ -1,0 +1,87 @@
+"""Policy routing for probes: one routing table and one fwmark rule per path. I/O only.
+
+Both daemons judge each path on its own, whatever the main table's best route is: the agent
+probes through each uplink, the controller through each transit. A probe socket carries
+SO_MARK=mark; the rule `fwmark mark lookup table` sends it into a table whose only route is
+the default via that path's next hop.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+# Routes netwatch installs carry this protocol number (see /etc/iproute2/rt_protos):
+# recognisable in `ip route` output as "proto 252", and never touched by other daemons.
+RTPROT_NETWATCH = 252
+RULE_PRIORITY = 100  # ahead of the main table (32766)
+
+
+@dataclass(frozen=True)
+class ProbePath:
+    """One path to probe through: packets marked `mark` go via `gateway` on `ifname`."""
+
+    mark: int
+    table: int
+    gateway: IPv4Address | IPv6Address
+    ifname: str
+
+    @property
+    def family(self) -> int:
+        return socket.AF_INET if self.gateway.version == 4 else socket.AF_INET6
+
+
+async def install_probe_path(ipr: AsyncIPRoute, path: ProbePath) -> None:
+    """Create or repair the table route and the fwmark rule of `path`. Idempotent.
+
+    Raises NetlinkError when the interface is missing or the gateway is unreachable (the
+    kernel refuses a route via a down link): the caller retries on the next link event.
+    """
+    index = await _ifindex(ipr, path.ifname)
+    await ipr.route(
+        "replace",
+        dst="default",
+        gateway=str(path.gateway),
+        oif=index,
+        table=path.table,
+        proto=RTPROT_NETWATCH,
+        family=path.family,
+    )
+    rules = [r async for r in await ipr.rule("dump", family=path.family)]
+    for rule in rules:
+        if rule.get("fwmark") == path.mark and rule.get("table") == path.table:
+            return
+    await ipr.rule(
+        "add",
+        family=path.family,
+        fwmark=path.mark,
+        fwmask=0xFFFFFFFF,
+        table=path.table,
+        priority=RULE_PRIORITY,
+    )
+
+
+async def remove_probe_path(ipr: AsyncIPRoute, path: ProbePath) -> None:
+    """Remove the rule and the table route of `path`; missing pieces are not an error."""
+    for action in (
+        lambda: ipr.rule(
+            "del", family=path.family, fwmark=path.mark, fwmask=0xFFFFFFFF, table=path.table,
+            priority=RULE_PRIORITY,
+        ),
+        lambda: ipr.route("del", dst="default", table=path.table, family=path.family),
+    ):
+        try:
+            await action()
+        except NetlinkError:
+            pass
+
+
+async def _ifindex(ipr: AsyncIPRoute, ifname: str) -> int:
+    found = await ipr.link_lookup(ifname=ifname)
+    if not found:
+        raise NetlinkError(19, f"no interface {ifname!r}")  # ENODEV
+    return found[0]
