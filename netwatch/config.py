@@ -81,7 +81,8 @@ def _parse_community(value: Any) -> str:
     parts = [int(p) for p in match.groups() if p is not None]
     limit = 0xFFFF if len(parts) == 2 else 0xFFFFFFFF
     if any(p > limit for p in parts):
-        raise ValueError(f"'{value}' is out of range for a {'standard' if limit == 0xFFFF else 'large'} community")
+        kind = "standard" if limit == 0xFFFF else "large"
+        raise ValueError(f"'{value}' is out of range for a {kind} community")
     return value
 
 
@@ -90,7 +91,9 @@ _IFNAME = re.compile(r"^[A-Za-z0-9_.@:+-]{1,15}$")
 
 def _check_ifname(value: str) -> str:
     if not _IFNAME.match(value) or value in (".", ".."):
-        raise ValueError(f"{value!r} is not a Linux interface name (1-15 characters, no / or space)")
+        raise ValueError(
+            f"{value!r} is not a Linux interface name (1-15 characters, no / or space)"
+        )
     return value
 
 
@@ -99,7 +102,9 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 def _check_name(value: str) -> str:
     if not _NAME.match(value):
-        raise ValueError(f"{value!r} is not a valid name (lower-case letters, digits, - and _; 1-32)")
+        raise ValueError(
+            f"{value!r} is not a valid name (lower-case letters, digits, - and _; 1-32)"
+        )
     return value
 
 
@@ -119,7 +124,7 @@ def _check_listen(value: str) -> str:
 def _check_mode(value: Any) -> str:
     text = str(value)
     if not re.match(r"^0?[0-7]{3}$", text):
-        raise ValueError(f"{value!r} is not an octal file mode (e.g. \"0660\"; quote it in YAML)")
+        raise ValueError(f'{value!r} is not an octal file mode (e.g. "0660"; quote it in YAML)')
     return text.rjust(4, "0")
 
 
@@ -200,7 +205,11 @@ class Upstream(_Strict):
 
     @property
     def probe_nexthop6(self) -> IPAddress | None:
-        return self.nexthop6 or self.neighbor6 or (self.nexthop if self.neighbor.version == 6 else None)
+        return (
+            self.nexthop6
+            or self.neighbor6
+            or (self.nexthop if self.neighbor.version == 6 else None)
+        )
 
 
 def _target_from_scalar(value: Any) -> Any:
@@ -511,11 +520,16 @@ def _controller_checks(site: Site, ctl: Controller) -> list[tuple[Loc, str]]:
             value = getattr(upstream, key)
             if value is not None and value.version != version:
                 found.append(
-                    ((*ups, i, key), f"'{value}' is IPv{value.version} but neighbor is IPv{version}")
+                    (
+                        (*ups, i, key),
+                        f"'{value}' is IPv{value.version} but neighbor is IPv{version}",
+                    )
                 )
         if (upstream.neighbor6 is None) != (upstream.local_address6 is None):
             missing = "local_address6" if upstream.local_address6 is None else "neighbor6"
-            found.append(((*ups, i, missing), "required when the other of neighbor6/local_address6 is set"))
+            found.append(
+                ((*ups, i, missing), "required when the other of neighbor6/local_address6 is set")
+            )
         if version == 6 and upstream.neighbor6 is not None:
             found.append(((*ups, i, "neighbor6"), "the neighbor is already IPv6"))
     policy = ctl.policy
@@ -527,7 +541,11 @@ def _controller_checks(site: Site, ctl: Controller) -> list[tuple[Loc, str]]:
                 f"{deg.loss_ratio} must be below failed.loss_ratio ({fail.loss_ratio})",
             )
         )
-    if deg.latency_ms is not None and fail.latency_ms is not None and deg.latency_ms >= fail.latency_ms:
+    if (
+        deg.latency_ms is not None
+        and fail.latency_ms is not None
+        and deg.latency_ms >= fail.latency_ms
+    ):
         found.append(
             (
                 ("controller", "policy", "degraded", "latency_ms"),
@@ -536,10 +554,15 @@ def _controller_checks(site: Site, ctl: Controller) -> list[tuple[Loc, str]]:
         )
     for name, verdict in (("degraded", deg), ("failed", fail)):
         if verdict.action == "prepend" and verdict.prepend is None:
-            found.append((("controller", "policy", name, "prepend"), "required when action is prepend"))
+            found.append(
+                (("controller", "policy", name, "prepend"), "required when action is prepend")
+            )
         if verdict.action == "communities" and not verdict.communities:
             found.append(
-                (("controller", "policy", name, "communities"), "required when action is communities")
+                (
+                    ("controller", "policy", name, "communities"),
+                    "required when action is communities",
+                )
             )
     if policy.min_announcing_upstreams >= len(ctl.upstreams):
         found.append(
@@ -551,17 +574,25 @@ def _controller_checks(site: Site, ctl: Controller) -> list[tuple[Loc, str]]:
         )
     probe = ctl.probe
     if bool(probe.targets) == (probe.targets_file is not None):
-        found.append((("controller", "probe", "targets"), "give exactly one of targets and targets_file"))
+        found.append(
+            (("controller", "probe", "targets"), "give exactly one of targets and targets_file")
+        )
     if probe.window_s * 1000 < probe.interval_ms:
         found.append(
-            (("controller", "probe", "window_s"), f"{probe.window_s} s is shorter than one interval")
+            (
+                ("controller", "probe", "window_s"),
+                f"{probe.window_s} s is shorter than one interval",
+            )
         )
     v6_sessions = any(u.neighbor6 is not None or u.neighbor.version == 6 for u in ctl.upstreams)
     v4_sessions = any(u.neighbor.version == 4 for u in ctl.upstreams)
     for i, prefix in enumerate(site.prefixes):
         if (prefix.version == 6 and not v6_sessions) or (prefix.version == 4 and not v4_sessions):
             found.append(
-                (("prefixes", i), f"no upstream has an IPv{prefix.version} session to announce it on")
+                (
+                    ("prefixes", i),
+                    f"no upstream has an IPv{prefix.version} session to announce it on",
+                )
             )
     return found
 
@@ -578,7 +609,9 @@ def load_site(path: str | Path) -> Site:
         site = Site.model_validate(doc.data)
     except ValidationError as exc:
         raise ConfigError(problems + _problems(exc, doc, Site)) from None
-    problems += [Problem(doc.file, doc.line(loc), _dotted(loc), msg) for loc, msg in _cross_checks(site)]
+    problems += [
+        Problem(doc.file, doc.line(loc), _dotted(loc), msg) for loc, msg in _cross_checks(site)
+    ]
     if problems:
         raise ConfigError(problems)
     ctl = site.controller
@@ -596,7 +629,11 @@ def _load_targets(path: Path, site_doc: _Document) -> list[Target]:
     except ConfigError as exc:
         if exc.problems[0].message == "no such file":
             raise ConfigError(
-                [Problem(site_doc.file, site_doc.line(loc), _dotted(loc), f"'{path}' does not exist")]
+                [
+                    Problem(
+                        site_doc.file, site_doc.line(loc), _dotted(loc), f"'{path}' does not exist"
+                    )
+                ]
             ) from None
         raise
     try:
@@ -606,7 +643,9 @@ def _load_targets(path: Path, site_doc: _Document) -> list[Target]:
     if doc.duplicates:
         raise ConfigError(doc.duplicates)
     if not catalogue.targets:
-        raise ConfigError([Problem(doc.file, doc.line(("targets",)), "targets", "must not be empty")])
+        raise ConfigError(
+            [Problem(doc.file, doc.line(("targets",)), "targets", "must not be empty")]
+        )
     return catalogue.targets
 
 

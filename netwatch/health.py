@@ -49,7 +49,7 @@ class Hysteresis:
 
 @dataclass(frozen=True)
 class HoldDown:
-    """"Stable for at least `hold_s`": tracks since when a thing has been continuously good.
+    """ "Stable for at least `hold_s`": tracks since when a thing has been continuously good.
 
     `since` is None while the thing is bad; `ready(now)` is true once it has been good for
     `hold_s` seconds without interruption.

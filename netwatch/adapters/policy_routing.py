@@ -8,6 +8,7 @@ the default via that path's next hop.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
@@ -69,15 +70,17 @@ async def remove_probe_path(ipr: AsyncIPRoute, path: ProbePath) -> None:
     """Remove the rule and the table route of `path`; missing pieces are not an error."""
     for action in (
         lambda: ipr.rule(
-            "del", family=path.family, fwmark=path.mark, fwmask=0xFFFFFFFF, table=path.table,
+            "del",
+            family=path.family,
+            fwmark=path.mark,
+            fwmask=0xFFFFFFFF,
+            table=path.table,
             priority=RULE_PRIORITY,
         ),
         lambda: ipr.route("del", dst="default", table=path.table, family=path.family),
     ):
-        try:
+        with contextlib.suppress(NetlinkError):
             await action()
-        except NetlinkError:
-            pass
 
 
 async def _ifindex(ipr: AsyncIPRoute, ifname: str) -> int:

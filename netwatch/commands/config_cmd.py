@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     validate = sub.add_parser(
         "validate",
-        help="check site files (and target catalogues); print every problem as FILE:LINE: path: message",
+        help="check site files and target catalogues; print every problem as FILE:LINE: path: msg",
     )
     validate.add_argument("files", nargs="+", metavar="FILE")
     validate.add_argument("-q", "--quiet", action="store_true", help="print problems only")
@@ -50,7 +50,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             else:
                 site = load_site(path)
                 roles = [r for r in ("agent", "controller") if getattr(site, r) is not None]
-                summary = f"site {site.site}, AS{site.asn}, {', '.join(roles) or 'no daemon sections'}"
+                summary = (
+                    f"site {site.site}, AS{site.asn}, {', '.join(roles) or 'no daemon sections'}"
+                )
         except ConfigError as exc:
             for line in exc.errors:
                 print(line, file=sys.stderr)
