@@ -1,0 +1,266 @@
+"""Fault injection for the lab: nftables tables `netwatch_fault` inside a node's namespace,
+interface state, and the transits' BIRD daemons. Every active fault is recorded in the lab's
+state file (key `faults`, id -> record) so `status` and `heal` know it.
+
+Kinds and targets:
+- link-down gwa|gwb|primary|secondary|eth0|eth1|tN: the far side of the veth goes down (the
+  gateway side of an uplink, the transit side of a transit link): the near side loses carrier.
+- gateway-silent gwa|gwb: the gateway drops everything on its srv-facing interface, ARP and
+  ND included; the carrier stays up.
+- gateway-blackhole gwa|gwb: the gateway answers ARP/ND/ping but forwards nothing.
+- loss PCT NODE: random drop of PCT % of forwarded traffic (BGP sessions survive).
+- latency MS NODE: netem delay; refused (exit 69) where the kernel has no netem.
+- transit-blackhole tN: the transit keeps its BGP session but drops traffic towards inet.
+- session-reset tN: BIRD restarts its sessions to edge (one-shot, not recorded).
+- transit-down tN: the transit's BIRD stops; heal starts it again.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from netwatch import exitcodes
+from netwatch.lab import bird, netns
+from netwatch.lab.lab import Lab, LabError, stop_pidfile
+from netwatch.lab.topology import GATEWAYS
+
+KINDS = (
+    "link-down",
+    "gateway-silent",
+    "gateway-blackhole",
+    "loss",
+    "latency",
+    "transit-blackhole",
+    "session-reset",
+    "transit-down",
+)
+TABLE = "netwatch_fault"
+
+
+def _nft(lab: Lab, node: str, script: str) -> None:
+    netns.run(netns.exec_argv(lab.ns(node), ["nft", "-f", "-"]), stdin=script)
+
+
+def _chain_script(chain: str, hook: str, rules: list[str], family: str = "inet") -> str:
+    body = "\n".join(f"    {r}" for r in rules)
+    return (
+        f"table {family} {TABLE} {{\n  chain {chain} {{\n"
+        f"    type filter hook {hook} priority -10; policy accept;\n{body}\n  }}\n}}\n"
+    )
+
+
+def _delete_chains(lab: Lab, node: str, chains: list[tuple[str, str]]) -> None:
+    """Delete the (family, chain) pairs, then every now-empty `netwatch_fault` table."""
+    for family, chain in chains:
+        netns.run(
+            netns.exec_argv(lab.ns(node), ["nft", "delete", "chain", family, TABLE, chain]),
+            check=False,
+        )
+    for family in ("inet", "arp"):
+        listing = netns.run(
+            netns.exec_argv(lab.ns(node), ["nft", "list", "table", family, TABLE]), check=False
+        )
+        if listing.returncode == 0 and "chain" not in listing.stdout:
+            netns.run(
+                netns.exec_argv(lab.ns(node), ["nft", "delete", "table", family, TABLE]),
+                check=False,
+            )
+
+
+def _transit(lab: Lab, target: str):
+    try:
+        return lab.topology().transit(target)
+    except KeyError:
+        raise LabError(f"{target!r} is not a transit of lab {lab.name}", exitcodes.USAGE) from None
+
+
+def _gateway(target: str) -> str:
+    aliases = {"primary": "gwa", "secondary": "gwb", "eth0": "gwa", "eth1": "gwb"}
+    gw = aliases.get(target, target)
+    if gw not in GATEWAYS:
+        raise LabError(
+            f"{target!r} is not a gateway (gwa, gwb, primary, secondary)", exitcodes.USAGE
+        )
+    return gw
+
+
+def _percent(opts: list[str]) -> int:
+    try:
+        pct = int(opts[0])
+    except (IndexError, ValueError):
+        raise LabError(
+            "loss needs a percentage: `lab fault loss PCT NODE`", exitcodes.USAGE
+        ) from None
+    if not 0 < pct <= 100:
+        raise LabError(f"loss {pct}: the percentage must be 1..100", exitcodes.USAGE)
+    return pct
+
+
+def _routing_node(lab: Lab, target: str) -> str:
+    topo = lab.topology()
+    node = _gateway(target) if target in ("primary", "secondary", "eth0", "eth1") else target
+    if node not in topo.routing_nodes or node == "inet":
+        raise LabError(
+            f"{target!r}: loss and latency apply to a gateway or transit", exitcodes.USAGE
+        )
+    return node
+
+
+def apply(lab: Lab, kind: str, target: str, opts: list[str]) -> dict:
+    """Inject fault `kind` on `target`; returns its record. Raises LabError."""
+    if kind in ("loss", "latency") and target.isdigit() and opts and not opts[0].isdigit():
+        target, opts = opts[0], [target, *opts[1:]]  # `loss PCT NODE` and `loss NODE PCT` both
+    if kind not in KINDS:
+        raise LabError(f"unknown fault kind {kind!r} (one of: {', '.join(KINDS)})", exitcodes.USAGE)
+    if kind == "session-reset":
+        t = _transit(lab, target)
+        for proto in ("edge4", "edge6"):
+            lab.birdc(t.name, f"restart {proto}")
+        return {"kind": kind, "target": t.name, "oneshot": True}
+    state = lab.read_state()
+    fault_id = f"{kind}:{target}"
+    if fault_id in state.get("faults", {}):
+        raise LabError(f"fault {fault_id} is already active (heal it first)", exitcodes.USAGE)
+    record = _inject(lab, kind, target, opts)
+    record.update(kind=kind, target=target, since=time.time())
+    state = lab.read_state()
+    state.setdefault("faults", {})[fault_id] = record
+    lab.write_state(state)
+    return record
+
+
+def _inject(lab: Lab, kind: str, target: str, opts: list[str]) -> dict:
+    if kind == "link-down":
+        topo = lab.topology()
+        try:
+            link = topo.link(target)
+        except KeyError:
+            raise LabError(
+                f"{target!r} is not a link (gwa, gwb, primary, secondary, t1..)", exitcodes.USAGE
+            ) from None
+        far = link.b
+        netns.batch(lab.ns(far.node), [f"link set {far.name} down"])
+        return {"node": far.node, "ifname": far.name}
+    if kind == "gateway-silent":
+        gw = _gateway(target)
+        _nft(
+            lab,
+            gw,
+            _chain_script("silent_in", "input", ['iifname "srv" drop'])
+            + _chain_script("silent_fwd", "forward", ['iifname "srv" drop', 'oifname "srv" drop'])
+            + _chain_script("silent_out", "output", ['oifname "srv" drop'])
+            + _chain_script("silent_arp_in", "input", ['meta iifname "srv" drop'], "arp")
+            + _chain_script("silent_arp_out", "output", ['meta oifname "srv" drop'], "arp"),
+        )
+        return {
+            "node": gw,
+            "chains": [
+                ["inet", "silent_in"],
+                ["inet", "silent_fwd"],
+                ["inet", "silent_out"],
+                ["arp", "silent_arp_in"],
+                ["arp", "silent_arp_out"],
+            ],
+        }
+    if kind == "gateway-blackhole":
+        gw = _gateway(target)
+        _nft(lab, gw, _chain_script("blackhole_fwd", "forward", ["drop"]))
+        return {"node": gw, "chains": [["inet", "blackhole_fwd"]]}
+    if kind == "transit-blackhole":
+        t = _transit(lab, target)
+        _nft(lab, t.name, _chain_script("tblackhole_fwd", "forward", ['oifname "inet" drop']))
+        return {"node": t.name, "chains": [["inet", "tblackhole_fwd"]]}
+    if kind == "loss":
+        node = _routing_node(lab, target)
+        pct = _percent(opts)
+        _nft(
+            lab, node, _chain_script("loss_fwd", "forward", [f"numgen random mod 100 < {pct} drop"])
+        )
+        return {"node": node, "percent": pct, "chains": [["inet", "loss_fwd"]]}
+    if kind == "latency":
+        node = _routing_node(lab, target)
+        try:
+            delay_ms = int(opts[0])
+        except (IndexError, ValueError):
+            raise LabError(
+                "latency needs milliseconds: `lab fault latency MS NODE`", exitcodes.USAGE
+            ) from None
+        # Only on the interfaces away from edge, so the session to edge keeps its timing.
+        ifname = "inet" if node.startswith("t") else "srv"
+        proc = netns.run(
+            netns.exec_argv(
+                lab.ns(node),
+                ["tc", "qdisc", "add", "dev", ifname, "root", "netem", "delay", f"{delay_ms}ms"],
+            ),
+            check=False,
+        )
+        if proc.returncode != 0:
+            raise LabError(
+                f"latency needs the kernel's netem qdisc, which this kernel lacks "
+                f"({proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else 'tc failed'})",
+                exitcodes.UNAVAILABLE,
+            )
+        return {"node": node, "ifname": ifname, "delay_ms": delay_ms}
+    if kind == "transit-down":
+        t = _transit(lab, target)
+        if not stop_pidfile(lab.pidfile(t.name), "bird"):
+            raise LabError(f"BIRD of {t.name} is not running", exitcodes.FAILURE)
+        return {"node": t.name}
+    raise LabError(f"unknown fault kind {kind!r}", exitcodes.USAGE)
+
+
+def _undo(lab: Lab, record: dict) -> None:
+    kind, node = record["kind"], record["node"]
+    if record.get("chains"):
+        _delete_chains(lab, node, [tuple(c) for c in record["chains"]])
+    if kind == "link-down":
+        netns.batch(lab.ns(node), [f"link set {record['ifname']} up"])
+        # Routes through a downed interface are flushed by the kernel: put the node's back.
+        from netwatch.lab.lab import route_commands
+
+        netns.batch(lab.ns(node), route_commands(lab.topology(), node), force=True)
+    elif kind == "latency":
+        netns.run(
+            netns.exec_argv(lab.ns(node), ["tc", "qdisc", "del", "dev", record["ifname"], "root"]),
+            check=False,
+        )
+    elif kind == "transit-down":
+        from netwatch.lab.lab import start_bird
+
+        conf = (lab.run_dir / f"{node}.bird.conf").read_text()
+        netns.run(start_bird(lab, node, conf))
+
+
+def heal(lab: Lab, target: str | None = None) -> list[str]:
+    """Undo the active faults on `target` (a fault's target or node), or all of them.
+    Returns the healed fault ids."""
+    state = lab.read_state()
+    faults = state.get("faults", {})
+    healed = []
+    for fault_id, record in list(faults.items()):
+        if target is not None and target not in (record.get("target"), record.get("node")):
+            continue
+        _undo(lab, record)
+        healed.append(fault_id)
+        state = lab.read_state()
+        state.get("faults", {}).pop(fault_id, None)
+        lab.write_state(state)
+    return healed
+
+
+def wait_session(lab: Lab, node: str, established: bool, timeout_s: float = 30.0) -> bool:
+    """Wait until every BGP session of `node` is (or is not) Established."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            protocols = bird.parse_protocols(lab.birdc(node, "show protocols"))
+            bgp = [p for p in protocols.values() if p["proto"] == "BGP"]
+            up = bool(bgp) and all("Established" in p["info"] for p in bgp)
+            if up == established:
+                return True
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            if not established:
+                return True
+        time.sleep(0.2)
+    return False
