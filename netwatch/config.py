@@ -474,9 +474,22 @@ def _message(error: dict, root: type[BaseModel]) -> str:
 
 
 def _problems(exc: ValidationError, doc: _Document, root: type[BaseModel]) -> list[Problem]:
+    errors = exc.errors(include_url=False)
+    # A misspelt required key shows up twice: as unknown, and its right spelling as missing.
+    # The unknown-key line already says "did you mean", so the missing line is dropped.
+    hinted = set()
+    for error in errors:
+        if error["type"] == "extra_forbidden":
+            loc = tuple(error["loc"])
+            model = _model_at(root, loc[:-1])
+            known = list(model.model_fields) if model else []
+            for match in difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6):
+                hinted.add((*loc[:-1], match))
     problems = []
-    for error in exc.errors(include_url=False):
+    for error in errors:
         loc = tuple(error["loc"])
+        if error["type"] == "missing" and loc in hinted:
+            continue
         problems.append(Problem(doc.file, doc.line(loc), _dotted(loc), _message(error, root)))
     return problems
 
