@@ -11,10 +11,10 @@ import argparse
 import sys
 
 from netwatch import __version__, exitcodes
-from netwatch.commands import config_cmd, exabgp_cmd, lab_cmd
+from netwatch.commands import agent_cmd, config_cmd, controller_cmd, exabgp_cmd, lab_cmd
 
 # Command groups, in the order `netwatch --help` lists them.
-COMMAND_GROUPS = [config_cmd, exabgp_cmd, lab_cmd]
+COMMAND_GROUPS = [agent_cmd, config_cmd, controller_cmd, exabgp_cmd, lab_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

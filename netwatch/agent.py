@@ -1,0 +1,362 @@
+"""The uplink agent: one asyncio loop feeding netlink events and probes into `uplink.step`.
+
+The loop gathers observations (carrier from netlink events, gateway probes over ARP/ND or
+ICMP, beyond-the-gateway probes through each uplink's own routing table, and snapshots of
+the kernel's real default routes), passes each one to the pure decision `uplink.step`, and
+carries out the actions in order on one worker: replace default routes, log, update metrics.
+
+Contract:
+- `Agent(agent_config, registry, ...)`, then `await agent.run()`; it returns when `stop()` is
+  called (SIGTERM/SIGINT) and raises when a worker dies (the command exits non-zero so
+  systemd restarts it). On exit the routes are left as they are.
+- SIGUSR1 asks for the primary, SIGUSR2 for the secondary (manual failback, or a forced
+  failover): `systemctl kill -s USR1 netwatch-agent`.
+- Logs go to the `netwatch.agent` logger as `event=... uplink=... key=value` lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+
+from prometheus_client import CollectorRegistry
+from pyroute2.netlink.exceptions import NetlinkError
+
+from netwatch import uplink as core
+from netwatch.adapters.arp import ArpProber, NdProber
+from netwatch.adapters.icmp import IcmpProber
+from netwatch.adapters.netlink import LinkState, Netlink
+from netwatch.adapters.policy_routing import ProbePath, install_probe_path
+from netwatch.agent_metrics import AgentMetrics
+from netwatch.config import Agent as AgentConfig
+from netwatch.model import Health, UplinkRole
+
+log = logging.getLogger("netwatch.agent")
+
+FAMILY = {core.Family.V4: socket.AF_INET, core.Family.V6: socket.AF_INET6}
+# The kernel's routes are re-read at least this often even without a route event, so a
+# missed event (netlink ENOBUFS under a storm) costs at most this long.
+RESYNC_INTERVAL_S = 1.0
+
+
+def kv(event: str, **fields) -> str:
+    """`event=failover uplink=primary reason="gateway 100.64.1.1 silent"`: one log line."""
+    parts = [f"event={event}"]
+    for key, value in fields.items():
+        if value is None:
+            continue
+        text = value.value if hasattr(value, "value") and not isinstance(value, int) else value
+        text = str(text)
+        if not text or any(c in text for c in ' "=') or not text.isprintable():
+            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def carrier_of(link: LinkState) -> core.Carrier:
+    if not link.exists:
+        return core.Carrier.VANISHED
+    if not link.admin_up:
+        return core.Carrier.ADMIN_DOWN
+    return core.Carrier.UP if link.carrier else core.Carrier.NO_CARRIER
+
+
+def settings_of(cfg: AgentConfig) -> core.Settings:
+    """The decision's settings from the site's `agent` section."""
+    ups = (cfg.uplinks.primary, cfg.uplinks.secondary)
+    families = [core.Family.V4]
+    kinds = ["gateway"]
+    if all(u.gateway6 is not None for u in ups):
+        families.append(core.Family.V6)
+        kinds.append("gateway6")
+    versions = {t.version for t in cfg.probe.beyond}
+    kinds += [f"beyond{v}" for v in (4, 6) if v in versions]
+    return core.Settings(
+        fall=cfg.probe.fall,
+        rise=cfg.probe.rise,
+        hold_down_s=cfg.failback.hold_down_s,
+        failback_auto=cfg.failback.mode == "auto",
+        families=tuple(families),
+        kinds=tuple(kinds),
+    )
+
+
+class Agent:
+    """The daemon. `clock` is monotonic seconds (injected for tests)."""
+
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        registry: CollectorRegistry,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.cfg = cfg
+        self.clock = clock
+        self.metrics = AgentMetrics(registry)
+        self.settings = settings_of(cfg)
+        self.state = core.initial_state(self.settings)
+        self.uplinks = {UplinkRole.PRIMARY: cfg.uplinks.primary,
+                        UplinkRole.SECONDARY: cfg.uplinks.secondary}
+        self.by_ifname = {u.interface: role for role, u in self.uplinks.items()}
+        self.netlink = Netlink()
+        self._actions: asyncio.Queue = asyncio.Queue()
+        self._resync_wanted = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._closers: list[Callable[[], None]] = []
+        interval = cfg.probe.interval_ms / 1000
+        self.interval_s = interval
+        self.timeout_s = min((cfg.probe.timeout_ms or cfg.probe.interval_ms) / 1000, interval)
+
+    # ---------------------------------------------------------------------------- decisions
+
+    def feed(self, obs: core.Observation) -> None:
+        """Apply one observation; queue its actions for the worker (keeps their order)."""
+        if isinstance(obs, core.ProbeResult):
+            self.metrics.probe(obs.uplink, obs.kind, obs.rtt_s)
+        elif isinstance(obs, core.CarrierChange):
+            up = obs.carrier is core.Carrier.UP
+            self.metrics.carrier.labels(obs.uplink.value).set(1 if up else 0)
+            if obs.carrier is not self.state.uplinks[obs.uplink].carrier:
+                log.info(kv("carrier", uplink=obs.uplink, interface=self.uplinks[obs.uplink]
+                            .interface, state=obs.carrier))
+        before = self.state.mode
+        self.state, actions = core.step(self.state, obs, self.clock())
+        if self.state.mode is not before:
+            self.metrics.set_active(self.state.active)
+            if before is core.Mode.STARTING:
+                log.info(kv("adopted", uplink=self.state.active))
+        for action in actions:
+            self._actions.put_nowait(action)
+
+    async def _carry_out(self) -> None:
+        while True:
+            action = await self._actions.get()
+            if isinstance(action, core.SetDefaultRoute):
+                await self._set_route(action)
+            elif isinstance(action, core.Failover):
+                self.metrics.failovers.labels(action.cause).inc()
+                self.metrics.last_failover.set(time.time())
+                log.warning(kv("failover", uplink=action.to_uplink, previous=action.from_uplink,
+                               cause=action.cause, reason=action.reason))
+            elif isinstance(action, core.UplinkHealthChanged):
+                self.metrics.set_health(action.uplink, action.health)
+                level = logging.WARNING if action.health is Health.DOWN else logging.INFO
+                log.log(level, kv("uplink_health", uplink=action.uplink, health=action.health,
+                                  reason=action.reason))
+            elif isinstance(action, core.BothDown):
+                log.error(kv("both_down", uplink=self.state.active, reason=action.reason))
+            self.metrics.both_down.set(1 if self.state.both_down else 0)
+
+    async def _set_route(self, action: core.SetDefaultRoute) -> None:
+        up = self.uplinks[action.uplink]
+        family = FAMILY[action.family]
+        gateway = up.gateway if action.family is core.Family.V4 else up.gateway6
+        source = up.source if action.family is core.Family.V4 else up.source6
+        started = time.monotonic()
+        try:
+            current = await self.netlink.default_routes(family)
+            metric = current[0].metric if current else None
+            await self.netlink.replace_default(family, up.interface, gateway, source, metric)
+        except (NetlinkError, OSError) as exc:
+            # ENETUNREACH while the link is down: the next snapshot retries.
+            self.metrics.route_errors.labels(f"ipv{action.family.value}").inc()
+            log.error(kv("route_error", uplink=action.uplink, family=f"ipv{action.family.value}",
+                         error=exc, reason=action.reason))
+            return
+        took_ms = (time.monotonic() - started) * 1000
+        cause = "failover" if action.failover else "repair"
+        self.metrics.route_changes.labels(f"ipv{action.family.value}", cause).inc()
+        log.info(kv("route", uplink=action.uplink, family=f"ipv{action.family.value}",
+                    via=gateway, dev=up.interface, src=source, cause=cause,
+                    took_ms=f"{took_ms:.1f}", reason=action.reason))
+
+    # ---------------------------------------------------------------------- routing state
+
+    async def _snapshot(self) -> core.RouteSnapshot:
+        seen: dict[core.Family, UplinkRole | None] = {}
+        for family in self.settings.families:
+            routes = await self.netlink.default_routes(FAMILY[family])
+            seen[family] = None
+            if routes:
+                best = routes[0]
+                role = self.by_ifname.get(best.ifname or "")
+                if role is not None:
+                    up = self.uplinks[role]
+                    want = up.gateway if family is core.Family.V4 else up.gateway6
+                    if best.gateway == want:
+                        seen[family] = role
+        return core.RouteSnapshot(v4=seen.get(core.Family.V4), v6=seen.get(core.Family.V6))
+
+    async def _resync_loop(self) -> None:
+        """Re-read the kernel's default routes after each route event, and every second."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._resync_wanted.wait(), RESYNC_INTERVAL_S)
+            self._resync_wanted.clear()
+            self.feed(await self._snapshot())
+            await self._install_paths(quiet=True)
+
+    async def _events_loop(self) -> None:
+        async for event in self.netlink.events():
+            if event.kind == "link" and event.link.ifname in self.by_ifname:
+                role = self.by_ifname[event.link.ifname]
+                self.feed(core.CarrierChange(role, carrier_of(event.link)))
+            self._resync_wanted.set()
+
+    def _paths(self) -> list[tuple[UplinkRole, ProbePath]]:
+        paths = []
+        for index, (role, up) in enumerate(self.uplinks.items()):
+            for gateway in (up.gateway, up.gateway6):
+                if gateway is not None:
+                    paths.append((role, ProbePath(
+                        mark=self.cfg.fwmark_base + index,
+                        table=self.cfg.route_table_base + index,
+                        gateway=gateway, ifname=up.interface)))
+        return paths
+
+    async def _install_paths(self, quiet: bool = False) -> None:
+        """Create or repair each uplink's probe table and rule. A link that is down refuses
+        (the kernel deleted the table's route with the link): retried on the next resync."""
+        for role, path in self._paths():
+            try:
+                await self._install_if_missing(path)
+            except (NetlinkError, OSError) as exc:
+                if not quiet:
+                    log.warning(kv("probe_path_error", uplink=role, table=path.table,
+                                   gateway=path.gateway, error=exc))
+
+    async def _install_if_missing(self, path: ProbePath) -> None:
+        # Only write when something is missing: every write is a route event, and every route
+        # event triggers this check again.
+        ipr = self.netlink.ipr
+        route = rule = False
+        async for msg in await ipr.route("dump", family=path.family, table=path.table):
+            route = route or (msg["dst_len"] == 0 and msg.get("table") == path.table)
+        async for msg in await ipr.rule("dump", family=path.family):
+            rule = rule or (msg.get("fwmark") == path.mark and msg.get("table") == path.table)
+        if not (route and rule):
+            await install_probe_path(ipr, path)
+
+    # ----------------------------------------------------------------------------- probes
+
+    async def _gateway_prober(self, role: UplinkRole, kind: str):
+        """A callable `probe(timeout_s) -> rtt | None` for the gateway probe `kind`."""
+        up = self.uplinks[role]
+        mark = self.cfg.fwmark_base + list(self.uplinks).index(role)
+        gateway = up.gateway if kind == "gateway" else up.gateway6
+        if self.cfg.probe.method == "icmp":
+            prober = IcmpProber(FAMILY[core.Family.V4 if kind == "gateway" else core.Family.V6],
+                                mark=mark)
+            self._closers.append(prober.close)
+            return lambda timeout_s: prober.ping(gateway, timeout_s), str(gateway)
+        if kind == "gateway":
+            sender = await self._address_towards(up.interface, gateway)
+            prober = ArpProber(up.interface, gateway, sender)
+        else:
+            prober = NdProber(up.interface, gateway)
+        self._closers.append(prober.close)
+        return prober.probe, str(gateway)
+
+    def _beyond_prober(self, role: UplinkRole, version: int):
+        """Ping every beyond target of `version` through the uplink's table; the round is
+        good when any target answers (one dead target must not condemn the uplink)."""
+        mark = self.cfg.fwmark_base + list(self.uplinks).index(role)
+        targets = [t for t in self.cfg.probe.beyond if t.version == version]
+        prober = IcmpProber(socket.AF_INET if version == 4 else socket.AF_INET6, mark=mark)
+        self._closers.append(prober.close)
+
+        async def probe(timeout_s: float) -> float | None:
+            rtts = await asyncio.gather(*(prober.ping(t, timeout_s) for t in targets))
+            answered = [r for r in rtts if r is not None]
+            return min(answered) if answered else None
+
+        return probe, ",".join(map(str, targets))
+
+    async def _address_towards(self, ifname: str, gateway) -> ipaddress.IPv4Address | None:
+        """The interface's IPv4 address in the gateway's subnet (ARP sender), if any."""
+        index = await self.netlink.ipr.link_lookup(ifname=ifname)
+        if not index:
+            return None
+        async for msg in await self.netlink.ipr.addr("dump", family=socket.AF_INET,
+                                                     index=index[0]):
+            net = ipaddress.ip_interface(f"{msg.get('address')}/{msg['prefixlen']}").network
+            if gateway in net:
+                return ipaddress.IPv4Address(msg.get("address"))
+        return None
+
+    async def _probe_loop(self, role: UplinkRole, kind: str,
+                          probe: Callable[[float], Awaitable[float | None]], target: str):
+        """Probe every interval on a fixed schedule (a slow answer does not shift the grid)."""
+        next_at = time.monotonic()
+        while True:
+            rtt = await probe(self.timeout_s)
+            self.feed(core.ProbeResult(role, kind, rtt, target, self.timeout_s))
+            next_at += self.interval_s
+            delay = next_at - time.monotonic()
+            if delay < 0:  # overran (a stalled loop): skip the missed slots, do not burst
+                next_at = time.monotonic()
+                delay = 0
+            await asyncio.sleep(delay)
+
+    # -------------------------------------------------------------------------------- run
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def request(self, role: UplinkRole, reason: str) -> None:
+        log.warning(kv("operator_request", uplink=role, reason=reason))
+        self.feed(core.UseUplink(role, reason))
+
+    async def run(self) -> None:
+        """Run until stop(); raises the first error of any worker (after logging it)."""
+        loop = asyncio.get_running_loop()
+        await self.netlink.open()
+        try:
+            links = await self.netlink.links(list(self.by_ifname))
+            for ifname, link in links.items():
+                self.feed(core.CarrierChange(self.by_ifname[ifname], carrier_of(link)))
+            self.feed(await self._snapshot())
+            await self._install_paths()
+            log.info(kv("started", active=self.state.active, kinds=",".join(self.settings.kinds),
+                        interval_ms=self.cfg.probe.interval_ms, fall=self.settings.fall,
+                        rise=self.settings.rise, hold_down_s=self.settings.hold_down_s,
+                        failback="auto" if self.settings.failback_auto else "manual"))
+            tasks = [
+                asyncio.create_task(self._carry_out(), name="actions"),
+                asyncio.create_task(self._events_loop(), name="netlink-events"),
+                asyncio.create_task(self._resync_loop(), name="resync"),
+            ]
+            for role in self.uplinks:
+                for kind in self.settings.kinds:
+                    if kind.startswith("gateway"):
+                        probe, target = await self._gateway_prober(role, kind)
+                    else:
+                        probe, target = self._beyond_prober(role, int(kind[-1]))
+                    tasks.append(asyncio.create_task(
+                        self._probe_loop(role, kind, probe, target), name=f"{role.value}-{kind}"))
+            for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
+                                 (signal.SIGUSR1, lambda: self.request(UplinkRole.PRIMARY,
+                                                                       "SIGUSR1")),
+                                 (signal.SIGUSR2, lambda: self.request(UplinkRole.SECONDARY,
+                                                                       "SIGUSR2"))):
+                loop.add_signal_handler(sig, handler)
+            stopper = asyncio.create_task(self._stopping.wait(), name="stop")
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in [*tasks, stopper]:
+                task.cancel()
+            await asyncio.gather(*tasks, stopper, return_exceptions=True)
+            for task in done:
+                if task is not stopper and not task.cancelled() and task.exception():
+                    raise task.exception()
+            log.info(kv("stopped", active=self.state.active, note="routes left as they are"))
+        finally:
+            for close in self._closers:
+                with contextlib.suppress(Exception):
+                    close()
+            self.netlink.close()

@@ -1,0 +1,109 @@
+"""`netwatch agent --config FILE [--netns NS]`: run the uplink agent in the foreground.
+
+systemd-friendly: logs go to stderr as key=value lines, SIGTERM stops it cleanly (routes are
+left as they are), and a fatal error exits non-zero so `Restart=always` brings it back.
+Exit codes: 65 invalid config (or no `agent` section), 66 config file missing, 71 the
+namespace or the kernel refused (netlink, raw sockets), 70 an internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from netwatch import exitcodes
+from netwatch.config import ConfigError, load_site
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "agent", help="run the uplink agent (failover between a server's two uplinks)")
+    parser.add_argument("--config", required=True, metavar="FILE", help="site file")
+    parser.add_argument("--netns", metavar="NS",
+                        help="run inside network namespace NS (everything: sockets, routes, "
+                             "the metrics listener)")
+    parser.add_argument("--metrics-listen", metavar="ADDR",
+                        help="override metrics.listen (e.g. 127.0.0.1:9110); 'none' disables")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
+    parser.set_defaults(func=cmd_agent)
+
+
+def _setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(
+        "ts=%(asctime)s.%(msecs)03d level=%(levelname)s logger=%(name)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S"))
+    root = logging.getLogger("netwatch")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    _setup_logging(args.verbose)
+    log = logging.getLogger("netwatch.agent")
+    try:
+        site = load_site(args.config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        missing = all(p.message == "no such file" for p in exc.problems)
+        return exitcodes.NOINPUT if missing else exitcodes.DATAERR
+    if site.agent is None:
+        print(f"{args.config}: no `agent` section", file=sys.stderr)
+        return exitcodes.DATAERR
+    if args.netns:
+        try:
+            _enter_netns(args.netns)
+        except OSError as exc:
+            print(f"netwatch agent: cannot enter namespace {args.netns!r}: {exc}",
+                  file=sys.stderr)
+            return exitcodes.OSERR
+
+    # Imported here: pyroute2 and the raw sockets come after setns.
+    from prometheus_client import CollectorRegistry
+
+    from netwatch.adapters.metrics_http import serve_metrics
+    from netwatch.agent import Agent, kv
+
+    registry = CollectorRegistry()
+    listen = args.metrics_listen or site.metrics.listen_for("agent")
+    server = None
+    if listen != "none":
+        try:
+            server = serve_metrics(listen, registry)
+        except OSError as exc:
+            log.error(kv("fatal", error=f"metrics listener {listen}: {exc}"))
+            return exitcodes.OSERR
+        log.info(kv("metrics", listen=listen))
+    agent = Agent(site.agent, registry)
+    try:
+        asyncio.run(agent.run())
+    except PermissionError as exc:
+        log.error(kv("fatal", error=exc, hint="needs CAP_NET_ADMIN and CAP_NET_RAW"))
+        return exitcodes.NOPERM
+    except OSError as exc:
+        log.error(kv("fatal", error=exc))
+        return exitcodes.OSERR
+    except Exception:
+        log.exception(kv("fatal", error="internal error"))
+        return exitcodes.SOFTWARE
+    finally:
+        if server is not None:
+            server.shutdown()
+    return exitcodes.OK
+
+
+def _enter_netns(name: str) -> None:
+    """Move this whole process into /var/run/netns/NAME (never creating it)."""
+    path = name if name.startswith("/") else f"/var/run/netns/{name}"
+    from pyroute2 import netns
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        netns.setns(fd)
+    finally:
+        os.close(fd)
