@@ -1,0 +1,33 @@
+"""`netwatch controller --config FILE`: the transit controller, run by ExaBGP as its API process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from netwatch import exitcodes
+from netwatch.config import ConfigError, load_site
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "controller",
+        help="transit controller (ExaBGP API process: JSON on stdin, commands on stdout)",
+    )
+    parser.add_argument("--config", required=True, metavar="FILE", help="site file")
+    parser.set_defaults(func=cmd_controller)
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    try:
+        site = load_site(args.config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return exitcodes.DATAERR
+    if site.controller is None:
+        print(f"{args.config}: no controller section", file=sys.stderr)
+        return exitcodes.DATAERR
+    from netwatch.controller import run_controller
+
+    return run_controller(site)

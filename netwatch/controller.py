@@ -1,0 +1,310 @@
+"""The transit controller daemon: ExaBGP's API process. One asyncio loop.
+
+It gathers observations (probe results through each upstream, ExaBGP's session events),
+feeds them to `netwatch.transit.step`, and carries out the plan as a diff of ExaBGP commands
+against what ExaBGP has acknowledged (`netwatch.exabgp.diff`). stdout belongs to ExaBGP:
+logs are key=value lines on stderr.
+
+Contract:
+* at start it sends the full desired state (config + persisted state) before any probe is
+  trusted, and again to each neighbor whenever its session comes up;
+* verdicts wait for one full probe window after start;
+* a failing probe, a bad line from ExaBGP or a failed write is logged and survived;
+* it returns when ExaBGP closes our stdin (ExaBGP exited: the supervisor restarts both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from collections import deque
+
+from prometheus_client import CollectorRegistry
+
+from netwatch import exabgp
+from netwatch import transit as tr
+from netwatch.adapters.exabgp_pipe import ExabgpPipe
+from netwatch.adapters.icmp import IcmpProber
+from netwatch.controller_metrics import ControllerMetrics
+from netwatch.state_store import StateStore
+
+PATH_REPAIR_S = 10.0  # re-install policy routes this often (a link flap removes them)
+RETRY_S = 1.0  # a rejected command is retried at most this often
+
+
+def log(event: str, **fields) -> None:
+    parts = [f"ts={time.time():.3f}", f"event={event}"]
+    for key, value in fields.items():
+        text = str(value)
+        parts.append(f"{key}={text!r}" if (" " in text or not text) else f"{key}={text}")
+    print(" ".join(parts), file=sys.stderr, flush=True)
+
+
+def _mode(ann: tr.Announcement | None) -> str:
+    if ann is None:
+        return "withdrawn"
+    if ann.as_path:
+        return "prepend"
+    return "normal"
+
+
+class Controller:
+    def __init__(self, site, registry: CollectorRegistry | None = None, pipe=None,
+                 clock=time.time, mono=time.monotonic):
+        self.site = site
+        self.ctl = site.controller
+        self.params = tr.params_from_site(site)
+        self.clock, self.mono = clock, mono
+        self.store = StateStore(f"{site.state_dir}/controller.json")
+        try:
+            persisted = self.store.load()
+        except ValueError as exc:
+            log("state_unreadable", error=exc)
+            persisted = None
+        self.state = tr.initial_state(self.params, persisted)
+        self.metrics = ControllerMetrics(registry or CollectorRegistry())
+        self.pipe = pipe or ExabgpPipe()
+        self.sessions: dict[tuple[str, int], str] = {}
+        for u in self.ctl.upstreams:
+            self.sessions[(u.name, u.neighbor.version)] = str(u.neighbor)
+            if u.neighbor6 is not None:
+                self.sessions[(u.name, 6)] = str(u.neighbor6)
+        self.by_address = {addr: key for key, addr in self.sessions.items()}
+        self.acked: dict[exabgp.Key, tr.Announcement | None] = {}
+        self.pending: deque[exabgp.Command] = deque()
+        self.retry_at = 0.0
+        self.window = tr.ProbeWindow(self.ctl.probe.window_s)
+        self.started = mono()
+        self._persisted = tr.to_json(self.state)
+
+    # --- ExaBGP side -----------------------------------------------------------------------
+
+    def known(self) -> dict:
+        known = dict(self.acked)
+        for command in self.pending:
+            known.update(command.effect)
+        return known
+
+    def sync(self) -> None:
+        """Send what the plan wants and ExaBGP has not acknowledged (or been sent) yet."""
+        if self.retry_at > self.mono():
+            return
+        desired = exabgp.expand(self.state.plan.desired, self.sessions, self.site.prefixes)
+        for command in exabgp.diff(desired, self.known()):
+            try:
+                self.pipe.send(command.line)
+            except (ValueError, OSError, RuntimeError) as exc:
+                self.metrics.errors.labels("send").inc()
+                log("send_failed", error=exc)
+                continue
+            self.pending.append(command)
+            log("command", line=command.line[:200], prefixes=len(command.effect))
+
+    def on_event(self, line: str) -> None:
+        try:
+            event = exabgp.parse_event(line)
+        except ValueError as exc:
+            self.metrics.errors.labels("event").inc()
+            log("bad_event", error=exc)
+            return
+        if isinstance(event, exabgp.Ack):
+            if not self.pending:
+                return
+            command = self.pending.popleft()
+            if event.kind is exabgp.AckKind.DONE:
+                self.acked.update(command.effect)
+            else:
+                self.metrics.rejected.inc()
+                self.retry_at = self.mono() + RETRY_S
+                log("command_rejected", line=command.line[:200])
+            return
+        if isinstance(event, exabgp.NeighborState):
+            key = self.by_address.get(event.peer)
+            if key is None or event.state not in ("up", "down"):
+                return
+            up = event.state == "up"
+            name, fam = key
+            self.metrics.session.labels(name, f"ipv{fam}").set(1 if up else 0)
+            log("session", upstream=name, family=f"ipv{fam}", state=event.state,
+                reason=event.reason)
+            # Whatever ExaBGP held for this neighbor, resend the full desired state on up.
+            for k in [k for k in self.acked if k[0] == event.peer]:
+                del self.acked[k]
+            self.apply(tr.SessionChange(name, tr.Family(fam), up))
+            self.sync()
+
+    # --- decisions -------------------------------------------------------------------------
+
+    def apply(self, observation) -> None:
+        old = {n: u.state for n, u in self.state.upstreams.items()}
+        self.state, actions = tr.step(self.state, observation, self.clock())
+        for action in actions:
+            if isinstance(action, tr.Transition):
+                self.metrics.actions.labels(action.new.value).inc()
+                log("transition", upstream=action.upstream, old=action.old.value,
+                    new=action.new.value, reason=action.reason)
+            elif isinstance(action, tr.LocalFault):
+                log("local_fault", active=action.active,
+                    note="every upstream looks bad: no BGP action")
+            elif isinstance(action, tr.BudgetExhausted):
+                log("action_budget_exhausted", upstream=action.upstream,
+                    wanted=action.wanted.value)
+        holds = {h.family: h for h in self.state.plan.holds}
+        for fam in tr.Family:
+            self.metrics.safety_hold.labels(f"ipv{int(fam)}").set(1 if fam in holds else 0)
+            if fam in holds and old != {n: u.state for n, u in self.state.upstreams.items()}:
+                log("safety_hold", family=f"ipv{int(fam)}", kept=",".join(holds[fam].kept))
+        self.metrics.local_fault.set(1 if self.state.local_fault else 0)
+        self.metrics.budget_exhausted.set(1 if self.state.budget_exhausted else 0)
+        for name, u in self.state.upstreams.items():
+            self.metrics.set_state(name, u.state)
+        for (name, fam), ann in self.state.plan.desired.items():
+            for p in self.site.prefixes:
+                if p.version == int(fam):
+                    self.metrics.set_mode(name, str(p), _mode(ann))
+        snapshot = tr.to_json(self.state)
+        if snapshot != self._persisted:
+            try:
+                self.store.save(snapshot)
+                self._persisted = snapshot
+            except OSError as exc:
+                self.metrics.errors.labels("persist").inc()
+                log("persist_failed", error=exc)
+
+    def judge(self) -> None:
+        if self.mono() - self.started < self.ctl.probe.window_s:
+            return  # not one full window yet: do not trust the probes
+        stats = self.window.stats(self.mono())
+        self.apply(stats)
+        for name, u in self.state.upstreams.items():
+            self.metrics.loss.labels(name).set(u.last.loss)
+            self.metrics.loss_excess.labels(name).set(u.last.loss_excess)
+        rtts: dict[str, list[float]] = {}
+        for (name, target), ps in stats.paths.items():
+            self.metrics.reachable.labels(name, target).set(1 if ps.loss < tr.REACHABLE_LOSS else 0)
+            if ps.rtt_s is not None:
+                rtts.setdefault(name, []).append(ps.rtt_s)
+        for name, values in rtts.items():
+            self.metrics.rtt.labels(name).set(sorted(values)[len(values) // 2])
+
+    # --- probes ----------------------------------------------------------------------------
+
+    def probe_paths(self):
+        """[(upstream name, ProbePath, [targets of that family])]."""
+        from netwatch.adapters.policy_routing import ProbePath
+
+        out = []
+        targets = self.ctl.probe.targets
+        for i, u in enumerate(self.ctl.upstreams):
+            if u.interface is None:
+                log("no_probe_path", upstream=u.name, reason="no interface in the site file")
+                continue
+            for j, gateway in enumerate((u.probe_nexthop, u.probe_nexthop6)):
+                if gateway is None:
+                    continue
+                mine = [t for t in targets if t.address.version == gateway.version]
+                if not mine:
+                    continue
+                n = 2 * i + j
+                out.append((u.name, ProbePath(self.ctl.fwmark_base + n,
+                                              self.ctl.route_table_base + n,
+                                              gateway, u.interface), mine))
+        return out
+
+    async def install_paths(self, paths) -> None:
+        from pyroute2 import AsyncIPRoute
+
+        from netwatch.adapters.policy_routing import install_probe_path
+
+        try:
+            async with AsyncIPRoute() as ipr:
+                for name, path, _ in paths:
+                    try:
+                        await install_probe_path(ipr, path)
+                    except Exception as exc:  # a down link must not kill us
+                        self.metrics.errors.labels("probe_path").inc()
+                        log("probe_path_failed", upstream=name, table=path.table, error=exc)
+        except Exception as exc:
+            log("netlink_failed", error=exc)
+
+    async def probe_loop(self) -> None:
+        paths = self.probe_paths()
+        await self.install_paths(paths)
+        probers = []
+        for name, path, targets in paths:
+            try:
+                probers.append((name, IcmpProber(path.family, path.mark), targets))
+            except OSError as exc:
+                log("prober_failed", upstream=name, error=exc)
+        interval = self.ctl.probe.interval_ms / 1000
+        timeout = (self.ctl.probe.timeout_ms or self.ctl.probe.interval_ms) / 1000
+        last_repair = self.mono()
+
+        async def one(name, prober, target):
+            sent = self.mono()
+            try:
+                rtt = await prober.ping(target.address, timeout)
+            except Exception as exc:
+                self.metrics.errors.labels("probe").inc()
+                log("probe_failed", upstream=name, target=target.label, error=exc)
+                rtt = None
+            self.window.record(name, target.label, sent, rtt)
+
+        tasks: set[asyncio.Task] = set()
+        next_at = self.mono()
+        while True:
+            for name, prober, targets in probers:
+                for target in targets:
+                    task = asyncio.create_task(one(name, prober, target))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+            if self.mono() - last_repair > PATH_REPAIR_S:
+                last_repair = self.mono()
+                await self.install_paths(paths)
+            next_at += interval
+            await asyncio.sleep(max(0.0, next_at - self.mono()))
+            try:
+                self.judge()
+                self.sync()
+                await self.pipe.flush()
+            except Exception as exc:  # log and survive
+                self.metrics.errors.labels("judge").inc()
+                log("judge_failed", error=repr(exc))
+
+    async def run(self) -> int:
+        await self.pipe.open()
+        log("start", upstreams=",".join(u.name for u in self.ctl.upstreams),
+            prefixes=len(self.site.prefixes),
+            states=",".join(f"{n}:{u.state.value}" for n, u in self.state.upstreams.items()))
+        self.apply(tr.ProbeStats({}))  # publish metrics for the restored state
+        self.sync()  # the desired state from config + persisted state, before any probe
+        prober = asyncio.create_task(self.probe_loop())
+        try:
+            async for line in self.pipe.lines():
+                try:
+                    self.on_event(line)
+                except Exception as exc:  # a bad event must not kill us
+                    self.metrics.errors.labels("event").inc()
+                    log("event_failed", error=repr(exc), line=line[:200])
+                await self.pipe.flush()
+        finally:
+            prober.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await prober
+        log("stop", reason="ExaBGP closed the pipe")
+        return 0
+
+
+def run_controller(site, registry: CollectorRegistry | None = None) -> int:
+    """Run until ExaBGP goes away. Returns an exit code."""
+    registry = registry or CollectorRegistry()
+    from netwatch.adapters.metrics_http import serve_metrics
+
+    listen = site.metrics.listen_for("controller")
+    try:
+        serve_metrics(listen, registry)
+    except OSError as exc:
+        log("metrics_unavailable", listen=listen, error=exc)
+    return asyncio.run(Controller(site, registry).run())

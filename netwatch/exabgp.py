@@ -1,0 +1,236 @@
+"""ExaBGP 5 text API: desired announcements -> command lines; JSON events -> typed events. Pure.
+
+Commands (one line each, written to ExaBGP's stdin by the API process):
+
+    neighbor 192.0.2.1 announce attributes next-hop self [as-path [...]] [community [...]]
+        [large-community [...]] nlri P1 P2 ...
+    neighbor 192.0.2.1 withdraw attributes next-hop self nlri P1 P2 ...
+
+The bulk `attributes ... nlri` form is used because it is about twice as fast as one line per
+prefix (measured with ExaBGP 5.0.15: 1,000 prefixes announced in 0.2 s vs 0.4 s, withdrawn in
+0.4 s vs 0.75 s). ExaBGP does not add our ASN to an explicit as-path, so a prepend of N is sent
+as N+1 copies of our ASN. Every value is validated before it is formatted, and the finished
+line is checked again: no newline or control character can turn one command into two.
+
+Events (what ExaBGP writes to us with `encoder json`, `neighbor-changes`, api ack on):
+JSON objects of `"type": "state"` (neighbor up / down / connected), `notification: shutdown`,
+and the plain-text acknowledgements `done` / `error`, one per command, in command order.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from netwatch.transit import Announcement
+
+MAX_NLRI_PER_LINE = 1000  # one ack per 1,000 prefixes; keeps each line ~20 kB
+_COMMUNITY = re.compile(r"^\d{1,10}:\d{1,10}(:\d{1,10})?$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class UnsafeValue(ValueError):
+    """A value that must not reach ExaBGP's line protocol."""
+
+
+def _address(value) -> str:
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError:
+        raise UnsafeValue(f"not an IP address: {value!r}") from None
+
+
+def _network(value) -> Network:
+    try:
+        return ipaddress.ip_network(str(value), strict=True)
+    except ValueError:
+        raise UnsafeValue(f"not a prefix: {value!r}") from None
+
+
+def _asn(value) -> str:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 0xFFFFFFFF:
+        raise UnsafeValue(f"not an ASN: {value!r}")
+    return str(value)
+
+
+def _community(value) -> str:
+    if not isinstance(value, str) or not _COMMUNITY.match(value):
+        raise UnsafeValue(f"not a community: {value!r}")
+    return value
+
+
+def _checked(line: str) -> str:
+    if _CONTROL.search(line):
+        raise UnsafeValue(f"control character in command {line!r}")
+    return line
+
+
+def announce_line(neighbor, announcement: Announcement, prefixes: Sequence) -> str:
+    """One bulk announce command. Raises UnsafeValue for any value that is not what it claims."""
+    if not prefixes:
+        raise UnsafeValue("no prefix to announce")
+    nets = [_network(p) for p in prefixes]
+    parts = [f"neighbor {_address(neighbor)} announce attributes next-hop self"]
+    if announcement.as_path:
+        parts.append(f"as-path [ {' '.join(_asn(a) for a in announcement.as_path)} ]")
+    standard = [_community(c) for c in announcement.communities if c.count(":") == 1]
+    large = [_community(c) for c in announcement.communities if c.count(":") == 2]
+    if standard:
+        parts.append(f"community [ {' '.join(standard)} ]")
+    if large:
+        parts.append(f"large-community [ {' '.join(large)} ]")
+    parts.append("nlri " + " ".join(str(n) for n in nets))
+    return _checked(" ".join(parts))
+
+
+def withdraw_line(neighbor, prefixes: Sequence) -> str:
+    """One bulk withdraw command. Raises UnsafeValue."""
+    if not prefixes:
+        raise UnsafeValue("no prefix to withdraw")
+    nets = " ".join(str(_network(p)) for p in prefixes)
+    return _checked(f"neighbor {_address(neighbor)} withdraw attributes next-hop self nlri {nets}")
+
+
+# --- plans as diffs -------------------------------------------------------------------------
+
+Key = tuple[str, str]  # (neighbor address, prefix) as strings
+Desired = Mapping[Key, Announcement | None]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One line for ExaBGP and what it makes true once acknowledged."""
+
+    line: str
+    effect: Mapping[Key, Announcement | None]
+
+
+def diff(desired: Desired, known: Mapping[Key, Announcement | None]) -> list[Command]:
+    """Commands that take ExaBGP from `known` (acknowledged, plus in flight) to `desired`.
+
+    A key missing from `known` is unknown and is always sent (after a restart, a withdrawal
+    of something that may still be announced). Equal prefixes with equal attributes for one
+    neighbor share one bulk line (at most MAX_NLRI_PER_LINE prefixes). Withdrawals come
+    first per neighbor, then announcements. Output order is deterministic.
+    """
+    groups: dict[tuple[str, bool, Announcement | None], list[str]] = {}
+    for key in sorted(desired, key=_key_order):
+        want = desired[key]
+        if key in known and known[key] == want:
+            continue
+        neighbor, prefix = key
+        groups.setdefault((neighbor, want is not None, want), []).append(prefix)
+    commands = []
+    for (neighbor, announced, ann), prefixes in sorted(groups.items(), key=_group_order):
+        for i in range(0, len(prefixes), MAX_NLRI_PER_LINE):
+            chunk = prefixes[i : i + MAX_NLRI_PER_LINE]
+            if announced:
+                line = announce_line(neighbor, ann, chunk)
+            else:
+                line = withdraw_line(neighbor, chunk)
+            commands.append(Command(line, {(neighbor, p): ann for p in chunk}))
+    return commands
+
+
+def _key_order(key: Key):
+    net = ipaddress.ip_network(key[1])
+    return (key[0], net.version, net)
+
+
+def _group_order(item):
+    (neighbor, announced, ann), _ = item
+    return (neighbor, announced, ann or Announcement())
+
+
+def expand(
+    plan_desired: Mapping[tuple[str, int], Announcement | None],
+    sessions: Mapping[tuple[str, int], str],
+    prefixes: Iterable,
+) -> dict[Key, Announcement | None]:
+    """Per (upstream, family) desires -> per (neighbor address, prefix).
+
+    `sessions` maps (upstream, family) to the neighbor address of that session.
+    """
+    nets = [_network(p) for p in prefixes]
+    out: dict[Key, Announcement | None] = {}
+    for (upstream, family), ann in plan_desired.items():
+        neighbor = sessions.get((upstream, int(family)))
+        if neighbor is None:
+            continue
+        for net in nets:
+            if net.version == int(family):
+                out[(str(neighbor), str(net))] = ann
+    return out
+
+
+# --- events ---------------------------------------------------------------------------------
+
+
+class AckKind(enum.Enum):
+    DONE = "done"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class Ack:
+    kind: AckKind
+
+
+@dataclass(frozen=True)
+class NeighborState:
+    peer: str
+    local: str
+    state: str  # up | down | connected
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    pass
+
+
+@dataclass(frozen=True)
+class Other:
+    """A well-formed message we do not act on (updates, notifications, unknown types)."""
+
+    kind: str
+
+
+Event = Ack | NeighborState | Shutdown | Other
+
+
+def parse_event(line: str) -> Event:
+    """Parse one line ExaBGP wrote to us. Raises ValueError for a malformed line."""
+    text = line.strip()
+    if text in ("done", "error"):
+        return Ack(AckKind(text))
+    if text == "shutdown":
+        return Shutdown()
+    if not text.startswith("{"):
+        raise ValueError(f"not an ExaBGP message: {text[:80]!r}")
+    try:
+        message = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"bad JSON from ExaBGP: {exc}") from None
+    if not isinstance(message, dict):
+        raise ValueError("ExaBGP message is not an object")
+    if message.get("answer") in ("done", "error"):
+        return Ack(AckKind(message["answer"]))
+    if message.get("notification") == "shutdown":
+        return Shutdown()
+    kind = message.get("type", "")
+    if kind == "state":
+        neighbor = message.get("neighbor") or {}
+        address = neighbor.get("address") or {}
+        peer, local, state = address.get("peer"), address.get("local"), neighbor.get("state")
+        if not (isinstance(peer, str) and isinstance(state, str)):
+            raise ValueError("state message without neighbor address or state")
+        reason = str(neighbor.get("reason", ""))
+        return NeighborState(_address(peer), str(local or ""), state, reason)
+    return Other(str(kind))

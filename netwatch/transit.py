@@ -1,0 +1,549 @@
+"""The transit verdict and the announcement plan. Pure: no I/O, time is injected.
+
+`step(state, observation, now) -> (state, actions)` is the whole decision:
+
+* observations are `ProbeStats` (loss and RTT per (upstream, target) over the rolling window,
+  see `ProbeWindow`) and `SessionChange` (a BGP session of one family went up or down);
+* each upstream is HEALTHY, DEGRADED or FAILED. A target counts against an upstream only when
+  at least one *other* upstream reaches it (a dead target is not a dead provider), and the
+  upstream is compared with the median of the other upstreams that reach that target (so three
+  blackholed providers out of four do not become "the norm"). At least `min_targets` such
+  targets are needed for a verdict (quorum);
+* when every upstream looks bad at once (absolute loss above the degraded threshold through
+  all of them) the fault is ours: the verdicts freeze, no BGP action is taken, `LocalFault`
+  says so;
+* two saturating counters (netwatch.health.Hysteresis) give `fall`/`rise` hysteresis for
+  "degraded or worse" and "failed"; a better state is taken only after it has held for
+  `recovery_hold_s` (HoldDown); at most `max_actions_per_hour` state changes (ActionBudget),
+  then the controller holds and alerts;
+* the plan maps each (upstream, family) to an `Announcement` (or None: withdrawn), and the
+  safety interlock keeps every family announced through at least `min_announcing_upstreams`
+  upstreams whose session of that family is up, re-announcing the least bad ones (with the
+  degraded treatment) and reporting a `SafetyHold` when it has to.
+
+All prefixes of one family go to the same sessions, so the interlock per family *is* the
+interlock per prefix.
+"""
+
+from __future__ import annotations
+
+import enum
+import statistics
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+
+from netwatch.health import ActionBudget, HoldDown, Hysteresis
+from netwatch.model import Health
+
+HOUR_S = 3600.0
+REACHABLE_LOSS = 0.5  # a target "is reachable" through an upstream below this loss ratio
+MIN_SAMPLES = 3  # samples per (upstream, target) in the window before the pair counts
+
+
+class TransitState(enum.Enum):
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    FAILED = "failed"
+
+    @property
+    def severity(self) -> int:
+        return _SEVERITY[self]
+
+
+_SEVERITY = {TransitState.HEALTHY: 0, TransitState.DEGRADED: 1, TransitState.FAILED: 2}
+
+# Every state may reach every other one, but only through `_transition`, which checks that the
+# move is in this table and that an improvement has served its recovery hold.
+ALLOWED = {
+    TransitState.HEALTHY: {TransitState.DEGRADED, TransitState.FAILED},
+    TransitState.DEGRADED: {TransitState.HEALTHY, TransitState.FAILED},
+    TransitState.FAILED: {TransitState.HEALTHY, TransitState.DEGRADED},
+}
+
+
+class SessionState(enum.Enum):
+    UNKNOWN = "unknown"  # counts as down for the interlock: never withdraw on a guess
+    UP = "up"
+    DOWN = "down"
+
+
+class Family(enum.IntEnum):
+    IPV4 = 4
+    IPV6 = 6
+
+
+# --- parameters -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Treatment:
+    """What a verdict level does to the announcements: announce, prepend, tag or withdraw."""
+
+    action: str  # announce | prepend | communities | withdraw
+    prepend: int = 0
+    communities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class UpstreamParams:
+    name: str
+    families: frozenset[Family]  # the families this upstream has a BGP session for
+    communities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Params:
+    """Everything the decision needs from the site file (see `params_from_site`)."""
+
+    asn: int
+    upstreams: tuple[UpstreamParams, ...]
+    degraded_loss: float
+    degraded_latency_s: float | None
+    failed_loss: float
+    failed_latency_s: float | None
+    degraded: Treatment
+    failed: Treatment
+    fall: int = 3
+    rise: int = 5
+    min_announcing_upstreams: int = 2
+    recovery_hold_s: float = 600.0
+    max_actions_per_hour: int = 6
+    min_targets: int = 3
+
+    def upstream(self, name: str) -> UpstreamParams:
+        for up in self.upstreams:
+            if up.name == name:
+                return up
+        raise KeyError(name)
+
+
+def params_from_site(site) -> Params:
+    """Build Params from a validated `netwatch.config.Site` with a controller section."""
+    ctl = site.controller
+    pol = ctl.policy
+
+    def treatment(v) -> Treatment:
+        return Treatment(v.action, v.prepend or 0, tuple(v.communities))
+
+    ups = []
+    for u in ctl.upstreams:
+        fams = {Family(u.neighbor.version)}
+        if u.neighbor6 is not None:
+            fams.add(Family.IPV6)
+        ups.append(UpstreamParams(u.name, frozenset(fams), tuple(u.communities)))
+    return Params(
+        asn=site.asn,
+        upstreams=tuple(ups),
+        degraded_loss=pol.degraded.loss_ratio,
+        degraded_latency_s=pol.degraded.latency_ms / 1000 if pol.degraded.latency_ms else None,
+        failed_loss=pol.failed.loss_ratio,
+        failed_latency_s=pol.failed.latency_ms / 1000 if pol.failed.latency_ms else None,
+        degraded=treatment(pol.degraded),
+        failed=treatment(pol.failed),
+        fall=pol.fall,
+        rise=pol.rise,
+        min_announcing_upstreams=pol.min_announcing_upstreams,
+        recovery_hold_s=pol.recovery_hold_s,
+        max_actions_per_hour=pol.max_actions_per_hour,
+        min_targets=ctl.probe.min_targets,
+    )
+
+
+# --- observations ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PathStats:
+    """One (upstream, target) over the window: probes answered or lost, median RTT."""
+
+    sent: int
+    lost: int
+    rtt_s: float | None  # median RTT of the answered probes, None when none answered
+
+    @property
+    def loss(self) -> float:
+        return self.lost / self.sent if self.sent else 1.0
+
+
+@dataclass(frozen=True)
+class ProbeStats:
+    """The window's statistics: {(upstream name, target label): PathStats}."""
+
+    paths: Mapping[tuple[str, str], PathStats]
+
+
+@dataclass(frozen=True)
+class SessionChange:
+    upstream: str
+    family: Family
+    up: bool
+
+
+Observation = ProbeStats | SessionChange
+
+
+class ProbeWindow:
+    """Rolling window of probe results per (upstream, target). Pure: `now` is passed in."""
+
+    def __init__(self, window_s: float):
+        self.window_s = window_s
+        self._samples: dict[tuple[str, str], deque[tuple[float, float | None]]] = {}
+
+    def record(self, upstream: str, target: str, sent_at: float, rtt_s: float | None) -> None:
+        self._samples.setdefault((upstream, target), deque()).append((sent_at, rtt_s))
+
+    def stats(self, now: float) -> ProbeStats:
+        paths = {}
+        for key, samples in self._samples.items():
+            while samples and now - samples[0][0] > self.window_s:
+                samples.popleft()
+            if not samples:
+                continue
+            rtts = [r for _, r in samples if r is not None]
+            paths[key] = PathStats(
+                len(samples), len(samples) - len(rtts), statistics.median(rtts) if rtts else None
+            )
+        return ProbeStats(paths)
+
+
+# --- verdict --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """One upstream's raw verdict on one window, before hysteresis."""
+
+    level: TransitState | None  # None: no quorum of usable targets
+    loss_excess: float = 0.0
+    rtt_excess_s: float | None = None
+    targets: int = 0
+    loss: float = 0.0  # absolute, over every target with samples
+
+
+def assess(params: Params, stats: ProbeStats) -> dict[str, Assessment]:
+    """The raw verdict of every upstream on one window (see the module docstring)."""
+    names = [u.name for u in params.upstreams]
+    by_target: dict[str, dict[str, PathStats]] = {}
+    for (up, target), ps in stats.paths.items():
+        if up in names and ps.sent >= MIN_SAMPLES:
+            by_target.setdefault(target, {})[up] = ps
+    result = {}
+    for name in names:
+        losses, rtt_deltas, absolute = [], [], []
+        for per_up in by_target.values():
+            mine = per_up.get(name)
+            if mine is None:
+                continue
+            absolute.append(mine.loss)
+            others = [ps for up, ps in per_up.items() if up != name and ps.loss < REACHABLE_LOSS]
+            if not others:
+                continue  # a dead target, or one only we reach: says nothing against us
+            losses.append(mine.loss - statistics.median(ps.loss for ps in others))
+            other_rtts = [ps.rtt_s for ps in others if ps.rtt_s is not None]
+            if mine.rtt_s is not None and other_rtts:
+                rtt_deltas.append(mine.rtt_s - statistics.median(other_rtts))
+        loss_abs = statistics.fmean(absolute) if absolute else 0.0
+        if len(losses) < params.min_targets:
+            result[name] = Assessment(None, targets=len(losses), loss=loss_abs)
+            continue
+        loss_excess = statistics.fmean(losses)
+        rtt_excess = statistics.median(rtt_deltas) if rtt_deltas else None
+        result[name] = Assessment(
+            _level(params, loss_excess, rtt_excess), loss_excess, rtt_excess, len(losses), loss_abs
+        )
+    return result
+
+
+def _level(params: Params, loss: float, rtt_s: float | None) -> TransitState:
+    def over(limit: float | None, value: float | None) -> bool:
+        return limit is not None and value is not None and value >= limit
+
+    if over(params.failed_loss, loss) or over(params.failed_latency_s, rtt_s):
+        return TransitState.FAILED
+    if over(params.degraded_loss, loss) or over(params.degraded_latency_s, rtt_s):
+        return TransitState.DEGRADED
+    return TransitState.HEALTHY
+
+
+def is_local_fault(
+    params: Params, assessments: Mapping[str, Assessment], stats: ProbeStats
+) -> bool:
+    """Every upstream with samples loses at least `degraded_loss` of its probes: it is us."""
+    seen = {up for (up, _), ps in stats.paths.items() if ps.sent >= MIN_SAMPLES}
+    judged = [a for name, a in assessments.items() if name in seen]
+    return len(judged) == len(params.upstreams) and all(
+        a.loss >= params.degraded_loss for a in judged
+    )
+
+
+# --- state ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UpstreamState:
+    state: TransitState
+    degraded: Hysteresis  # DOWN = degraded or worse
+    failed: Hysteresis  # DOWN = failed
+    recovery: HoldDown  # since when the hysteresis has pointed at a better state
+    last: Assessment = Assessment(None)
+    changed_at: float | None = None
+
+    @property
+    def candidate(self) -> TransitState:
+        """The state the hysteresis points at now, before the recovery hold."""
+        if self.failed.health is Health.DOWN:
+            return TransitState.FAILED
+        if self.degraded.health is Health.DOWN:
+            return TransitState.DEGRADED
+        return TransitState.HEALTHY
+
+
+@dataclass(frozen=True)
+class State:
+    params: Params
+    upstreams: Mapping[str, UpstreamState]
+    sessions: Mapping[tuple[str, Family], SessionState]
+    budget: ActionBudget
+    local_fault: bool = False
+    budget_exhausted: bool = False
+    plan: Plan | None = None
+
+
+def initial_state(params: Params, persisted: Mapping | None = None) -> State:
+    """The state at start: HEALTHY everywhere, or what `persisted` (see `to_json`) recorded."""
+    persisted = persisted or {}
+    saved = persisted.get("upstreams", {})
+    ups = {}
+    for u in params.upstreams:
+        rec = saved.get(u.name, {})
+        state = TransitState(rec.get("state", TransitState.HEALTHY.value))
+        deg = Hysteresis(params.fall, params.rise)
+        fail = Hysteresis(params.fall, params.rise)
+        # Hysteresis that agrees with the restored state: a restart neither condemns nor
+        # forgives an upstream; it has to earn its way back through rise + recovery hold.
+        if state is not TransitState.HEALTHY:
+            deg = deg.force(Health.DOWN)
+        if state is TransitState.FAILED:
+            fail = fail.force(Health.DOWN)
+        ups[u.name] = UpstreamState(
+            state, deg, fail, HoldDown(params.recovery_hold_s, rec.get("recovery_since")),
+            changed_at=rec.get("changed_at"),
+        )
+    sessions = {(u.name, f): SessionState.UNKNOWN for u in params.upstreams for f in u.families}
+    budget = ActionBudget(
+        params.max_actions_per_hour, HOUR_S, tuple(persisted.get("action_times", ()))
+    )
+    state = State(params, ups, sessions, budget)
+    return replace(state, plan=plan(state))
+
+
+def to_json(state: State) -> dict:
+    """What survives a restart: states, recovery holds, the action budget (wall-clock times)."""
+    return {
+        "upstreams": {
+            name: {
+                "state": u.state.value,
+                "recovery_since": u.recovery.since,
+                "changed_at": u.changed_at,
+            }
+            for name, u in state.upstreams.items()
+        },
+        "action_times": list(state.budget.times),
+    }
+
+
+# --- actions --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transition:
+    upstream: str
+    old: TransitState
+    new: TransitState
+    reason: str
+
+
+@dataclass(frozen=True)
+class LocalFault:
+    active: bool
+
+
+@dataclass(frozen=True)
+class BudgetExhausted:
+    upstream: str
+    wanted: TransitState
+
+
+@dataclass(frozen=True, order=True)
+class Announcement:
+    """How one session announces our prefixes of its family. None (elsewhere) = withdrawn."""
+
+    as_path: tuple[int, ...] = ()  # empty: ExaBGP's default, our ASN once
+    communities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SafetyHold:
+    family: Family
+    kept: tuple[str, ...]  # upstreams re-announced against their verdict
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Desired announcement per (upstream, family); the interlock has been applied."""
+
+    desired: Mapping[tuple[str, Family], Announcement | None]
+    holds: tuple[SafetyHold, ...] = ()
+
+    def announcing(self, family: Family) -> list[str]:
+        return sorted(u for (u, f), a in self.desired.items() if f == family and a is not None)
+
+
+Action = Transition | LocalFault | BudgetExhausted | SafetyHold | Plan
+
+
+def _treat(params: Params, up: UpstreamParams, treatment: Treatment | None) -> Announcement | None:
+    base = tuple(up.communities)
+    if treatment is None or treatment.action == "announce":
+        return Announcement((), base)
+    if treatment.action == "withdraw":
+        return None
+    extra = tuple(c for c in treatment.communities if c not in base)
+    if treatment.action == "prepend":
+        return Announcement((params.asn,) * (1 + treatment.prepend), base + extra)
+    return Announcement((), base + extra)  # communities
+
+
+def plan(state: State) -> Plan:
+    """Desired announcements from the upstream states, with the safety interlock applied."""
+    params = state.params
+    desired: dict[tuple[str, Family], Announcement | None] = {}
+    for up in params.upstreams:
+        level = state.upstreams[up.name].state
+        treatment = {
+            TransitState.HEALTHY: None,
+            TransitState.DEGRADED: params.degraded,
+            TransitState.FAILED: params.failed,
+        }[level]
+        for fam in up.families:
+            desired[(up.name, fam)] = _treat(params, up, treatment)
+    holds = []
+    for fam in Family:
+        carriers = [u for u in params.upstreams if fam in u.families]
+        if not carriers:
+            continue
+        up_now = [u for u in carriers if state.sessions.get((u.name, fam)) is SessionState.UP]
+        announcing = [u for u in up_now if desired[(u.name, fam)] is not None]
+        need = params.min_announcing_upstreams - len(announcing)
+        if need <= 0:
+            continue
+        # Least bad first: by state, then by measured excess loss, then by name (stable).
+        withdrawn = sorted(
+            (u for u in carriers if desired[(u.name, fam)] is None),
+            key=lambda u: (
+                state.sessions.get((u.name, fam)) is not SessionState.UP,
+                state.upstreams[u.name].state.severity,
+                state.upstreams[u.name].last.loss_excess,
+                u.name,
+            ),
+        )
+        kept = []
+        for u in withdrawn:
+            if need <= 0 or state.sessions.get((u.name, fam)) is not SessionState.UP:
+                break  # sorted: sessions that are up come first
+            desired[(u.name, fam)] = _treat(params, u, params.degraded) or _treat(params, u, None)
+            kept.append(u.name)
+            need -= 1
+        if kept:
+            holds.append(SafetyHold(fam, tuple(kept)))
+    return Plan(desired, tuple(holds))
+
+
+# --- step -----------------------------------------------------------------------------------
+
+
+def _transition(u: UpstreamState, new: TransitState, now: float) -> UpstreamState:
+    if new not in ALLOWED[u.state]:
+        raise ValueError(f"transition {u.state.name} -> {new.name} is not allowed")
+    if new.severity < u.state.severity and not u.recovery.ready(now):
+        raise ValueError(f"recovery {u.state.name} -> {new.name} before its hold")
+    return replace(u, state=new, changed_at=now, recovery=HoldDown(u.recovery.hold_s))
+
+
+def step(state: State, observation: Observation, now: float) -> tuple[State, list[Action]]:
+    """Feed one observation; return the new state and what to do (the last action is the Plan).
+
+    Raises ValueError for an observation about an unknown upstream or family.
+    """
+    actions: list[Action] = []
+    if isinstance(observation, SessionChange):
+        key = (observation.upstream, observation.family)
+        if key not in state.sessions:
+            raise ValueError(f"no session {observation.upstream}/IPv{int(observation.family)}")
+        sessions = dict(state.sessions)
+        sessions[key] = SessionState.UP if observation.up else SessionState.DOWN
+        state = replace(state, sessions=sessions)
+    elif isinstance(observation, ProbeStats):
+        state, actions = _judge(state, observation, now)
+    else:
+        raise ValueError(f"unknown observation {observation!r}")
+    new_plan = plan(state)
+    state = replace(state, plan=new_plan)
+    return state, [*actions, *new_plan.holds, new_plan]
+
+
+def _judge(state: State, stats: ProbeStats, now: float) -> tuple[State, list[Action]]:
+    params = state.params
+    actions: list[Action] = []
+    assessments = assess(params, stats)
+    local = is_local_fault(params, assessments, stats)
+    if local != state.local_fault:
+        actions.append(LocalFault(local))
+    ups = dict(state.upstreams)
+    for name, a in assessments.items():
+        ups[name] = replace(ups[name], last=a)
+    if local:
+        # Our own fault: freeze every verdict, restart every recovery hold.
+        for name, u in ups.items():
+            ups[name] = replace(u, recovery=HoldDown(u.recovery.hold_s))
+        return replace(state, upstreams=ups, local_fault=True), actions
+    budget = state.budget
+    exhausted = False
+    for name in sorted(ups):
+        u = ups[name]
+        a = u.last
+        if a.level is not None:
+            u = replace(
+                u,
+                degraded=u.degraded.observe(a.level is TransitState.HEALTHY),
+                failed=u.failed.observe(a.level is not TransitState.FAILED),
+            )
+        target = u.candidate
+        better = target.severity < u.state.severity
+        u = replace(u, recovery=u.recovery.update(better, now))
+        if target is not u.state and (not better or u.recovery.ready(now)):
+            if budget.available(now) < 1:
+                exhausted = True
+                actions.append(BudgetExhausted(name, target))
+            else:
+                budget = budget.spend(now)
+                reason = (
+                    f"loss_excess={a.loss_excess:.3f} rtt_excess_s="
+                    f"{'-' if a.rtt_excess_s is None else f'{a.rtt_excess_s:.4f}'} "
+                    f"targets={a.targets}"
+                )
+                actions.append(Transition(name, u.state, target, reason))
+                u = _transition(u, target, now)
+        ups[name] = u
+    return replace(
+        state, upstreams=ups, budget=budget, local_fault=False, budget_exhausted=exhausted
+    ), actions
+
+
+def families_of(prefixes: Iterable) -> dict[Family, list]:
+    """Group prefixes (ipaddress networks) by family, order kept."""
+    out: dict[Family, list] = {}
+    for p in prefixes:
+        out.setdefault(Family(p.version), []).append(p)
+    return out
