@@ -5,10 +5,12 @@ runs `process_argv` (the lab announcer today, `netwatch controller --config FILE
 one neighbor per upstream and address family (IPv4 session on `neighbor`, IPv6 session on
 `neighbor6`), each with local-as, router-id, hold-time and the API process.
 
-Facts (ExaBGP 5.0.15, pinned by tests/lab): every `process` block needs `encoder json|text`;
-`respawn false;` in the process block plus `exabgp_api_terminate=true` in the environment
-(see `exabgp_environment`) makes ExaBGP stop when its API process dies, instead of keeping
-stale announcements up without anyone deciding about them.
+Facts (ExaBGP 5.0.15, measured in the lab): every `process` block needs `encoder json|text`.
+ExaBGP 5 has no setting that stops it when its API process exits: with `respawn false;` and
+`exabgp_api_terminate=true` it kept its sessions and announcements up for >10 s after the API
+process was killed (`terminate` only acts when a write to the process fails). So we keep
+`respawn true;`: ExaBGP restarts the API process (which re-announces the desired state from
+config on start) and gives up and exits after 5 deaths within its 64 s window.
 Raises ValueError for a value that cannot go into the config safely.
 """
 
@@ -53,7 +55,7 @@ def render_exabgp_config(site, process_argv: Sequence[str]) -> str:
     run = " ".join(_token(a) for a in process_argv)
     parts = [
         "# netwatch: ExaBGP 5 configuration, generated from the site file. Do not edit.",
-        f"process {PROCESS_NAME} {{\n    run {run};\n    encoder json;\n    respawn false;\n}}\n",
+        f"process {PROCESS_NAME} {{\n    run {run};\n    encoder json;\n    respawn true;\n}}\n",
     ]
     for up in site.controller.upstreams:
         if getattr(up, "neighbor", None):
@@ -69,7 +71,7 @@ def render_exabgp_config(site, process_argv: Sequence[str]) -> str:
 
 def exabgp_environment(log_file: Path | None = None) -> dict[str, str]:
     """Environment variables ExaBGP needs to run under netwatch (no daemonizing, root, acks,
-    stop when the API process dies, no CLI pipe)."""
+    no CLI pipe; `api_terminate` stops it when a write to a dead API process fails)."""
     env = {
         "exabgp_daemon_user": "root",
         "exabgp_daemon_daemonize": "false",

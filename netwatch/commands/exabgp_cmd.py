@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--process",
         default=None,
-        help="API process command line (default: `netwatch lab announce`)",
+        help="API process command line (default: `netwatch controller --config FILE`)",
     )
     parser.set_defaults(func=cmd_exabgp_config)
 
@@ -40,8 +40,7 @@ def cmd_exabgp_config(args) -> int:
             sys.executable,
             "-m",
             "netwatch.cli",
-            "lab",
-            "announce",
+            "controller",
             "--config",
             str(Path(args.file).resolve()),
         ]

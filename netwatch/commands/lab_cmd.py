@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from netwatch import exitcodes
+from netwatch.lab.netns import NetnsError
 from netwatch.lab.site import SiteError
 
 
@@ -71,6 +72,9 @@ def _guard(func, args) -> int:
     except SiteError as exc:
         print(f"netwatch lab: {exc}", file=sys.stderr)
         return exc.exit_code
+    except NetnsError as exc:
+        print(f"netwatch lab: {exc}", file=sys.stderr)
+        return exitcodes.OSERR
 
 
 def cmd_up(args) -> int:

@@ -175,7 +175,13 @@ def _inject(lab: Lab, kind: str, target: str, opts: list[str]) -> dict:
         node = _routing_node(lab, target)
         pct = _percent(opts)
         _nft(
-            lab, node, _chain_script("loss_fwd", "forward", [f"numgen random mod 100 < {pct} drop"])
+            lab,
+            node,
+            _chain_script(
+                "loss_fwd",
+                "forward",
+                ["drop" if pct == 100 else f"numgen random mod 100 < {pct} drop"],
+            ),
         )
         return {"node": node, "percent": pct, "chains": [["inet", "loss_fwd"]]}
     if kind == "latency":
@@ -216,6 +222,20 @@ def _undo(lab: Lab, record: dict) -> None:
         _delete_chains(lab, node, [tuple(c) for c in record["chains"]])
     if kind == "link-down":
         netns.batch(lab.ns(node), [f"link set {record['ifname']} up"])
+        # The kernel drops link-local addresses (fe80::1 on a gateway) on link down.
+        end = next(
+            e
+            for link in lab.topology().links
+            for e in (link.a, link.b)
+            if e.node == node and e.name == record["ifname"]
+        )
+        netns.batch(
+            lab.ns(node),
+            [
+                f"addr replace {a} dev {end.name}" + (" nodad" if ":" in a else "")
+                for a in end.addrs
+            ],
+        )
         # Routes through a downed interface are flushed by the kernel: put the node's back.
         from netwatch.lab.lab import route_commands
 

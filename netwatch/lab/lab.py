@@ -264,8 +264,7 @@ def start_exabgp(lab: Lab, site) -> None:
         sys.executable,
         "-m",
         "netwatch.cli",
-        "lab",
-        "announce",
+        "controller",
         "--config",
         str(lab.site_file),
     ]

@@ -24,7 +24,8 @@ def run(
     )
     if check and proc.returncode != 0:
         err = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
-        raise NetnsError(f"{' '.join(argv[:6])}: {err[-1] if err else 'failed'}")
+        errors = [line for line in err if "Error" in line] or err[-1:] or ["failed"]
+        raise NetnsError(f"{' '.join(argv[:6])}: {errors[0].strip()}")
     return proc
 
 

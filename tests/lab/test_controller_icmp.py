@@ -33,8 +33,10 @@ def pair():
         _ip("netns", "add", a)
         _ip("netns", "add", b)
         _ip("-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b)
-        for ns, dev, v4, v6 in ((a, "va", "10.99.0.1/24", "fd00:99::1/64"),
-                                (b, "vb", "10.99.0.2/24", "fd00:99::2/64")):
+        for ns, dev, v4, v6 in (
+            (a, "va", "10.99.0.1/24", "fd00:99::1/64"),
+            (b, "vb", "10.99.0.2/24", "fd00:99::2/64"),
+        ):
             _ip("-n", ns, "link", "set", "lo", "up")
             _ip("-n", ns, "addr", "add", v4, "dev", dev)
             _ip("-n", ns, "addr", "add", v6, "dev", dev, "nodad")
