@@ -1,0 +1,91 @@
+"""ExaBGP lines (golden), sanitising, event parsing and plans as diffs."""
+
+from __future__ import annotations
+
+import pytest
+
+from netwatch import exabgp
+from netwatch.transit import Announcement
+
+
+@pytest.mark.parametrize(
+    ("neighbor", "announcement", "prefixes", "line"),
+    [
+        ("192.0.2.1", Announcement(), ["198.51.100.0/24"],
+         "neighbor 192.0.2.1 announce attributes next-hop self nlri 198.51.100.0/24"),
+        ("2001:db8:ffff:1::1", Announcement(), ["2001:db8:100::/48", "2001:db8:200::/48"],
+         "neighbor 2001:db8:ffff:1::1 announce attributes next-hop self "
+         "nlri 2001:db8:100::/48 2001:db8:200::/48"),
+        ("192.0.2.1", Announcement((64500,) * 4, ("64500:100",)), ["198.51.100.0/24"],
+         "neighbor 192.0.2.1 announce attributes next-hop self as-path [ 64500 64500 64500 64500 ]"
+         " community [ 64500:100 ] nlri 198.51.100.0/24"),
+        ("192.0.2.1", Announcement((), ("65535:0", "64500:1:2")), ["198.51.100.0/24"],
+         "neighbor 192.0.2.1 announce attributes next-hop self community [ 65535:0 ]"
+         " large-community [ 64500:1:2 ] nlri 198.51.100.0/24"),
+    ],
+)
+def test_announce_lines(neighbor, announcement, prefixes, line):
+    assert exabgp.announce_line(neighbor, announcement, prefixes) == line
+
+
+def test_withdraw_lines_both_families():
+    assert exabgp.withdraw_line("192.0.2.5", ["198.51.100.0/24"]) == (
+        "neighbor 192.0.2.5 withdraw attributes next-hop self nlri 198.51.100.0/24"
+    )
+    assert exabgp.withdraw_line("2001:db8:ffff:2::1", ["2001:db8:100::/48"]) == (
+        "neighbor 2001:db8:ffff:2::1 withdraw attributes next-hop self nlri 2001:db8:100::/48"
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        lambda: exabgp.announce_line("192.0.2.1\nneighbor 192.0.2.5 withdraw", Announcement(),
+                                     ["198.51.100.0/24"]),
+        lambda: exabgp.announce_line("192.0.2.1", Announcement((), ("1:2\nshutdown",)),
+                                     ["198.51.100.0/24"]),
+        lambda: exabgp.announce_line("192.0.2.1", Announcement((0,)), ["198.51.100.0/24"]),
+        lambda: exabgp.withdraw_line("192.0.2.1", ["198.51.100.0/24 extra"]),
+        lambda: exabgp.withdraw_line("192.0.2.1", ["198.51.100.1/24"]),
+        lambda: exabgp.withdraw_line("192.0.2.1", []),
+    ],
+)
+def test_unsafe_values_never_reach_a_line(bad):
+    with pytest.raises(exabgp.UnsafeValue):
+        bad()
+
+
+def test_diff_groups_prefixes_and_second_application_sends_nothing():
+    desired = {("192.0.2.1", f"198.51.{i}.0/24"): Announcement() for i in range(3)}
+    desired[("192.0.2.5", "198.51.0.0/24")] = None
+    commands = exabgp.diff(desired, {})
+    assert [c.line for c in commands] == [
+        "neighbor 192.0.2.1 announce attributes next-hop self "
+        "nlri 198.51.0.0/24 198.51.1.0/24 198.51.2.0/24",
+        "neighbor 192.0.2.5 withdraw attributes next-hop self nlri 198.51.0.0/24",
+    ]
+    known = {}
+    for c in commands:
+        known.update(c.effect)
+    assert exabgp.diff(desired, known) == []
+
+
+def test_diff_chunks_big_bulk_lines():
+    desired = {("192.0.2.1", f"10.{i // 256}.{i % 256}.0/24"): None for i in range(2500)}
+    commands = exabgp.diff(desired, {})
+    assert [len(c.effect) for c in commands] == [1000, 1000, 500]
+
+
+def test_parse_events():
+    up = (
+        '{ "exabgp": "5.0.0", "time": 1.0, "host" : "edge", "pid" : 1, "ppid" : 1, '
+        '"counter": 1, "type": "state", "neighbor": { "address": { "local": "192.0.2.2", '
+        '"peer": "192.0.2.1" }, "asn": { "local": 64500, "peer": 64501 } , "state": "up" } }'
+    )
+    assert exabgp.parse_event(up) == exabgp.NeighborState("192.0.2.1", "192.0.2.2", "up")
+    assert exabgp.parse_event("done") == exabgp.Ack(exabgp.AckKind.DONE)
+    assert exabgp.parse_event("error\n") == exabgp.Ack(exabgp.AckKind.ERROR)
+    assert exabgp.parse_event('{"type": "update"}') == exabgp.Other("update")
+    for bad in ("garbage", "{not json", '{"type": "state", "neighbor": {}}'):
+        with pytest.raises(ValueError):
+            exabgp.parse_event(bad)

@@ -1,0 +1,173 @@
+"""The transit verdict, plan and interlock with a fake clock; properties over random histories."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netwatch import exabgp
+from netwatch import transit as tr
+from netwatch.transit import Family, SessionChange, TransitState
+
+NAMES = ("t1", "t2", "t3", "t4")
+TARGETS = tuple(f"inet-{i}" for i in range(10))
+
+
+def params(**over) -> tr.Params:
+    base = dict(
+        asn=64500,
+        upstreams=tuple(
+            tr.UpstreamParams(n, frozenset({Family.IPV4, Family.IPV6}), ("64500:1",))
+            for n in NAMES
+        ),
+        degraded_loss=0.15, degraded_latency_s=0.08, failed_loss=0.6, failed_latency_s=None,
+        degraded=tr.Treatment("prepend", 3), failed=tr.Treatment("withdraw"),
+        fall=3, rise=5, min_announcing_upstreams=2, recovery_hold_s=10.0,
+        max_actions_per_hour=30, min_targets=3,
+    )
+    base.update(over)
+    return tr.Params(**base)
+
+
+def stats(loss: dict[str, float], rtt_s: float = 0.01, dead: tuple[str, ...] = ()) -> tr.ProbeStats:
+    paths = {}
+    for name in NAMES:
+        for t in TARGETS:
+            lost = 10 if t in dead else round(10 * loss.get(name, 0.0))
+            paths[(name, t)] = tr.PathStats(10, lost, rtt_s if lost < 10 else None)
+    return tr.ProbeStats(paths)
+
+
+def up_everywhere(state: tr.State) -> tr.State:
+    for n in NAMES:
+        for f in Family:
+            state, _ = tr.step(state, SessionChange(n, f, True), 0.0)
+    return state
+
+
+def run(state, observation, times):
+    for now in times:
+        state, _ = tr.step(state, observation, now)
+    return state
+
+
+def test_blackhole_withdraws_after_fall_and_returns_after_recovery_hold():
+    s = up_everywhere(tr.initial_state(params()))
+    s = run(s, stats({"t2": 1.0}), [1.0, 1.2])
+    assert s.upstreams["t2"].state is TransitState.HEALTHY  # fall = 3
+    s = run(s, stats({"t2": 1.0}), [1.4])
+    assert s.upstreams["t2"].state is TransitState.FAILED
+    assert s.plan.desired[("t2", Family.IPV4)] is None
+    assert s.plan.announcing(Family.IPV6) == ["t1", "t3", "t4"]
+    s = run(s, stats({}), [2.0 + 0.2 * i for i in range(5)])  # rise = 5 ...
+    assert s.upstreams["t2"].state is TransitState.FAILED  # ... but the recovery hold is 10 s
+    s = run(s, stats({}), [11.0])
+    assert s.upstreams["t2"].state is TransitState.FAILED
+    s = run(s, stats({}), [12.9])
+    assert s.upstreams["t2"].state is TransitState.HEALTHY
+    assert s.plan.desired[("t2", Family.IPV4)] == tr.Announcement((), ("64500:1",))
+
+
+def test_loss_30_prepends():
+    s = up_everywhere(tr.initial_state(params()))
+    s = run(s, stats({"t3": 0.3}), [1, 2, 3])
+    assert s.upstreams["t3"].state is TransitState.DEGRADED
+    assert s.plan.desired[("t3", Family.IPV4)] == tr.Announcement((64500,) * 4, ("64500:1",))
+
+
+def test_latency_degrades():
+    s = up_everywhere(tr.initial_state(params()))
+    slow = stats({})
+    paths = dict(slow.paths)
+    for t in TARGETS:
+        paths[("t1", t)] = tr.PathStats(10, 0, 0.2)
+    s = run(s, tr.ProbeStats(paths), [1, 2, 3])
+    assert s.upstreams["t1"].state is TransitState.DEGRADED
+
+
+def test_three_blackholed_keep_two_announced_with_safety_hold():
+    s = up_everywhere(tr.initial_state(params()))
+    actions = []
+    for now in (1, 2, 3):
+        s, actions = tr.step(s, stats({"t1": 1.0, "t2": 1.0, "t3": 1.0}), now)
+    assert {n for n in NAMES if s.upstreams[n].state is TransitState.FAILED} == {"t1", "t2", "t3"}
+    assert s.plan.announcing(Family.IPV4) == ["t1", "t4"]
+    assert any(isinstance(a, tr.SafetyHold) for a in actions)
+
+
+def test_dead_targets_and_everything_down_take_no_action():
+    s = up_everywhere(tr.initial_state(params()))
+    s = run(s, stats({}, dead=TARGETS[:8]), [1, 2, 3, 4])  # dead targets are no verdict
+    assert all(u.state is TransitState.HEALTHY for u in s.upstreams.values())
+    s = run(s, stats({n: 1.0 for n in NAMES}), [5, 6, 7, 8])
+    assert s.local_fault
+    assert all(u.state is TransitState.HEALTHY for u in s.upstreams.values())
+
+
+def test_action_budget_holds():
+    s = up_everywhere(tr.initial_state(params(max_actions_per_hour=1)))
+    s = run(s, stats({"t1": 1.0, "t2": 1.0}), [1, 2, 3])
+    failed = [n for n in NAMES if s.upstreams[n].state is TransitState.FAILED]
+    assert len(failed) == 1 and s.budget_exhausted
+
+
+def test_restart_keeps_failed_state():
+    s = up_everywhere(tr.initial_state(params()))
+    s = run(s, stats({"t2": 1.0}), [1, 2, 3])
+    again = tr.initial_state(params(), tr.to_json(s))
+    assert again.upstreams["t2"].state is TransitState.FAILED
+
+
+# --- properties -----------------------------------------------------------------------------
+
+loss_values = st.sampled_from([0.0, 0.02, 0.1, 0.3, 0.5, 0.8, 1.0])
+events = st.one_of(
+    st.tuples(st.just("probe"), st.fixed_dictionaries({n: loss_values for n in NAMES})),
+    st.tuples(st.just("session"), st.tuples(st.sampled_from(NAMES), st.sampled_from(Family),
+                                            st.booleans())),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(events, min_size=1, max_size=60))
+def test_properties_over_random_histories(history):
+    p = params(max_actions_per_hour=1000)
+    s = tr.initial_state(p)
+    now = 0.0
+    for kind, value in history:
+        now += 0.5
+        before = {n: (u.state, u.changed_at) for n, u in s.upstreams.items()}
+        was_announced = dict(s.plan.desired)
+        obs = tr.SessionChange(*value) if kind == "session" else stats(value)
+        s, _ = tr.step(s, obs, now)
+        all_bad = kind == "probe" and all(v >= p.degraded_loss for v in value.values())
+        for fam in Family:
+            up_sessions = [n for n in NAMES if s.sessions[(n, fam)] is tr.SessionState.UP]
+            announcing = [n for n in up_sessions if s.plan.desired[(n, fam)] is not None]
+            # the interlock is never broken (as far as sessions that are up allow)
+            assert len(announcing) >= min(p.min_announcing_upstreams, len(up_sessions))
+            if all_bad:  # an all-bad picture never withdraws anything new
+                for n in NAMES:
+                    if was_announced[(n, fam)] is not None:
+                        assert s.plan.desired[(n, fam)] is not None or (
+                            s.sessions[(n, fam)] is not tr.SessionState.UP
+                        )
+        for n, u in s.upstreams.items():
+            old_state, worse_since = before[n]
+            if u.state.severity < old_state.severity:  # recovery never before the hold
+                assert now - worse_since >= p.recovery_hold_s
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.fixed_dictionaries({n: loss_values for n in NAMES}), min_size=1, max_size=20))
+def test_applying_a_plan_twice_sends_nothing(history):
+    s = up_everywhere(tr.initial_state(params()))
+    sessions = {(n, f): f"192.0.2.{i * 4 + f}" for i, n in enumerate(NAMES) for f in (4, 6)}
+    known = {}
+    for i, losses in enumerate(history):
+        s, _ = tr.step(s, stats(losses), float(i))
+        desired = exabgp.expand(s.plan.desired, {k: v for k, v in sessions.items() if k[1] == 4},
+                                ["198.51.100.0/24"])
+        for c in exabgp.diff(desired, known):
+            known.update(c.effect)
+        assert exabgp.diff(desired, known) == []
