@@ -96,6 +96,13 @@ class Netlink:
                 sock.close()
         self.ipr = self._events = None
 
+    def _index_of(self, ifname: str) -> int | None:
+        """From the names learnt by dumps and link events (no request on the fast path)."""
+        for index, name in self._names.items():
+            if name == ifname:
+                return index
+        return None
+
     async def links(self, ifnames: list[str]) -> dict[str, LinkState]:
         """The current state of each named interface (missing ones with exists=False)."""
         found = {name: LinkState(name, exists=False) for name in ifnames}
@@ -116,6 +123,8 @@ class Netlink:
                     state = _link_state(msg)
                     if state.exists:
                         self._names[msg["index"]] = state.ifname
+                    else:
+                        self._names.pop(msg["index"], None)
                     yield Event("link", state)
                 elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
                     yield Event("route")
@@ -160,14 +169,16 @@ class Netlink:
         """Make the default route of `family` at `metric` (default: the kernel's) go via
         `gateway` on `ifname` with `source`, tagged proto 252. Raises NetlinkError (no such
         interface, link down: ENETUNREACH, source not local: EINVAL)."""
-        index = (await self.ipr.link_lookup(ifname=ifname)) or [None]
-        if index[0] is None:
+        index = self._index_of(ifname)
+        if index is None:
+            index = ((await self.ipr.link_lookup(ifname=ifname)) or [None])[0]
+        if index is None:
             raise OSError(19, f"no interface {ifname!r}")
         spec = dict(
             dst="default",
             family=family,
             gateway=str(gateway),
-            oif=index[0],
+            oif=index,
             table=MAIN_TABLE,
             proto=RTPROT_NETWATCH,
             priority=DEFAULT_METRIC[family] if metric is None else metric,
