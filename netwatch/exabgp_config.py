@@ -79,6 +79,7 @@ def exabgp_environment(log_file: Path | None = None) -> dict[str, str]:
         "exabgp_api_terminate": "true",
         "exabgp_api_cli": "false",
         "exabgp_log_level": "INFO",
+        "exabgp_log_statistics": "false",  # one line per keepalive otherwise
     }
     if log_file is not None:
         env["exabgp_log_destination"] = str(log_file)

@@ -93,3 +93,36 @@ Table master4:
     paths = routes["198.51.100.0/24"]
     assert [p["as_path"] for p in paths] == ["64501 64500", "64502 64500 64500"]
     assert paths[0]["communities"] == "(65535,0)"
+
+
+def test_preflight_errors_are_one_clear_line(monkeypatch):
+    import pytest
+
+    from netwatch import exitcodes
+    from netwatch.lab import lab as lab_module
+
+    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 1000)
+    with pytest.raises(lab_module.LabError) as info:
+        lab_module.preflight("x1")
+    assert info.value.exit_code == exitcodes.NOPERM and "root" in str(info.value)
+    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 0)
+    real_which = lab_module.shutil.which
+    monkeypatch.setattr(
+        lab_module.shutil, "which", lambda p: None if p in ("bird", "birdc") else real_which(p)
+    )
+    with pytest.raises(lab_module.LabError) as info:
+        lab_module.preflight("x1")
+    assert info.value.exit_code == exitcodes.UNAVAILABLE and "apt-get install bird2" in str(
+        info.value
+    )
+    with pytest.raises(lab_module.LabError) as info:
+        lab_module.preflight("bad-name")
+    assert info.value.exit_code == exitcodes.USAGE
+
+
+def test_exabgp_config_command_prints_the_config(capsys):
+    from netwatch.cli import main
+
+    assert main(["exabgp-config", str(DEFAULT_CONFIG)]) == 0
+    out = capsys.readouterr().out
+    assert f"--config {DEFAULT_CONFIG}" in out and "encoder json;" in out
