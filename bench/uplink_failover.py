@@ -1,0 +1,253 @@
+"""Benchmark: how long new traffic stops when the primary uplink fails, agent vs kernel.
+
+Runs in its own lab (`netwatch lab up --name bench<random>`, torn down in a finally):
+- a steady 1,000 packets/s UDP stream from srv to inet (203.0.113.1), unconnected, so every
+  packet is routed afresh (new, unpinned traffic); inet records what arrives;
+- each fault kind (link-down, gateway-silent, gateway-blackhole, loss 100) injected TRIALS
+  times on gwa at a random phase, with the agent running; then the same with the kernel's own
+  answer instead: two default routes (metrics 100 and 200) and ignore_routes_with_linkdown=1;
+- per kind: median outage (longest gap in the received stream around the fault, ms) and
+  median packets lost; a trial that never recovered within the window counts the whole window;
+- the agent's CPU (% of one core) and RSS while probing, idle.
+
+Prints a table and writes bench/results/uplink_failover.json. Takes about 4 minutes.
+Usage: sudo python bench/uplink_failover.py [--trials 5] [--keep-lab]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import random
+import re
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results" / "uplink_failover.json"
+FAULTS = [("link-down",), ("gateway-silent",), ("gateway-blackhole",), ("loss", "100")]
+TARGET, PORT, RATE_HZ = "203.0.113.1", 9999, 1000
+WINDOW_S = 1.5  # observed after each fault; longer outages count as "never recovered"
+HOLD_DOWN_S = 1  # the bench's site: failback after 1 s, so that a trial takes ~4 s
+
+SENDER = r"""
+import array, signal, socket, struct, sys, time
+stop = False
+def done(*_):
+    global stop
+    stop = True
+signal.signal(signal.SIGTERM, done)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dst = (sys.argv[1], int(sys.argv[2])); rate = int(sys.argv[3])
+t0 = time.monotonic(); i = 0
+while not stop:
+    delay = t0 + i / rate - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+    try:
+        s.sendto(struct.pack("!Id", i, time.monotonic()), dst)
+    except OSError:
+        pass  # no route for a moment: that packet is lost, as for any application
+    i += 1
+"""
+
+RECEIVER = r"""
+import array, signal, socket, struct, sys
+out = sys.argv[3]
+seqs, sent = array.array("I"), array.array("d")
+def done(*_):
+    with open(out, "wb") as f:
+        f.write(len(seqs).to_bytes(8, "little")); seqs.tofile(f); sent.tofile(f)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, done)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    data = s.recv(64)
+    seq, t = struct.unpack("!Id", data[:12])
+    seqs.append(seq); sent.append(t)
+"""
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, check=check)
+
+
+def in_ns(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    return sh("ip", "netns", "exec", ns, *argv, check=check)
+
+
+def netwatch(*argv: str) -> subprocess.CompletedProcess:
+    return sh(sys.executable, "-m", "netwatch.cli", *argv)
+
+
+def default_dev(ns: str) -> str | None:
+    found = re.search(r"dev (\S+)", in_ns(ns, "ip", "route", "show", "default").stdout)
+    return found.group(1) if found else None
+
+
+def wait_for(check, timeout_s: float) -> bool:
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if check():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def read_arrivals(path: Path) -> list[float]:
+    """Send times of the packets that arrived, sorted."""
+    import array
+
+    with open(path, "rb") as handle:
+        count = int.from_bytes(handle.read(8), "little")
+        seqs, sent = array.array("I"), array.array("d")
+        seqs.fromfile(handle, count)
+        sent.fromfile(handle, count)
+    return sorted(sent)
+
+
+def outage(arrivals: list[float], fault_at: float) -> tuple[float, int, bool]:
+    """(outage ms, packets lost, recovered) in [fault_at - 0.05, fault_at + WINDOW_S]."""
+    lo, hi = fault_at - 0.05, fault_at + WINDOW_S
+    seen = [t for t in arrivals if lo <= t <= hi]
+    edges = [lo, *seen, hi]
+    gap = max(b - a for a, b in itertools.pairwise(edges))
+    recovered = bool(seen) and hi - seen[-1] < 0.05
+    expected = int((hi - lo) * RATE_HZ)
+    return gap * 1000 - 1000 / RATE_HZ, max(0, expected - len(seen)), recovered
+
+
+def cpu_rss(pid: int, seconds: float) -> tuple[float, float]:
+    """(% of one core, RSS MB) of `pid` over `seconds`."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def cpu() -> float:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    start, t0 = cpu(), time.monotonic()
+    time.sleep(seconds)
+    used = (cpu() - start) / (time.monotonic() - t0)
+    rss_kb = int(re.search(r"VmRSS:\s+(\d+)", Path(f"/proc/{pid}/status").read_text())[1])
+    return used * 100, rss_kb / 1024
+
+
+def run_trials(lab: str, srv: str, mode: str, trials: int, recv_log: list) -> list[dict]:
+    rows = []
+    for fault in FAULTS:
+        for _ in range(trials):
+            if mode == "agent":
+                assert wait_for(lambda: default_dev(srv) == "eth0", 15), "agent did not fail back"
+            time.sleep(0.3 + random.random() * 0.5)  # random phase against the probe grid
+            fault_at = time.monotonic()
+            netwatch("lab", "fault", "--name", lab, *fault, "gwa")
+            time.sleep(WINDOW_S + 0.1)
+            netwatch("lab", "heal", "--name", lab, "gwa")
+            recv_log.append((mode, fault[0], fault_at))
+            rows.append({"mode": mode, "fault": fault[0], "fault_at": fault_at})
+            if mode == "kernel":
+                time.sleep(1.0)  # let ARP/ND recover before the next trial
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--keep-lab", action="store_true")
+    args = parser.parse_args()
+
+    lab = "bench" + secrets.token_hex(2)
+    work = Path(tempfile.mkdtemp(prefix="nwbench-"))
+    site = work / "site.yaml"
+    text = (ROOT / "probes" / "lab-site.yaml").read_text()
+    site.write_text(re.sub(r"hold_down_s: \d+", f"hold_down_s: {HOLD_DOWN_S}", text))
+    # The targets file is relative to the site file.
+    (work / "targets").symlink_to(ROOT / "probes" / "targets")
+    procs: list[subprocess.Popen] = []
+    agent = None
+    try:
+        netwatch("lab", "up", "--name", lab, "--config", str(site))
+        srv, inet = f"nw-{lab}-srv", f"nw-{lab}-inet"
+        lab_site = f"/run/netwatch/lab/{lab}/site.yaml"
+        recv_path = work / "received.bin"
+        procs.append(subprocess.Popen(["ip", "netns", "exec", inet, sys.executable, "-c",
+                                       RECEIVER, TARGET, str(PORT), str(recv_path)]))
+        time.sleep(0.3)
+        procs.append(subprocess.Popen(["ip", "netns", "exec", srv, sys.executable, "-c",
+                                       SENDER, TARGET, str(PORT), str(RATE_HZ)]))
+        agent_log = open(work / "agent.log", "w")  # noqa: SIM115
+        agent = subprocess.Popen([sys.executable, "-m", "netwatch.cli", "agent", "--config",
+                                  lab_site, "--netns", srv], stderr=agent_log)
+        time.sleep(2.0)
+        cpu_pct, rss_mb = cpu_rss(agent.pid, 10.0)
+        print(f"agent idle: {cpu_pct:.2f}% of a core, RSS {rss_mb:.1f} MB", file=sys.stderr)
+
+        marks: list = []
+        run_trials(lab, srv, "agent", args.trials, marks)
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(10)
+        agent = None
+
+        # The kernel's answer: two default routes, the dead link's ignored.
+        in_ns(srv, "ip", "route", "del", "default", check=False)
+        for ifname in ("all", "default", "eth0", "eth1"):
+            in_ns(srv, "sysctl", "-qw", f"net.ipv4.conf.{ifname}.ignore_routes_with_linkdown=1")
+        in_ns(srv, "ip", "route", "add", "default", "via", "100.64.1.1", "dev", "eth0",
+              "src", "198.51.100.10", "metric", "100")
+        in_ns(srv, "ip", "route", "add", "default", "via", "100.64.2.1", "dev", "eth1",
+              "src", "198.51.100.20", "metric", "200")
+        time.sleep(1.0)
+        run_trials(lab, srv, "kernel", args.trials, marks)
+        time.sleep(0.5)
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+        procs = []
+        arrivals = read_arrivals(recv_path)
+
+        results: dict = {"rate_pps": RATE_HZ, "trials": args.trials, "window_s": WINDOW_S,
+                         "probe": {"interval_ms": 50, "fall": 3}, "agent_cpu_pct": cpu_pct,
+                         "agent_rss_mb": rss_mb, "faults": {}}
+        for mode, fault, at in marks:
+            ms, lost, ok = outage(arrivals, at)
+            entry = results["faults"].setdefault(fault, {}).setdefault(
+                mode, {"outage_ms": [], "lost": [], "recovered": []})
+            entry["outage_ms"].append(round(ms, 1))
+            entry["lost"].append(lost)
+            entry["recovered"].append(ok)
+        print(f"{'fault':<20}{'agent ms':>10}{'lost':>7}{'kernel ms':>12}{'lost':>7}  "
+              f"(median of {args.trials}; '>' = never recovered in {WINDOW_S:g} s)")
+        for fault, modes in results["faults"].items():
+            cells = []
+            for mode in ("agent", "kernel"):
+                entry = modes[mode]
+                entry["median_outage_ms"] = statistics.median(entry["outage_ms"])
+                entry["median_lost"] = statistics.median(entry["lost"])
+                never = not all(entry["recovered"])
+                cells.append(f"{'>' if never else ''}{entry['median_outage_ms']:.0f}")
+                cells.append(f"{entry['median_lost']:.0f}")
+            print(f"{fault:<20}{cells[0]:>10}{cells[1]:>7}{cells[2]:>12}{cells[3]:>7}")
+        print(f"agent while probing: {cpu_pct:.2f}% of a core, RSS {rss_mb:.1f} MB")
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(results, indent=2))
+        print(f"written {RESULTS}")
+        return 0
+    finally:
+        for proc in [*procs, *([agent] if agent else [])]:
+            if proc.poll() is None:
+                proc.kill()
+        if not args.keep_lab:
+            sh(sys.executable, "-m", "netwatch.cli", "lab", "down", "--name", lab, check=False)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
