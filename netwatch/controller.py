@@ -75,7 +75,7 @@ class Controller:
         self.acked: dict[exabgp.Key, tr.Announcement | None] = {}
         self.pending: deque[exabgp.Command] = deque()
         self.retry_at = 0.0
-        self.window = tr.ProbeWindow(self.ctl.probe.window_s)
+        self.window = tr.ProbeWindow(self.ctl.probe.window_s, self.params.recent_probes)
         self.started = mono()
         self._persisted = tr.to_json(self.state)
 

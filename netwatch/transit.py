@@ -12,8 +12,17 @@
 * when every upstream looks bad at once (absolute loss above the degraded threshold through
   all of them) the fault is ours: the verdicts freeze, no BGP action is taken, `LocalFault`
   says so;
+* DEGRADED is judged on the whole window (loss and RTT excess). FAILED is judged on the
+  most recent probes: the last `Params.recent_probes` (max(fall, 5)) probes of each
+  (upstream, target) path, compared like the window with the other upstreams' last probes.
+  That look-back of consecutive probes *is* the fall hysteresis of FAILED, so its counter
+  falls on one bad judgement (it still needs `rise` good ones). With the lab policy (interval
+  200 ms, failed_loss 0.8) a blackhole is FAILED once 4 probes per path were lost, ~1.0 s,
+  instead of 1.8 s when FAILED waited for the window's mean loss to pass the threshold and then
+  for `fall` more judgements. A path losing 51 % of its probes (the lab's `loss 30`, both
+  ways) reaches 0.8 over 20 targets x 5 probes with p ~ 1e-9 per judgement: it stays DEGRADED;
 * two saturating counters (netwatch.health.Hysteresis) give `fall`/`rise` hysteresis for
-  "degraded or worse" and "failed"; a better state is taken only after it has held for
+  "degraded or worse" and "failed" (see above); a better state is taken only after it has held for
   `recovery_hold_s` (HoldDown); at most `max_actions_per_hour` state changes (ActionBudget),
   then the controller holds and alerts;
 * the plan maps each (upstream, family) to an `Announcement` (or None: withdrawn), and the
@@ -39,6 +48,11 @@ from netwatch.model import Health
 HOUR_S = 3600.0
 REACHABLE_LOSS = 0.5  # a target "is reachable" through an upstream below this loss ratio
 MIN_SAMPLES = 3  # samples per (upstream, target) in the window before the pair counts
+# FAILED looks back at least this many probes per path. With 3, a path losing 51 % of its
+# probes crossed failed_loss 0.8 over 10 targets (30 probes) with p ~ 4e-4 per judgement (the
+# unit simulation found it); with 5 (50 probes) p ~ 1e-5, with 20 targets (100 probes) ~ 1e-9,
+# while a blackhole still needs only 4 lost probes per path (0.8 s at 200 ms).
+FAILED_LOOKBACK_PROBES = 5
 
 
 class TransitState(enum.Enum):
@@ -111,6 +125,11 @@ class Params:
     max_actions_per_hour: int = 6
     min_targets: int = 3
 
+    @property
+    def recent_probes(self) -> int:
+        """How many of each path's latest probes FAILED is judged on (see the module doc)."""
+        return max(self.fall, FAILED_LOOKBACK_PROBES)
+
     def upstream(self, name: str) -> UpstreamParams:
         for up in self.upstreams:
             if up.name == name:
@@ -160,10 +179,18 @@ class PathStats:
     sent: int
     lost: int
     rtt_s: float | None  # median RTT of the answered probes, None when none answered
+    recent_sent: int = 0  # the path's latest probes (Params.recent_probes); 0: use the window
+    recent_lost: int = 0
 
     @property
     def loss(self) -> float:
         return self.lost / self.sent if self.sent else 1.0
+
+    @property
+    def recent_loss(self) -> float:
+        if not self.recent_sent:
+            return self.loss
+        return self.recent_lost / self.recent_sent
 
 
 @dataclass(frozen=True)
@@ -184,10 +211,17 @@ Observation = ProbeStats | SessionChange
 
 
 class ProbeWindow:
-    """Rolling window of probe results per (upstream, target). Pure: `now` is passed in."""
+    """Rolling window of probe results per (upstream, target). Pure: `now` is passed in.
 
-    def __init__(self, window_s: float):
+    `recent` is how many of each path's latest results `PathStats.recent_*` count (in the
+    order they were recorded: a lost probe is recorded when its timeout expires).
+    """
+
+    def __init__(self, window_s: float, recent: int = MIN_SAMPLES):
+        if recent < 1:
+            raise ValueError(f"recent must be >= 1, got {recent}")
         self.window_s = window_s
+        self.recent = recent
         self._samples: dict[tuple[str, str], deque[tuple[float, float | None]]] = {}
 
     def record(self, upstream: str, target: str, sent_at: float, rtt_s: float | None) -> None:
@@ -201,8 +235,10 @@ class ProbeWindow:
             if not samples:
                 continue
             rtts = [r for _, r in samples if r is not None]
+            latest = list(samples)[-self.recent :]
             paths[key] = PathStats(
-                len(samples), len(samples) - len(rtts), statistics.median(rtts) if rtts else None
+                len(samples), len(samples) - len(rtts), statistics.median(rtts) if rtts else None,
+                len(latest), sum(1 for _, r in latest if r is None),
             )
         return ProbeStats(paths)
 
@@ -219,6 +255,7 @@ class Assessment:
     rtt_excess_s: float | None = None
     targets: int = 0
     loss: float = 0.0  # absolute, over every target with samples
+    recent_loss_excess: float = 0.0  # over each path's latest probes (FAILED's input)
 
 
 def assess(params: Params, stats: ProbeStats) -> dict[str, Assessment]:
@@ -230,7 +267,7 @@ def assess(params: Params, stats: ProbeStats) -> dict[str, Assessment]:
             by_target.setdefault(target, {})[up] = ps
     result = {}
     for name in names:
-        losses, rtt_deltas, absolute = [], [], []
+        losses, recent, rtt_deltas, absolute = [], [], [], []
         for per_up in by_target.values():
             mine = per_up.get(name)
             if mine is None:
@@ -240,6 +277,7 @@ def assess(params: Params, stats: ProbeStats) -> dict[str, Assessment]:
             if not others:
                 continue  # a dead target, or one only we reach: says nothing against us
             losses.append(mine.loss - statistics.median(ps.loss for ps in others))
+            recent.append(mine.recent_loss - statistics.median(ps.recent_loss for ps in others))
             other_rtts = [ps.rtt_s for ps in others if ps.rtt_s is not None]
             if mine.rtt_s is not None and other_rtts:
                 rtt_deltas.append(mine.rtt_s - statistics.median(other_rtts))
@@ -248,18 +286,22 @@ def assess(params: Params, stats: ProbeStats) -> dict[str, Assessment]:
             result[name] = Assessment(None, targets=len(losses), loss=loss_abs)
             continue
         loss_excess = statistics.fmean(losses)
+        recent_excess = statistics.fmean(recent)
         rtt_excess = statistics.median(rtt_deltas) if rtt_deltas else None
+        level = _level(params, loss_excess, recent_excess, rtt_excess)
         result[name] = Assessment(
-            _level(params, loss_excess, rtt_excess), loss_excess, rtt_excess, len(losses), loss_abs
+            level, loss_excess, rtt_excess, len(losses), loss_abs, recent_excess
         )
     return result
 
 
-def _level(params: Params, loss: float, rtt_s: float | None) -> TransitState:
+def _level(params: Params, loss: float, recent: float, rtt_s: float | None) -> TransitState:
     def over(limit: float | None, value: float | None) -> bool:
-        return limit is not None and value is not None and value >= limit
+        # 1e-9: a mean of 4/5 losses is 0.7999999999999999, and it is meant to reach 0.8
+        return limit is not None and value is not None and value >= limit - 1e-9
 
-    if over(params.failed_loss, loss) or over(params.failed_latency_s, rtt_s):
+    failed = over(params.failed_loss, recent) or over(params.failed_loss, loss)
+    if failed or over(params.failed_latency_s, rtt_s):
         return TransitState.FAILED
     if over(params.degraded_loss, loss) or over(params.degraded_latency_s, rtt_s):
         return TransitState.DEGRADED
@@ -319,7 +361,7 @@ def initial_state(params: Params, persisted: Mapping | None = None) -> State:
         rec = saved.get(u.name, {})
         state = TransitState(rec.get("state", TransitState.HEALTHY.value))
         deg = Hysteresis(params.fall, params.rise)
-        fail = Hysteresis(params.fall, params.rise)
+        fail = Hysteresis(1, params.rise)  # its fall is in the look-back (module doc)
         # Hysteresis that agrees with the restored state: a restart neither condemns nor
         # forgives an upstream; it has to earn its way back through rise + recovery hold.
         if state is not TransitState.HEALTHY:
@@ -438,11 +480,15 @@ def plan(state: State) -> Plan:
         need = params.min_announcing_upstreams - len(announcing)
         if need <= 0:
             continue
-        # Least bad first: by state, then by measured excess loss, then by name (stable).
+        # Sessions that are up first; among them the ones the last plan already kept (a hold
+        # does not move from one upstream to another while it lasts: that would be a flap),
+        # then the least bad: by state, by measured excess loss, by name (stable).
+        before = state.plan.desired if state.plan is not None else {}
         withdrawn = sorted(
             (u for u in carriers if desired[(u.name, fam)] is None),
             key=lambda u: (
                 state.sessions.get((u.name, fam)) is not SessionState.UP,
+                before.get((u.name, fam)) is None,
                 state.upstreams[u.name].state.severity,
                 state.upstreams[u.name].last.loss_excess,
                 u.name,
@@ -529,7 +575,8 @@ def _judge(state: State, stats: ProbeStats, now: float) -> tuple[State, list[Act
             else:
                 budget = budget.spend(now)
                 reason = (
-                    f"loss_excess={a.loss_excess:.3f} rtt_excess_s="
+                    f"loss_excess={a.loss_excess:.3f} "
+                    f"recent_loss_excess={a.recent_loss_excess:.3f} rtt_excess_s="
                     f"{'-' if a.rtt_excess_s is None else f'{a.rtt_excess_s:.4f}'} "
                     f"targets={a.targets}"
                 )

@@ -53,9 +53,7 @@ def run(state, observation, times):
 
 def test_blackhole_withdraws_after_fall_and_returns_after_recovery_hold():
     s = up_everywhere(tr.initial_state(params()))
-    s = run(s, stats({"t2": 1.0}), [1.0, 1.2])
-    assert s.upstreams["t2"].state is TransitState.HEALTHY  # fall = 3
-    s = run(s, stats({"t2": 1.0}), [1.4])
+    s = run(s, stats({"t2": 1.0}), [1.4])  # every probe of the window lost: > fall of them
     assert s.upstreams["t2"].state is TransitState.FAILED
     assert s.plan.desired[("t2", Family.IPV4)] is None
     assert s.plan.announcing(Family.IPV6) == ["t1", "t3", "t4"]
@@ -171,3 +169,67 @@ def test_applying_a_plan_twice_sends_nothing(history):
         for c in exabgp.diff(desired, known):
             known.update(c.effect)
         assert exabgp.diff(desired, known) == []
+
+
+# --- probe-level simulation: the look-back of FAILED ----------------------------------------
+
+INTERVAL_S = 0.2  # the lab's policy: 200 ms probes, 2 s window, fall 3, failed 0.8
+
+
+def simulate(p: tr.Params, loss_of, seconds: float, seed: int):
+    """Probe every target through every upstream each INTERVAL_S with `loss_of(upstream, t)`
+    as the loss probability, judge after each round; yield (time, state) after each judgement.
+    """
+    import random
+
+    rng = random.Random(seed)
+    targets = TARGETS + tuple(f"inet6-{i}" for i in range(10))  # the lab's 20
+    window = tr.ProbeWindow(2.0, p.recent_probes)
+    s = up_everywhere(tr.initial_state(p))
+    now = 0.0
+    while now < seconds:
+        for name in NAMES:
+            for target in targets:
+                lost = rng.random() < loss_of(name, now)
+                window.record(name, target, now, None if lost else 0.01)
+        now = round(now + INTERVAL_S, 6)
+        if now >= 2.0:  # one full window first, as the controller does
+            s, _ = tr.step(s, window.stats(now), now)
+            yield now, s
+
+
+LAB = dict(failed_loss=0.8, degraded_latency_s=None)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32), st.floats(0.0, 0.05))
+def test_noise_never_acts(seed, noise):
+    """2-5 % random loss on every upstream for a minute: no state change at all."""
+    for _, s in simulate(params(**LAB), lambda n, t: noise, 60.0, seed):
+        assert all(u.state is TransitState.HEALTHY for u in s.upstreams.values())
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32))
+def test_51_percent_loss_degrades_and_never_fails(seed):
+    """The lab's `loss 30` (30 % each way, ~51 % of probes): prepend, never withdraw."""
+    hit = lambda n, t: 0.51 if n == "t3" and t >= 3.0 else 0.02  # noqa: E731
+    states = [s.upstreams["t3"].state for _, s in simulate(params(**LAB), hit, 30.0, seed)]
+    assert TransitState.FAILED not in states
+    assert states[-1] is TransitState.DEGRADED
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32), st.floats(3.0, 3.2))
+def test_blackhole_fails_after_fall_probes(seed, start):
+    """A blackhole is FAILED (withdrawn) once 4 of the last 5 probes per path were lost: the
+    first lost probe within one interval of the fault, 4 x 200 ms, plus the round that records
+    the last loss (1.2 s at most); the others stay announced."""
+    hit = lambda n, t: 1.0 if n == "t2" and t >= start else 0.02  # noqa: E731
+    p = params(**LAB)
+    for now, s in simulate(p, hit, 6.0, seed):
+        if s.upstreams["t2"].state is TransitState.FAILED:
+            assert now - start <= 6 * INTERVAL_S + 1e-9
+            assert s.plan.announcing(Family.IPV4) == ["t1", "t3", "t4"]
+            return
+    raise AssertionError("a blackhole was never judged FAILED")
