@@ -42,7 +42,10 @@ log = logging.getLogger("netwatch.agent")
 FAMILY = {core.Family.V4: socket.AF_INET, core.Family.V6: socket.AF_INET6}
 # The kernel's routes are re-read at least this often even without a route event, so a
 # missed event (netlink ENOBUFS under a storm) costs at most this long.
-RESYNC_INTERVAL_S = 1.0
+RESYNC_INTERVAL_S = 2.0
+# The probe tables are checked after every link or route event, and otherwise this often:
+# a check is two netlink dumps per path, a fifth of the agent's CPU when done every second.
+PATH_CHECK_INTERVAL_S = 10.0
 
 
 def kv(event: str, **fields) -> str:
@@ -204,15 +207,20 @@ class Agent:
 
     async def _resync_loop(self) -> None:
         """Re-read the kernel's default routes after each route event, and every second."""
+        last_path_check = time.monotonic()
         while True:
+            evented = False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._resync_wanted.wait(), RESYNC_INTERVAL_S)
+                evented = True
             self._resync_wanted.clear()
             # Read the kernel only once the queued route writes have landed: a snapshot taken
             # before them would show the old route and trigger a needless repair.
             await self._actions.join()
             self.feed(await self._snapshot())
-            await self._install_paths(quiet=True)
+            if evented or time.monotonic() - last_path_check >= PATH_CHECK_INTERVAL_S:
+                last_path_check = time.monotonic()
+                await self._install_paths(quiet=True)
 
     async def _events_loop(self) -> None:
         async for event in self.netlink.events():
