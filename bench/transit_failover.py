@@ -4,17 +4,24 @@ Prints and writes bench/results/transit_failover.json: median seconds from `tran
 (and from `loss 30`) to the affected transit's BIRD showing the action (birdc polled at
 20 Hz) over --runs runs, the lab's BGP hold time as the baseline, the controller's CPU time and
 RSS. `--soak` adds 5 minutes of 2 % random loss on every transit, counting false actions.
-Not measured yet: 1,000 / 10,000 prefix announce/withdraw times.
+`--scale 1000,10000` measures the controller's bulk path with that many extra /28s from
+100.100.0.0/14 (lab-only): the lab's site file gets the prefixes, the controller is killed and
+ExaBGP respawns it, which announces them (start log line -> t2's BIRD counts them all from
+its edge4 session); then `transit-blackhole t2` -> t2's BIRD counts none (from the fault and
+from the controller's transition log line), and heal -> all back after the recovery hold.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import ipaddress
+import itertools
 import json
 import os
 import re
 import secrets
+import signal
 import statistics
 import subprocess
 import time
@@ -52,6 +59,70 @@ def controller_pid(lab) -> int | None:
     return int(out[0]) if out else None
 
 
+def edge_routes(lab, node: str) -> int:
+    """How many IPv4 routes `node`'s BIRD holds from its session with edge."""
+    text = lab.birdc(node, "show route protocol edge4 count")
+    m = re.search(r"(\d+) of \d+ routes", text)
+    return int(m.group(1)) if m else 0
+
+
+def log_ts(lab, event: str, since: int, *words: str) -> float | None:
+    """Wall-clock ts of the first controller log line after byte `since` with `event=EVENT`
+    and every one of `words`."""
+    text = (Path(lab.run_dir) / "exabgp.out").read_bytes()[since:].decode("utf-8", "replace")
+    for line in text.splitlines():
+        if f"event={event}" in line and all(w in line for w in words):
+            m = re.match(r"ts=([\d.]+)", line)
+            if m:
+                return float(m.group(1))
+    return None
+
+
+def scale(lab, counts: list[int]) -> dict:
+    """Announce, withdraw (blackhole t2) and re-announce `count` extra prefixes; seconds."""
+    import yaml
+
+    out: dict = {}
+    site_file = Path(lab.site_file)
+    raw = yaml.safe_load(site_file.read_text())
+    base = list(raw["prefixes"])
+    pool = ipaddress.ip_network("100.100.0.0/14").subnets(new_prefix=28)
+    extra: list[str] = []
+    logfile = Path(lab.run_dir) / "exabgp.out"
+    for count in sorted(counts):
+        extra += [str(n) for n in itertools.islice(pool, count - len(extra))]
+        raw["prefixes"] = base + extra
+        site_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+        want = count + sum(1 for p in base if ":" not in p)
+        mark = logfile.stat().st_size
+        pid = controller_pid(lab)
+        killed = time.time()
+        os.kill(pid, signal.SIGTERM)  # ExaBGP respawns it with the new site file
+        until(lambda w=want: edge_routes(lab, "t2") >= w, 120, hz=5)
+        seen = time.time()
+        started = log_ts(lab, "start", mark) or killed
+        r = {"announce_from_start_s": seen - started, "announce_from_kill_s": seen - killed}
+        until(lambda w=want: all(edge_routes(lab, t) >= w for t in ("t1", "t3", "t4")), 120, 5)
+        time.sleep(3)  # the respawned controller's first window
+        mark = logfile.stat().st_size
+        fault = time.time()
+        lab.fault("transit-blackhole", "t2")
+        until(lambda: edge_routes(lab, "t2") == 0, 120, hz=10)
+        gone = time.time()
+        decided = log_ts(lab, "transition", mark, "upstream=t2", "new=failed") or fault
+        r["withdraw_from_fault_s"] = gone - fault
+        r["withdraw_from_decision_s"] = gone - decided
+        mark = logfile.stat().st_size
+        lab.heal()
+        until(lambda w=want: edge_routes(lab, "t2") >= w, 120, hz=5)
+        back = time.time()
+        healed = log_ts(lab, "transition", mark, "upstream=t2", "new=healthy") or back
+        r["reannounce_from_decision_s"] = back - healed
+        out[str(count)] = r
+        print(f"scale {count}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
+    return out
+
+
 def cpu_rss(pid: int) -> tuple[float, int]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
@@ -64,6 +135,8 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--soak", action="store_true")
+    parser.add_argument("--scale", default="", help="extra prefix counts, e.g. 1000,10000")
+    parser.add_argument("--no-failover", action="store_true", help="skip the failover runs")
     args = parser.parse_args()
     name = "bench" + secrets.token_hex(2)
     results: dict = {}
@@ -80,6 +153,8 @@ def main() -> int:
             ("transit-blackhole", (), lambda: as_path(lab, "t2") is None),
             ("loss", ("30",), lambda: as_path(lab, "t2") not in (None, normal)),
         ):
+            if args.no_failover:
+                break
             times = []
             for _ in range(args.runs):
                 lab.fault(kind, "t2", *opts)
@@ -105,6 +180,8 @@ def main() -> int:
         print(f"BGP hold time (baseline for a loud failure): {results['bgp_hold_time_s']} s")
         print(f"controller CPU {results.get('controller_cpu_ratio', 0):.1%} of a core, "
               f"RSS {results.get('controller_rss_bytes', 0) / 2**20:.1f} MiB")
+        if args.scale:
+            results["scale"] = scale(lab, [int(c) for c in args.scale.split(",")])
     finally:
         lab_module.down(name, quiet=True)
     out = Path(__file__).parent / "results" / "transit_failover.json"

@@ -6,8 +6,12 @@ against what ExaBGP has acknowledged (`netwatch.exabgp.diff`). stdout belongs to
 logs are key=value lines on stderr.
 
 Contract:
-* at start it sends the full desired state (config + persisted state) before any probe is
-  trusted, and again to each neighbor whenever its session comes up;
+* at start it asks ExaBGP for the sessions' state (`show neighbor json`: a respawned
+  controller gets no event for sessions already up) and sends the full desired state (config
+  + persisted state) before any probe is trusted, and again to each neighbor whenever its
+  session comes up;
+* a command ExaBGP rejects (`error`) is counted and retried after 1 s, doubling up to 30 s
+  while the rejections go on;
 * verdicts wait for one full probe window after start;
 * a failing probe, a bad line from ExaBGP or a failed write is logged and survived;
 * it returns when ExaBGP closes our stdin (ExaBGP exited: the supervisor restarts both).
@@ -31,7 +35,8 @@ from netwatch.controller_metrics import ControllerMetrics
 from netwatch.state_store import StateStore
 
 PATH_REPAIR_S = 10.0  # re-install policy routes this often (a link flap removes them)
-RETRY_S = 1.0  # a rejected command is retried at most this often
+RETRY_MIN_S = 1.0  # a rejected command is retried after this long ...
+RETRY_MAX_S = 30.0  # ... doubling up to this while ExaBGP keeps rejecting
 
 
 def log(event: str, **fields) -> None:
@@ -75,6 +80,9 @@ class Controller:
         self.acked: dict[exabgp.Key, tr.Announcement | None] = {}
         self.pending: deque[exabgp.Command] = deque()
         self.retry_at = 0.0
+        self.retry_s = RETRY_MIN_S
+        self.dirty = True  # the plan or ExaBGP's side changed since the last sync
+        self._modes_published = False
         self.window = tr.ProbeWindow(self.ctl.probe.window_s, self.params.recent_probes)
         self.started = mono()
         self._persisted = tr.to_json(self.state)
@@ -89,18 +97,25 @@ class Controller:
 
     def sync(self) -> None:
         """Send what the plan wants and ExaBGP has not acknowledged (or been sent) yet."""
-        if self.retry_at > self.mono():
+        if not self.dirty or self.retry_at > self.mono():
             return
+        self.dirty = False
         desired = exabgp.expand(self.state.plan.desired, self.sessions, self.site.prefixes)
         for command in exabgp.diff(desired, self.known()):
-            try:
-                self.pipe.send(command.line)
-            except (ValueError, OSError, RuntimeError) as exc:
-                self.metrics.errors.labels("send").inc()
-                log("send_failed", error=exc)
-                continue
-            self.pending.append(command)
-            log("command", line=command.line[:200], prefixes=len(command.effect))
+            if not self.send(command):
+                self.dirty = True  # try again at the next sync
+
+    def send(self, command: exabgp.Command) -> bool:
+        """Write one command and expect its acknowledgement. False when the write failed."""
+        try:
+            self.pipe.send(command.line)
+        except (ValueError, OSError, RuntimeError) as exc:
+            self.metrics.errors.labels("send").inc()
+            log("send_failed", error=exc)
+            return False
+        self.pending.append(command)
+        log("command", line=command.line[:200], prefixes=len(command.effect))
+        return True
 
     def on_event(self, line: str) -> None:
         try:
@@ -115,10 +130,28 @@ class Controller:
             command = self.pending.popleft()
             if event.kind is exabgp.AckKind.DONE:
                 self.acked.update(command.effect)
+                if command.effect:
+                    self.retry_s = RETRY_MIN_S
             else:
                 self.metrics.rejected.inc()
-                self.retry_at = self.mono() + RETRY_S
-                log("command_rejected", line=command.line[:200])
+                self.retry_at = self.mono() + self.retry_s
+                log("command_rejected", line=command.line[:200], retry_in_s=self.retry_s)
+                self.retry_s = min(RETRY_MAX_S, 2 * self.retry_s)
+                self.dirty = True
+            return
+        if isinstance(event, exabgp.NeighborSummary):
+            for peer, up in event.sessions.items():
+                key = self.by_address.get(peer)
+                if key is None:
+                    continue
+                name, fam = key
+                # Only what no event has told us yet: an event is as new as the answer.
+                if self.state.sessions.get((name, tr.Family(fam))) is tr.SessionState.UNKNOWN:
+                    self.metrics.session.labels(name, f"ipv{fam}").set(1 if up else 0)
+                    log("session", upstream=name, family=f"ipv{fam}",
+                        state="up" if up else "down", reason="show neighbor")
+                    self.apply(tr.SessionChange(name, tr.Family(fam), up))
+            self.sync()
             return
         if isinstance(event, exabgp.NeighborState):
             key = self.by_address.get(event.peer)
@@ -132,6 +165,7 @@ class Controller:
             # Whatever ExaBGP held for this neighbor, resend the full desired state on up.
             for k in [k for k in self.acked if k[0] == event.peer]:
                 del self.acked[k]
+            self.dirty = True
             self.apply(tr.SessionChange(name, tr.Family(fam), up))
             self.sync()
 
@@ -139,6 +173,7 @@ class Controller:
 
     def apply(self, observation) -> None:
         old = {n: u.state for n, u in self.state.upstreams.items()}
+        old_plan = self.state.plan
         self.state, actions = tr.step(self.state, observation, self.clock())
         for action in actions:
             if isinstance(action, tr.Transition):
@@ -160,10 +195,15 @@ class Controller:
         self.metrics.budget_exhausted.set(1 if self.state.budget_exhausted else 0)
         for name, u in self.state.upstreams.items():
             self.metrics.set_state(name, u.state)
-        for (name, fam), ann in self.state.plan.desired.items():
-            for p in self.site.prefixes:
-                if p.version == int(fam):
-                    self.metrics.set_mode(name, str(p), _mode(ann))
+        if self.state.plan != old_plan or not self._modes_published:
+            self._modes_published = True
+            # Only on a change: 10,000 prefixes x 4 upstreams x 4 modes at every 200 ms
+            # judgement would be the controller's main CPU load.
+            self.dirty = True
+            for (name, fam), ann in self.state.plan.desired.items():
+                for p in self.site.prefixes:
+                    if p.version == int(fam):
+                        self.metrics.set_mode(name, str(p), _mode(ann))
         snapshot = tr.to_json(self.state)
         if snapshot != self._persisted:
             try:
@@ -279,6 +319,7 @@ class Controller:
             prefixes=len(self.site.prefixes),
             states=",".join(f"{n}:{u.state.value}" for n, u in self.state.upstreams.items()))
         self.apply(tr.ProbeStats({}))  # publish metrics for the restored state
+        self.send(exabgp.show_neighbors())  # sessions that are up already (a respawn)
         self.sync()  # the desired state from config + persisted state, before any probe
         prober = asyncio.create_task(self.probe_loop())
         try:

@@ -5,12 +5,15 @@ runs `process_argv` (the lab announcer today, `netwatch controller --config FILE
 one neighbor per upstream and address family (IPv4 session on `neighbor`, IPv6 session on
 `neighbor6`), each with local-as, router-id, hold-time and the API process.
 
-Facts (ExaBGP 5.0.15, measured in the lab): every `process` block needs `encoder json|text`.
-ExaBGP 5 has no setting that stops it when its API process exits: with `respawn false;` and
-`exabgp_api_terminate=true` it kept its sessions and announcements up for >10 s after the API
-process was killed (`terminate` only acts when a write to the process fails). So we keep
-`respawn true;`: ExaBGP restarts the API process (which re-announces the desired state from
-config on start) and gives up and exits after 5 deaths within its 64 s window.
+Restart behaviour (ExaBGP 5.0.15, read in reactor/api/processes.py and measured in the lab,
+docs/controller.md): `respawn true;` with `exabgp_api_respawn=true` restarts a dead API
+process at once; the new controller re-sends the desired state, which ExaBGP already holds,
+so the peers see no UPDATE and the sessions stay up (no flap). More than 5 deaths inside one
+64 s window (aligned to the wall clock) make ExaBGP exit ("Too many death"), and the
+supervisor (systemd `Restart=always`) restarts ExaBGP and the controller together.
+`exabgp_api_terminate=true` makes ExaBGP exit instead of stopping its peers for good when a
+write to a dead API process fails (EPIPE) before it noticed the death: its `_broken` list is
+never cleared, so without `terminate` every peer would stay stopped with ExaBGP still running.
 Raises ValueError for a value that cannot go into the config safely.
 """
 
@@ -71,11 +74,12 @@ def render_exabgp_config(site, process_argv: Sequence[str]) -> str:
 
 def exabgp_environment(log_file: Path | None = None) -> dict[str, str]:
     """Environment variables ExaBGP needs to run under netwatch (no daemonizing, root, acks,
-    no CLI pipe; `api_terminate` stops it when a write to a dead API process fails)."""
+    no CLI pipe; respawn the controller, exit when that fails: see the module doc)."""
     env = {
         "exabgp_daemon_user": "root",
         "exabgp_daemon_daemonize": "false",
         "exabgp_api_ack": "true",
+        "exabgp_api_respawn": "true",
         "exabgp_api_terminate": "true",
         "exabgp_api_cli": "false",
         "exabgp_log_level": "INFO",

@@ -1,0 +1,69 @@
+"""Restarts in the lab, with real ExaBGP and BIRD: ExaBGP restarted while a withdrawal is in
+force, and the controller killed (ExaBGP respawns it). Checked in the transits' own BIRD."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+from netwatch.lab import bird
+from netwatch.lab import lab as lab_module
+from netwatch.lab.site import load_site
+
+from .test_controller import NORMAL, PREFIXES, TRANSITS, clean, held, wait_for  # noqa: F401
+
+
+def controller_pids(lab) -> list[int]:
+    exabgp = lab.pidfile("exabgp").read_text().strip()
+    out = subprocess.run(["pgrep", "-P", exabgp, "-f", "controller"], capture_output=True,
+                         text=True).stdout.split()
+    return [int(p) for p in out]
+
+
+def established(lab, node: str) -> bool:
+    protocols = bird.parse_protocols(lab.birdc(node, "show protocols"))
+    return all("Established" in p["info"] for name, p in protocols.items()
+               if p["proto"] == "BGP" and name.startswith("edge"))
+
+
+def test_exabgp_restart_keeps_the_withdrawal_from_persisted_state(clean):  # noqa: F811
+    lab = clean
+    lab.fault("transit-blackhole", "t2")
+    wait_for(lambda: held(lab, "t2") == {}, 10)
+    pid = int(lab.pidfile("exabgp").read_text())
+    os.kill(pid, signal.SIGKILL)  # a crash: no goodbye to the peers, no state written
+    wait_for(lambda: all(held(lab, t) == {} for t in TRANSITS), 15)  # the sessions died
+    lab_module.start_exabgp(lab, load_site(lab.site_file))
+    # From here on t2 must never hold our prefixes: the controller sends the persisted
+    # withdrawal before the sessions are up, not ~2 s later after new probes.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        assert held(lab, "t2") == {}, "t2 was re-announced after the restart"
+        if all(held(lab, t) == dict.fromkeys(PREFIXES, NORMAL) for t in ("t1", "t3", "t4")):
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("t1, t3, t4 did not get our prefixes back")
+    for _ in range(20):  # and it stays so for 2 s (the first probe window)
+        assert held(lab, "t2") == {}
+        time.sleep(0.1)
+
+
+def test_killed_controller_is_respawned_without_a_flap(clean):  # noqa: F811
+    lab = clean
+    (old,) = controller_pids(lab)
+    os.kill(old, signal.SIGKILL)
+    start = time.monotonic()
+    respawned = None
+    while time.monotonic() - start < 8:  # every transit keeps every route all along
+        for t in TRANSITS:
+            assert held(lab, t) == dict.fromkeys(PREFIXES, NORMAL), f"{t} lost our routes"
+            assert established(lab, t), f"{t}: BGP session not Established"
+        pids = controller_pids(lab)
+        if respawned is None and pids and old not in pids:
+            respawned = time.monotonic() - start
+        time.sleep(0.1)
+    assert respawned is not None, "ExaBGP did not respawn the controller"
+    print(f"controller respawned after {respawned:.2f} s, no route lost")
