@@ -31,6 +31,7 @@ from netwatch import exabgp
 from netwatch import transit as tr
 from netwatch.adapters.exabgp_pipe import ExabgpPipe
 from netwatch.adapters.icmp import IcmpProber
+from netwatch.adapters.tcp import TcpProber
 from netwatch.controller_metrics import ControllerMetrics
 from netwatch.state_store import StateStore
 
@@ -61,6 +62,10 @@ class Controller:
         self.site = site
         self.ctl = site.controller
         self.params = tr.params_from_site(site)
+        if self.ctl.probe.method == "tcp":
+            missing = [t.label for t in self.ctl.probe.targets if t.port is None]
+            if missing:
+                raise ValueError(f"probe method tcp: no port for {', '.join(missing)}")
         self.clock, self.mono = clock, mono
         self.store = StateStore(f"{site.state_dir}/controller.json")
         try:
@@ -272,10 +277,13 @@ class Controller:
     async def probe_loop(self) -> None:
         paths = self.probe_paths()
         await self.install_paths(paths)
+        tcp = self.ctl.probe.method == "tcp"
         probers = []
         for name, path, targets in paths:
             try:
-                probers.append((name, IcmpProber(path.family, path.mark), targets))
+                prober = TcpProber(path.family, path.mark) if tcp else IcmpProber(path.family,
+                                                                                   path.mark)
+                probers.append((name, prober, targets))
             except OSError as exc:
                 log("prober_failed", upstream=name, error=exc)
         interval = self.ctl.probe.interval_ms / 1000
@@ -284,8 +292,9 @@ class Controller:
 
         async def one(name, prober, target):
             sent = self.mono()
+            where = (target.address, target.port) if tcp else target.address
             try:
-                rtt = await prober.ping(target.address, timeout)
+                rtt = await prober.ping(where, timeout)
             except Exception as exc:
                 self.metrics.errors.labels("probe").inc()
                 log("probe_failed", upstream=name, target=target.label, error=exc)

@@ -30,4 +30,8 @@ def cmd_controller(args: argparse.Namespace) -> int:
         return exitcodes.DATAERR
     from netwatch.controller import run_controller
 
-    return run_controller(site)
+    try:
+        return run_controller(site)
+    except ValueError as exc:  # a site the controller cannot run (tcp probes without a port)
+        print(f"{args.config}: {exc}", file=sys.stderr)
+        return exitcodes.DATAERR
