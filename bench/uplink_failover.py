@@ -7,7 +7,8 @@ Runs in its own lab (`netwatch lab up --name bench<random>`, torn down in a fina
   times on gwa at a random phase, with the agent running; then the same with the kernel's own
   answer instead: two default routes (metrics 100 and 200) and ignore_routes_with_linkdown=1;
 - per kind: median outage (longest gap in the received stream around the fault, ms) and
-  median packets lost; a trial that never recovered within the window counts the whole window;
+  median packets lost (the sequence numbers sent in the window that never arrived); a trial
+  that never recovered within the window counts the whole window;
 - the agent's CPU (% of one core) and RSS while probing, idle.
 
 Prints a table and writes bench/results/uplink_failover.json. Takes about 4 minutes.
@@ -103,8 +104,8 @@ def wait_for(check, timeout_s: float) -> bool:
     return False
 
 
-def read_arrivals(path: Path) -> list[float]:
-    """Send times of the packets that arrived, sorted."""
+def read_arrivals(path: Path) -> list[tuple[int, float]]:
+    """(sequence number, send time) of the packets that arrived, by sequence, no duplicates."""
     import array
 
     with open(path, "rb") as handle:
@@ -112,18 +113,31 @@ def read_arrivals(path: Path) -> list[float]:
         seqs, sent = array.array("I"), array.array("d")
         seqs.fromfile(handle, count)
         sent.fromfile(handle, count)
-    return sorted(sent)
+    return sorted(dict(zip(seqs, sent, strict=True)).items())
 
 
-def outage(arrivals: list[float], fault_at: float) -> tuple[float, int, bool]:
+def lost_between(arrivals: list[tuple[int, float]], lo: float, hi: float) -> int:
+    """The sequence numbers that never arrived and were sent in [lo, hi]. A missing number's
+    send time lies between those of its received neighbours (the sender paces on a fixed
+    grid), interpolated; counting by sequence, a sender that stalled loses nothing."""
+    lost = 0
+    for (i1, t1), (i2, t2) in itertools.pairwise(arrivals):
+        if i2 - i1 <= 1 or t2 < lo or t1 > hi:
+            continue
+        for k in range(i1 + 1, i2):
+            if lo <= t1 + (t2 - t1) * (k - i1) / (i2 - i1) <= hi:
+                lost += 1
+    return lost
+
+
+def outage(arrivals: list[tuple[int, float]], fault_at: float) -> tuple[float, int, bool]:
     """(outage ms, packets lost, recovered) in [fault_at - 0.05, fault_at + WINDOW_S]."""
     lo, hi = fault_at - 0.05, fault_at + WINDOW_S
-    seen = [t for t in arrivals if lo <= t <= hi]
+    seen = sorted(t for _, t in arrivals if lo <= t <= hi)
     edges = [lo, *seen, hi]
     gap = max(b - a for a, b in itertools.pairwise(edges))
     recovered = bool(seen) and hi - seen[-1] < 0.05
-    expected = int((hi - lo) * RATE_HZ)
-    return gap * 1000 - 1000 / RATE_HZ, max(0, expected - len(seen)), recovered
+    return gap * 1000 - 1000 / RATE_HZ, lost_between(arrivals, lo, hi), recovered
 
 
 def cpu_rss(pid: int, seconds: float) -> tuple[float, float]:

@@ -23,16 +23,15 @@ import logging
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 from pyroute2.netlink.exceptions import NetlinkError
 
 from netwatch import uplink as core
-from netwatch.adapters.arp import ArpProber, NdProber
-from netwatch.adapters.icmp import IcmpProber
+from netwatch.adapters.arp import ArpProber, EchoProber, NdProber
 from netwatch.adapters.netlink import LinkState, Netlink
-from netwatch.adapters.policy_routing import RTPROT_NETWATCH, ProbePath, install_probe_path
+from netwatch.adapters.policy_routing import ProbePath, install_probe_path
 from netwatch.agent_metrics import AgentMetrics
 from netwatch.config import Agent as AgentConfig
 from netwatch.model import Health, UplinkRole
@@ -46,6 +45,10 @@ RESYNC_INTERVAL_S = 2.0
 # The probe tables are checked after every link or route event, and otherwise this often:
 # a check is two netlink dumps per path, a fifth of the agent's CPU when done every second.
 PATH_CHECK_INTERVAL_S = 10.0
+# The standby uplink's beyond probes may go out every N-th tick only. Measured at 1 and at 4
+# (batched probes, 8 streams at 20 Hz): 1.80..1.85 % vs 1.75..1.90 % of a core, no gain
+# above the noise, so the standby is probed at the full rate and is as ready as the active.
+STANDBY_BEYOND_EVERY = 1
 
 
 def kv(event: str, **fields) -> str:
@@ -113,16 +116,19 @@ class Agent:
         self._stopping = asyncio.Event()
         self._closers: list[Callable[[], None]] = []
         self._metrics_seen: dict[core.Family, int] = {}
+        self._loss_at = 0.0
         interval = cfg.probe.interval_ms / 1000
         self.interval_s = interval
         self.timeout_s = min((cfg.probe.timeout_ms or cfg.probe.interval_ms) / 1000, interval)
 
     # ---------------------------------------------------------------------------- decisions
 
-    def feed(self, obs: core.Observation) -> None:
-        """Apply one observation; queue its actions for the worker (keeps their order)."""
+    def feed(self, obs: core.Observation, metered: bool = False) -> None:
+        """Apply one observation; queue its actions for the worker (keeps their order).
+        `metered`: a probe result already counted in the metrics."""
         if isinstance(obs, core.ProbeResult):
-            self.metrics.probe(obs.uplink, obs.kind, obs.rtt_s)
+            if not metered:
+                self.metrics.probe(obs.uplink, obs.kind, obs.rtt_s)
         elif isinstance(obs, core.CarrierChange):
             up = obs.carrier is core.Carrier.UP
             self.metrics.carrier.labels(obs.uplink.value).set(1 if up else 0)
@@ -232,12 +238,15 @@ class Agent:
     def _paths(self) -> list[tuple[UplinkRole, ProbePath]]:
         paths = []
         for index, (role, up) in enumerate(self.uplinks.items()):
-            for gateway in (up.gateway, up.gateway6):
+            for gateway, source in ((up.gateway, up.source), (up.gateway6, up.source6)):
                 if gateway is not None:
+                    # Beyond probes must leave from the uplink's service address (the
+                    # interface's first address is a link net the world does not route
+                    # back): the table route carries it as prefsrc.
                     paths.append((role, ProbePath(
                         mark=self.cfg.fwmark_base + index,
                         table=self.cfg.route_table_base + index,
-                        gateway=gateway, ifname=up.interface)))
+                        gateway=gateway, ifname=up.interface, source=source)))
         return paths
 
     async def _install_paths(self, quiet: bool = False) -> None:
@@ -255,59 +264,42 @@ class Agent:
         # Only write when something is missing: every write is a route event, and every route
         # event triggers this check again.
         ipr = self.netlink.ipr
-        up = self.uplinks[self.by_ifname[path.ifname]]
-        source = up.source if path.family == socket.AF_INET else up.source6
+        source = str(path.source) if path.source is not None else None
         route = rule = False
         async for msg in await ipr.route("dump", family=path.family, table=path.table):
             route = route or (msg["dst_len"] == 0 and msg.get("table") == path.table
-                              and msg.get("prefsrc") == (str(source) if source else None))
+                              and msg.get("prefsrc") == source)
         async for msg in await ipr.rule("dump", family=path.family):
             rule = rule or (msg.get("fwmark") == path.mark and msg.get("table") == path.table)
         if route and rule:
             return
         await install_probe_path(ipr, path)
-        if source is not None:
-            # Beyond probes must leave from the uplink's service address (the interface's
-            # first address is a link net the world does not route back): set prefsrc.
-            await ipr.route("replace", dst="default", gateway=str(path.gateway),
-                            oif=(await ipr.link_lookup(ifname=path.ifname))[0],
-                            table=path.table, proto=RTPROT_NETWATCH, family=path.family,
-                            prefsrc=str(source))
 
     # ----------------------------------------------------------------------------- probes
 
-    async def _gateway_prober(self, role: UplinkRole, kind: str):
-        """A callable `probe(timeout_s) -> rtt | None` for the gateway probe `kind`."""
+    async def _gateway_prober(self, role: UplinkRole, kind: str) -> tuple[object, str]:
+        """The batched prober (`send()`, `result(timeout_s)`) for gateway probe `kind`."""
         up = self.uplinks[role]
         mark = self.cfg.fwmark_base + list(self.uplinks).index(role)
         gateway = up.gateway if kind == "gateway" else up.gateway6
         if self.cfg.probe.method == "icmp":
-            prober = IcmpProber(FAMILY[core.Family.V4 if kind == "gateway" else core.Family.V6],
-                                mark=mark)
-            self._closers.append(prober.close)
-            return lambda timeout_s: prober.ping(gateway, timeout_s), str(gateway)
-        if kind == "gateway":
+            prober = EchoProber([gateway], mark=mark)
+        elif kind == "gateway":
             sender = await self._address_towards(up.interface, gateway)
             prober = ArpProber(up.interface, gateway, sender)
         else:
             prober = NdProber(up.interface, gateway)
         self._closers.append(prober.close)
-        return prober.probe, str(gateway)
+        return prober, str(gateway)
 
-    def _beyond_prober(self, role: UplinkRole, version: int):
-        """Ping every beyond target of `version` through the uplink's table; the round is
+    def _beyond_prober(self, role: UplinkRole, version: int) -> tuple[object, str]:
+        """Echo every beyond target of `version` through the uplink's table; the round is
         good when any target answers (one dead target must not condemn the uplink)."""
         mark = self.cfg.fwmark_base + list(self.uplinks).index(role)
         targets = [t for t in self.cfg.probe.beyond if t.version == version]
-        prober = IcmpProber(socket.AF_INET if version == 4 else socket.AF_INET6, mark=mark)
+        prober = EchoProber(targets, mark=mark)
         self._closers.append(prober.close)
-
-        async def probe(timeout_s: float) -> float | None:
-            rtts = await asyncio.gather(*(prober.ping(t, timeout_s) for t in targets))
-            answered = [r for r in rtts if r is not None]
-            return min(answered) if answered else None
-
-        return probe, ",".join(map(str, targets))
+        return prober, ",".join(map(str, targets))
 
     async def _address_towards(self, ifname: str, gateway) -> ipaddress.IPv4Address | None:
         """The interface's IPv4 address in the gateway's subnet (ARP sender), if any."""
@@ -321,19 +313,54 @@ class Agent:
                 return ipaddress.IPv4Address(msg.get("address"))
         return None
 
-    async def _probe_loop(self, role: UplinkRole, kind: str,
-                          probe: Callable[[float], Awaitable[float | None]], target: str):
-        """Probe every interval on a fixed schedule (a slow answer does not shift the grid)."""
+    def _due(self, role: UplinkRole, kind: str, tick: int) -> bool:
+        """Whether stream (role, kind) probes in this tick. Everything probes every tick,
+        except the beyond probes of the standby uplink: every STANDBY_BEYOND_EVERY-th tick
+        (it carries no traffic; its gateway probes still run at the full rate)."""
+        if kind.startswith("gateway") or role is self.state.active or self.state.active is None:
+            return True
+        return tick % STANDBY_BEYOND_EVERY == 0
+
+    async def _tick_loop(self, streams: list[tuple[UplinkRole, str, object, str]]) -> None:
+        """Every interval, in one wake-up: judge the probes of the previous tick (their
+        timeout has run out), then send every due probe. A lost probe is fed at send +
+        timeout, as a per-stream loop would; an answered one at most one interval later.
+        The grid is fixed: a slow tick does not shift it, a stalled loop skips slots."""
+        interval, timeout = self.interval_s, self.timeout_s
+        # Timeout shorter than the interval: judge at send + timeout, in a second wake-up.
+        early = interval - timeout > 0.002
+        pending: list[tuple[UplinkRole, str, object, str]] = []
+        tick = 0
         next_at = time.monotonic()
         while True:
-            rtt = await probe(self.timeout_s)
-            self.feed(core.ProbeResult(role, kind, rtt, target, self.timeout_s))
-            next_at += self.interval_s
+            if not early:
+                self._judge(pending)
+            pending = [s for s in streams if self._due(s[0], s[1], tick)]
+            for _role, _kind, prober, _target in pending:
+                prober.send()
+            tick += 1
+            if early:
+                await asyncio.sleep(max(0.0, next_at + timeout - time.monotonic()))
+                self._judge(pending)
+                pending = []
+            next_at += interval
             delay = next_at - time.monotonic()
             if delay < 0:  # overran (a stalled loop): skip the missed slots, do not burst
                 next_at = time.monotonic()
                 delay = 0
             await asyncio.sleep(delay)
+
+    def _judge(self, pending: list[tuple[UplinkRole, str, object, str]]) -> None:
+        timeout = self.timeout_s
+        for role, kind, prober, target in pending:
+            rtt = prober.result(timeout)
+            self.metrics.probe(role, kind, rtt)
+            if rtt is not None and core.steady(self.state, role, self.clock()):
+                continue  # nothing can change: no observation built, no step taken
+            self.feed(core.ProbeResult(role, kind, rtt, target, timeout), metered=True)
+        if self.clock() - self._loss_at >= 1.0:
+            self._loss_at = self.clock()
+            self.metrics.update_loss()
 
     # -------------------------------------------------------------------------------- run
 
@@ -363,14 +390,15 @@ class Agent:
                 asyncio.create_task(self._events_loop(), name="netlink-events"),
                 asyncio.create_task(self._resync_loop(), name="resync"),
             ]
+            streams = []
             for role in self.uplinks:
                 for kind in self.settings.kinds:
                     if kind.startswith("gateway"):
-                        probe, target = await self._gateway_prober(role, kind)
+                        prober, target = await self._gateway_prober(role, kind)
                     else:
-                        probe, target = self._beyond_prober(role, int(kind[-1]))
-                    tasks.append(asyncio.create_task(
-                        self._probe_loop(role, kind, probe, target), name=f"{role.value}-{kind}"))
+                        prober, target = self._beyond_prober(role, int(kind[-1]))
+                    streams.append((role, kind, prober, target))
+            tasks.append(asyncio.create_task(self._tick_loop(streams), name="probes"))
             for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
                                  (signal.SIGUSR1, lambda: self.request(UplinkRole.PRIMARY,
                                                                        "SIGUSR1")),

@@ -24,12 +24,15 @@ RULE_PRIORITY = 100  # ahead of the main table (32766)
 
 @dataclass(frozen=True)
 class ProbePath:
-    """One path to probe through: packets marked `mark` go via `gateway` on `ifname`."""
+    """One path to probe through: packets marked `mark` go via `gateway` on `ifname`.
+    `source`, when set, is the table route's preferred source (`prefsrc`): probes leave from
+    that address (the agent's uplink service address) instead of the interface's first one."""
 
     mark: int
     table: int
     gateway: IPv4Address | IPv6Address
     ifname: str
+    source: IPv4Address | IPv6Address | None = None
 
     @property
     def family(self) -> int:
@@ -43,6 +46,7 @@ async def install_probe_path(ipr: AsyncIPRoute, path: ProbePath) -> None:
     kernel refuses a route via a down link): the caller retries on the next link event.
     """
     index = await _ifindex(ipr, path.ifname)
+    extra = {"prefsrc": str(path.source)} if path.source is not None else {}
     await ipr.route(
         "replace",
         dst="default",
@@ -51,6 +55,7 @@ async def install_probe_path(ipr: AsyncIPRoute, path: ProbePath) -> None:
         table=path.table,
         proto=RTPROT_NETWATCH,
         family=path.family,
+        **extra,
     )
     rules = [r async for r in await ipr.rule("dump", family=path.family)]
     for rule in rules:

@@ -22,8 +22,12 @@ from netwatch.uplink import (
     Settings,
     TransitionError,
     UseUplink,
+    _decide,
+    _observe_probe,
+    _repair_routes,
     _transition,
     initial_state,
+    steady,
     step,
 )
 
@@ -209,3 +213,24 @@ def test_properties_over_random_probe_sequences(seq, auto):
     # no more than one switch per `fall` probe rounds
     for a, b in itertools.pairwise(switches):
         assert b - a >= FALL
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans(), st.integers(1, 40)), max_size=8),
+       st.booleans())
+def test_steady_means_a_good_probe_changes_nothing(script, auto):
+    """`steady` (the agent's and step's fast path) is true only when the full step on a good
+    probe would give back the same state and no action."""
+    d = Driver(auto)
+    for primary, secondary, rounds in script:
+        for _ in range(rounds):
+            d.tick(primary, secondary)
+            for role in (P, S):
+                if not steady(d.state, role, d.now):
+                    continue
+                for kind in ("gateway", "beyond4"):
+                    obs = ProbeResult(role, kind, 0.001, "x", TICK)
+                    actions = []
+                    slow = _observe_probe(d.state, obs, d.now, actions)
+                    slow = _repair_routes(_decide(slow, d.now, actions), actions)
+                    assert actions == [] and slow == d.state
