@@ -1,7 +1,7 @@
 """The ICMP prober against a real kernel, in a throwaway pair of network namespaces.
 
 Needs root (raw sockets, netns); skipped otherwise. Two namespaces `nwct-<random>-a/-b` joined
-by a veth; b answers pings on 10.99.0.2 and fd00:99::2; always removed in a finally.
+by a veth; b answers pings on 100.64.99.2 and 2001:db8:99::2; always removed in a finally.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def pair():
         _ip("netns", "add", b)
         _ip("-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b)
         for ns, dev, v4, v6 in (
-            (a, "va", "10.99.0.1/24", "fd00:99::1/64"),
-            (b, "vb", "10.99.0.2/24", "fd00:99::2/64"),
+            (a, "va", "100.64.99.1/24", "2001:db8:99::1/64"),
+            (b, "vb", "100.64.99.2/24", "2001:db8:99::2/64"),
         ):
             _ip("-n", ns, "link", "set", "lo", "up")
             _ip("-n", ns, "addr", "add", v4, "dev", dev)
@@ -69,12 +69,12 @@ def test_many_concurrent_pings_both_families_and_timeouts(pair):
     async def scenario() -> bool:
         with IcmpProber(socket.AF_INET, mark=0x4E581) as v4, IcmpProber(socket.AF_INET6) as v6:
             # warm-up: neighbour discovery on a link that came up a moment ago
-            await asyncio.gather(v4.ping("10.99.0.2", 1.0), v6.ping("fd00:99::2", 1.0))
+            await asyncio.gather(v4.ping("100.64.99.2", 1.0), v6.ping("2001:db8:99::2", 1.0))
             replies = await asyncio.gather(
-                *[v4.ping("10.99.0.2", 1.0) for _ in range(50)],
-                *[v6.ping("fd00:99::2", 1.0) for _ in range(50)],
+                *[v4.ping("100.64.99.2", 1.0) for _ in range(50)],
+                *[v6.ping("2001:db8:99::2", 1.0) for _ in range(50)],
             )
-            lost = await asyncio.gather(v4.ping("10.99.0.3", 0.3), v6.ping("fd00:99::3", 0.3))
+            lost = await asyncio.gather(v4.ping("100.64.99.3", 0.3), v6.ping("2001:db8:99::3", 0.3))
             return all(r is not None and r < 0.5 for r in replies) and lost == [None, None]
 
     assert _in_netns(a, scenario) == 0
@@ -83,18 +83,18 @@ def test_many_concurrent_pings_both_families_and_timeouts(pair):
 def test_mark_selects_the_policy_table(pair):
     """A marked probe follows its fwmark rule; a table without a route loses the probe."""
     a, _ = pair
-    # table 77 routes 10.98.0.0/24 via b; table 78 has nothing for it; main has nothing either.
-    _ip("-n", a, "addr", "add", "10.98.0.9/32", "dev", "lo")
-    subprocess.run(["ip", "-n", pair[1], "addr", "add", "10.98.0.2/32", "dev", "lo"], check=True)
-    _ip("-n", a, "route", "add", "10.98.0.0/24", "via", "10.99.0.2", "table", "77")
+    # table 77 routes 100.64.98.0/24 via b; table 78 has nothing for it; main has nothing either.
+    _ip("-n", a, "addr", "add", "100.64.98.9/32", "dev", "lo")
+    subprocess.run(["ip", "-n", pair[1], "addr", "add", "100.64.98.2/32", "dev", "lo"], check=True)
+    _ip("-n", a, "route", "add", "100.64.98.0/24", "via", "100.64.99.2", "table", "77")
     _ip("-n", a, "rule", "add", "fwmark", "77", "table", "77", "priority", "100")
     _ip("-n", a, "rule", "add", "fwmark", "78", "table", "78", "priority", "101")
 
     async def scenario() -> bool:
         good, bad = IcmpProber(socket.AF_INET, mark=77), IcmpProber(socket.AF_INET, mark=78)
         with good, bad:
-            ok = await good.ping("10.98.0.2", 1.0)
-            lost = await bad.ping("10.98.0.2", 0.3)
+            ok = await good.ping("100.64.98.2", 1.0)
+            lost = await bad.ping("100.64.98.2", 0.3)
             return ok is not None and lost is None
 
     assert _in_netns(a, scenario) == 0
