@@ -253,7 +253,10 @@ class Verdict(_Strict):
 
 class Policy(_Strict):
     degraded: Verdict = Verdict(loss_ratio=0.05, latency_ms=80, action="prepend", prepend=3)
-    failed: Verdict = Verdict(loss_ratio=0.5, action="withdraw")
+    # FAILED is judged on the last max(fall, 5) probes per path (netwatch/transit.py): at 0.5 a
+    # provider at 30-40 % loss (already prepended) would be withdrawn after a few unlucky
+    # probes; 0.8 sits ~6 standard deviations above 51 % round-trip loss (docs/controller.md).
+    failed: Verdict = Verdict(loss_ratio=0.8, action="withdraw")
     fall: Annotated[int, Field(ge=1, le=100)] = 3
     rise: Annotated[int, Field(ge=1, le=1000)] = 5
     min_announcing_upstreams: Annotated[int, Field(ge=1)] = 2
@@ -590,6 +593,12 @@ def _controller_checks(site: Site, ctl: Controller) -> list[tuple[Loc, str]]:
         found.append(
             (("controller", "probe", "targets"), "give exactly one of targets and targets_file")
         )
+    if probe.method == "tcp":
+        for i, target in enumerate(probe.targets):
+            if target.port is None:
+                found.append(
+                    (("controller", "probe", "targets", i, "port"), "required when method is tcp")
+                )
     if probe.window_s * 1000 < probe.interval_ms:
         found.append(
             (
@@ -629,13 +638,15 @@ def load_site(path: str | Path) -> Site:
         raise ConfigError(problems)
     ctl = site.controller
     if ctl is not None and ctl.probe.targets_file is not None:
-        targets = _load_targets(path.parent / ctl.probe.targets_file, doc)
+        targets = _load_targets(
+            path.parent / ctl.probe.targets_file, doc, need_port=ctl.probe.method == "tcp"
+        )
         probe = ctl.probe.model_copy(update={"targets": targets})
         site = site.model_copy(update={"controller": ctl.model_copy(update={"probe": probe})})
     return site
 
 
-def _load_targets(path: Path, site_doc: _Document) -> list[Target]:
+def _load_targets(path: Path, site_doc: _Document, need_port: bool = False) -> list[Target]:
     loc = ("controller", "probe", "targets_file")
     try:
         doc = _read_yaml(path, str(path))
@@ -659,6 +670,19 @@ def _load_targets(path: Path, site_doc: _Document) -> list[Target]:
         raise ConfigError(
             [Problem(doc.file, doc.line(("targets",)), "targets", "must not be empty")]
         )
+    if need_port:
+        missing = [i for i, target in enumerate(catalogue.targets) if target.port is None]
+        problems = [
+            Problem(
+                doc.file,
+                doc.line(("targets", i)),
+                f"targets[{i}].port",
+                "required when controller.probe.method is tcp",
+            )
+            for i in missing
+        ]
+        if problems:
+            raise ConfigError(problems)
     return catalogue.targets
 
 

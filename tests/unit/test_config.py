@@ -121,10 +121,10 @@ INVALID = [
     (
         (
             "  probe:\n",
-            "  policy:\n    degraded: {loss_ratio: 0.6, action: prepend, prepend: 2}\n  probe:\n",
+            "  policy:\n    degraded: {loss_ratio: 0.9, action: prepend, prepend: 2}\n  probe:\n",
         ),
-        "site.yaml:11: controller.policy.degraded.loss_ratio: 0.6 must be below "
-        "failed.loss_ratio (0.5)",
+        "site.yaml:11: controller.policy.degraded.loss_ratio: 0.9 must be below "
+        "failed.loss_ratio (0.8)",
     ),
     (
         ("  probe:\n", "  probes:\n"),
@@ -331,3 +331,21 @@ def test_help_and_version() -> None:
     version = netwatch("--version")
     assert version.returncode == 0 and version.stdout.startswith("netwatch ")
     assert netwatch().returncode == 64
+
+
+def test_tcp_probes_need_a_port_inline_and_in_a_catalogue(tmp_path: Path) -> None:
+    inline = MINIMAL.replace("  probe:\n", "  probe:\n    method: tcp\n")
+    path = write(tmp_path, inline)
+    assert errors_of(path)[0] == (
+        f"{path}:12: controller.probe.targets[0].port: required when method is tcp"
+    )
+    (tmp_path / "t.yaml").write_text(
+        "targets:\n  - {address: 203.0.113.1, port: 443}\n  - 203.0.113.2\n"
+    )
+    text = inline.replace(
+        "targets: [203.0.113.1, 203.0.113.2, 203.0.113.3]", "targets_file: t.yaml"
+    )
+    path = write(tmp_path, text)
+    assert errors_of(path) == [
+        f"{tmp_path / 't.yaml'}:3: targets[1].port: required when controller.probe.method is tcp"
+    ]
