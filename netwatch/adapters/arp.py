@@ -33,15 +33,14 @@ import socket
 import struct
 import time
 
+from netwatch.adapters.icmp import echo_request, open_echo_socket, parse_echo_reply
+
 ETH_P_ARP = 0x0806
 ETH_P_IP = 0x0800
 ARPOP_REQUEST, ARPOP_REPLY = 1, 2
 ICMPV6_NS, ICMPV6_NA = 135, 136
 ICMP6_FILTER = 1
 SIOCGIFHWADDR = 0x8927
-ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST = 0, 8
-ICMPV6_ECHO_REQUEST, ICMPV6_ECHO_REPLY = 128, 129
-SOL_RAW, ICMP_FILTER = 255, 1  # linux/icmp.h: a bitmask of ICMP types to drop
 BROADCAST = b"\xff" * 6
 
 
@@ -236,34 +235,15 @@ class EchoProber(_RawProber):
             raise ValueError("EchoProber needs targets of one IP version")
         super().__init__(f"mark {mark}")
         self.v4 = targets[0].version == 4
+        self.family = socket.AF_INET if self.v4 else socket.AF_INET6
         self.targets = [str(t) for t in targets]
         self.mark = mark
         self._ident = int.from_bytes(os.urandom(2), "big")
         self._token = os.urandom(8)
         self._seq = 0
-        self._want = struct.pack("!BBHHH", ICMP_ECHO_REPLY if self.v4 else ICMPV6_ECHO_REPLY, 0,
-                                 0, self._ident, 0)
 
     def _open(self) -> socket.socket:
-        if self.v4:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-        else:
-            sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
-        try:
-            if self.mark is not None:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
-            # Only echo replies reach the socket: fewer wake-ups.
-            if self.v4:
-                blocked = ~(1 << ICMP_ECHO_REPLY) & 0xFFFFFFFF
-                sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", blocked))
-            else:
-                words = [0xFFFFFFFF] * 8
-                words[ICMPV6_ECHO_REPLY >> 5] &= ~(1 << (ICMPV6_ECHO_REPLY & 31)) & 0xFFFFFFFF
-                sock.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, struct.pack("=8I", *words))
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return open_echo_socket(self.family, self.mark)
 
     def send(self) -> bool:
         """Send one echo request to every target (one sequence number); False when the kernel
@@ -275,14 +255,7 @@ class EchoProber(_RawProber):
         except OSError:
             self._sent = None
             return False
-        kind = ICMP_ECHO_REQUEST if self.v4 else ICMPV6_ECHO_REQUEST
-        header = struct.pack("!BBHHH", kind, 0, 0, self._ident, self._seq)
-        packet = header + self._token
-        if self.v4:  # the kernel fills in the ICMPv6 checksum, not the ICMP one
-            packet = struct.pack("!BBHHH", kind, 0, _checksum(packet), self._ident,
-                                 self._seq) + self._token
-        self._want = struct.pack("!BBHHH", ICMP_ECHO_REPLY if self.v4 else ICMPV6_ECHO_REPLY,
-                                 0, 0, self._ident, self._seq)
+        packet = echo_request(self.family, self._ident, self._seq, self._token)
         self._sent = time.monotonic()
         sent = False
         for target in self.targets:
@@ -302,20 +275,12 @@ class EchoProber(_RawProber):
         raise NotImplementedError("EchoProber is batched only: send() then result()")
 
     def _matches(self, data: bytes) -> bool:
-        if self.v4:
-            data = data[(data[0] & 0x0F) * 4 :] if data else data  # raw IPv4 sees the IP header
-        # type, code, (checksum skipped), identifier, sequence, then our token.
-        return (len(data) >= 16 and data[:2] == self._want[:2] and data[4:8] == self._want[4:8]
-                and data[8:16] == self._token)
-
-
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+        reply = parse_echo_reply(self.family, data)
+        return (
+            reply is not None
+            and reply[:2] == (self._ident, self._seq)
+            and reply[2].startswith(self._token)
+        )
 
 
 def _mac_of(sock: socket.socket, ifname: str) -> bytes:

@@ -40,6 +40,62 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
+# The echo wire format, shared by this prober and the agent's batched EchoProber (arp.py).
+
+
+def open_echo_socket(family: int, mark: int | None = None) -> socket.socket:
+    """A non-blocking raw ICMP/ICMPv6 socket that lets only echo replies in (fewer wake-ups),
+    with SO_MARK=`mark` when given. Raises OSError without CAP_NET_RAW."""
+    proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
+    sock = socket.socket(family, socket.SOCK_RAW, proto)
+    try:
+        sock.setblocking(False)
+        if mark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        if family == socket.AF_INET:
+            blocked = ~(1 << ICMP_ECHO_REPLY) & 0xFFFFFFFF
+            sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", blocked))
+        else:
+            words = [0xFFFFFFFF] * 8
+            words[ICMPV6_ECHO_REPLY >> 5] &= ~(1 << (ICMPV6_ECHO_REPLY & 31)) & 0xFFFFFFFF
+            sock.setsockopt(socket.IPPROTO_ICMPV6, ICMPV6_FILTER, struct.pack("=8I", *words))
+        # A big receive buffer: replies arrive in bursts, and every raw socket of the
+        # namespace sees every reply.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def echo_request(family: int, ident: int, seq: int, payload: bytes) -> bytes:
+    """An echo request; the kernel fills in the ICMPv6 checksum, not the ICMP one."""
+    kind = ICMP_ECHO_REQUEST if family == socket.AF_INET else ICMPV6_ECHO_REQUEST
+    header = _HEADER.pack(kind, 0, 0, ident, seq)
+    if family == socket.AF_INET6:
+        return header + payload
+    return _HEADER.pack(kind, 0, _checksum(header + payload), ident, seq) + payload
+
+
+def parse_echo_reply(family: int, data: bytes) -> tuple[int, int, bytes] | None:
+    """(identifier, sequence, payload) of an echo reply as a raw socket reads it (IPv4 with
+    its IP header), or None for anything else."""
+    if family == socket.AF_INET:
+        if len(data) < 20:
+            return None
+        data = data[(data[0] & 0x0F) * 4 :]
+        want = ICMP_ECHO_REPLY
+    else:
+        want = ICMPV6_ECHO_REPLY
+    if len(data) < _HEADER.size:
+        return None
+    kind, _code, _sum, ident, seq = _HEADER.unpack_from(data)
+    if kind != want:
+        return None
+    return ident, seq, data[_HEADER.size :]
+
+
 class IcmpProber:
     """Echo requests to any number of targets of one family through one raw socket."""
 
@@ -47,36 +103,13 @@ class IcmpProber:
         if family not in (socket.AF_INET, socket.AF_INET6):
             raise ValueError(f"family must be AF_INET or AF_INET6, got {family!r}")
         self.family = family
-        proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
-        self._sock = socket.socket(family, socket.SOCK_RAW, proto)
-        try:
-            self._sock.setblocking(False)
-            if mark is not None:
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
-            self._install_kernel_filter()
-            # A big receive buffer: 4 upstreams x 20 targets x 5 Hz arrive in bursts, and every
-            # raw socket of the namespace sees every reply.
-            with contextlib.suppress(OSError):
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        except BaseException:
-            self._sock.close()
-            raise
+        self._sock = open_echo_socket(family, mark)
         self._ident = int.from_bytes(os.urandom(2), "big")
         self._token = os.urandom(8)
         self._seq = 0
         self._pending: dict[int, tuple[asyncio.Future, float]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
-
-    def _install_kernel_filter(self) -> None:
-        """Let only echo replies reach this socket (fewer wake-ups; errors are timeouts here)."""
-        if self.family == socket.AF_INET:
-            blocked = ~(1 << ICMP_ECHO_REPLY) & 0xFFFFFFFF
-            self._sock.setsockopt(SOL_RAW, ICMP_FILTER, struct.pack("=I", blocked))
-        else:
-            words = [0xFFFFFFFF] * 8
-            words[ICMPV6_ECHO_REPLY >> 5] &= ~(1 << (ICMPV6_ECHO_REPLY & 31)) & 0xFFFFFFFF
-            self._sock.setsockopt(socket.IPPROTO_ICMPV6, ICMPV6_FILTER, struct.pack("=8I", *words))
 
     def _attach(self) -> None:
         loop = asyncio.get_running_loop()
@@ -94,13 +127,7 @@ class IcmpProber:
         raise RuntimeError("65536 pings in flight on one prober")
 
     def _packet(self, seq: int) -> bytes:
-        kind = ICMP_ECHO_REQUEST if self.family == socket.AF_INET else ICMPV6_ECHO_REQUEST
-        payload = self._token + struct.pack("!d", time.monotonic())
-        header = _HEADER.pack(kind, 0, 0, self._ident, seq)
-        if self.family == socket.AF_INET6:
-            return header + payload  # the kernel fills in the ICMPv6 checksum
-        checksum = _checksum(header + payload)
-        return _HEADER.pack(kind, 0, checksum, self._ident, seq) + payload
+        return echo_request(self.family, self._ident, seq, self._token)
 
     async def ping(self, target, timeout_s: float) -> float | None:
         """One echo request to `target` (address or string); RTT in seconds, None on timeout.
@@ -144,19 +171,11 @@ class IcmpProber:
             self._dispatch(data, now)
 
     def _dispatch(self, data: bytes, now: float) -> None:
-        if self.family == socket.AF_INET:
-            if len(data) < 20:
-                return
-            data = data[(data[0] & 0x0F) * 4 :]  # a raw IPv4 socket sees the IP header
-            want = ICMP_ECHO_REPLY
-        else:
-            want = ICMPV6_ECHO_REPLY
-        if len(data) < _HEADER.size + len(self._token):
+        reply = parse_echo_reply(self.family, data)
+        if reply is None:
             return
-        kind, _code, _sum, ident, seq = _HEADER.unpack_from(data)
-        if kind != want or ident != self._ident:
-            return
-        if data[_HEADER.size : _HEADER.size + len(self._token)] != self._token:
+        ident, seq, payload = reply
+        if ident != self._ident or not payload.startswith(self._token):
             return
         entry = self._pending.get(seq)
         if entry is None:
