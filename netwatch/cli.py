@@ -11,7 +11,14 @@ import argparse
 import sys
 
 from netwatch import __version__, exitcodes
-from netwatch.commands import agent_cmd, config_cmd, controller_cmd, exabgp_cmd, lab_cmd
+from netwatch.commands import (
+    CommandError,
+    agent_cmd,
+    config_cmd,
+    controller_cmd,
+    exabgp_cmd,
+    lab_cmd,
+)
 
 # Command groups, in the order `netwatch --help` lists them.
 COMMAND_GROUPS = [agent_cmd, config_cmd, controller_cmd, exabgp_cmd, lab_cmd]
@@ -37,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.USAGE
     try:
         return args.func(args)
+    except CommandError as exc:
+        print(exc, file=sys.stderr)
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

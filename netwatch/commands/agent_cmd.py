@@ -15,27 +15,36 @@ import os
 import sys
 
 from netwatch import exitcodes
-from netwatch.config import ConfigError, load_site
+from netwatch.commands import site_or_fail
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "agent", help="run the uplink agent (failover between a server's two uplinks)")
+        "agent", help="run the uplink agent (failover between a server's two uplinks)"
+    )
     parser.add_argument("--config", required=True, metavar="FILE", help="site file")
-    parser.add_argument("--netns", metavar="NS",
-                        help="run inside network namespace NS (everything: sockets, routes, "
-                             "the metrics listener)")
-    parser.add_argument("--metrics-listen", metavar="ADDR",
-                        help="override metrics.listen (e.g. 127.0.0.1:9110); 'none' disables")
+    parser.add_argument(
+        "--netns",
+        metavar="NS",
+        help="run inside network namespace NS (everything: sockets, routes, the metrics listener)",
+    )
+    parser.add_argument(
+        "--metrics-listen",
+        metavar="ADDR",
+        help="override metrics.listen (e.g. 127.0.0.1:9110); 'none' disables",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
     parser.set_defaults(func=cmd_agent)
 
 
 def _setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "ts=%(asctime)s.%(msecs)03d level=%(levelname)s logger=%(name)s %(message)s",
-        datefmt="%Y-%m-%dT%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter(
+            "ts=%(asctime)s.%(msecs)03d level=%(levelname)s logger=%(name)s %(message)s",
+            datefmt="%Y-%m-%dT%H:%M:%S",
+        )
+    )
     root = logging.getLogger("netwatch")
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
@@ -45,22 +54,12 @@ def _setup_logging(verbose: bool) -> None:
 def cmd_agent(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     log = logging.getLogger("netwatch.agent")
-    try:
-        site = load_site(args.config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
-        missing = all(p.message == "no such file" for p in exc.problems)
-        return exitcodes.NOINPUT if missing else exitcodes.DATAERR
-    if site.agent is None:
-        print(f"{args.config}: no `agent` section", file=sys.stderr)
-        return exitcodes.DATAERR
+    site = site_or_fail(args.config, needs="agent")
     if args.netns:
         try:
             _enter_netns(args.netns)
         except OSError as exc:
-            print(f"netwatch agent: cannot enter namespace {args.netns!r}: {exc}",
-                  file=sys.stderr)
+            print(f"netwatch agent: cannot enter namespace {args.netns!r}: {exc}", file=sys.stderr)
             return exitcodes.OSERR
 
     # Imported here: pyroute2 and the raw sockets come after setns.

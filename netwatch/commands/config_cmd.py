@@ -9,6 +9,7 @@ import sys
 import yaml
 
 from netwatch import exitcodes
+from netwatch.commands import site_or_fail
 from netwatch.config import ConfigError, load_site, load_targets
 
 
@@ -65,13 +66,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    try:
-        site = load_site(args.file)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
-        return exitcodes.DATAERR
-    data = site.model_dump(mode="json")
+    data = site_or_fail(args.file).model_dump(mode="json")
     if args.json:
         print(json.dumps(data, indent=2))
     else:

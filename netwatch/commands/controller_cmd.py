@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from netwatch import exitcodes
-from netwatch.config import ConfigError, load_site
+from netwatch.commands import site_or_fail
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -19,15 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_controller(args: argparse.Namespace) -> int:
-    try:
-        site = load_site(args.config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(line, file=sys.stderr)
-        return exitcodes.DATAERR
-    if site.controller is None:
-        print(f"{args.config}: no controller section", file=sys.stderr)
-        return exitcodes.DATAERR
+    site = site_or_fail(args.config, needs="controller")
     from netwatch.controller import run_controller
 
     try:

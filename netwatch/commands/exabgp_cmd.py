@@ -7,7 +7,7 @@ import shlex
 import sys
 
 from netwatch import exitcodes
-from netwatch.lab.site import SiteError, load_site
+from netwatch.commands import site_or_fail
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,11 +28,7 @@ def cmd_exabgp_config(args) -> int:
 
     from netwatch.exabgp_config import render_exabgp_config
 
-    try:
-        site = load_site(args.file)
-    except SiteError as exc:
-        print(f"netwatch exabgp-config: {exc}", file=sys.stderr)
-        return exc.exit_code
+    site = site_or_fail(args.file, needs="controller")
     if args.process:
         argv = shlex.split(args.process)
     else:

@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 from netwatch import exitcodes
+from netwatch.commands import site_or_fail
 from netwatch.lab.netns import NetnsError
-from netwatch.lab.site import SiteError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,9 +67,6 @@ def _guard(func, args) -> int:
     try:
         return func(args)
     except LabError as exc:
-        print(f"netwatch lab: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except SiteError as exc:
         print(f"netwatch lab: {exc}", file=sys.stderr)
         return exc.exit_code
     except NetnsError as exc:
@@ -187,11 +184,5 @@ def cmd_exec(args) -> int:
 
 def cmd_announce(args) -> int:
     from netwatch.lab import announcer
-    from netwatch.lab.site import load_site
 
-    try:
-        site = load_site(args.config)
-    except SiteError as exc:
-        print(f"netwatch lab announce: {exc}", file=sys.stderr)
-        return exc.exit_code
-    return announcer.main(site)
+    return announcer.main(site_or_fail(args.config, needs="controller"))

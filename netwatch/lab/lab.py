@@ -23,9 +23,9 @@ from pathlib import Path
 import yaml
 
 from netwatch import exitcodes
+from netwatch.config import ConfigError, load_site
 from netwatch.exabgp_config import exabgp_environment, render_exabgp_config
 from netwatch.lab import bird, netns
-from netwatch.lab.site import SiteError, load_raw, load_site
 from netwatch.lab.topology import Topology, build_topology
 
 RUN_ROOT = Path("/run/netwatch/lab")
@@ -171,7 +171,7 @@ def preflight(name: str) -> None:
 def render_site_file(lab: Lab, config: Path) -> None:
     """Write the lab's own copy of the site file: state and control socket inside the run dir,
     the targets file by absolute path."""
-    raw = load_raw(config)
+    raw = yaml.safe_load(config.read_text())  # validated by the caller
     raw["state_dir"] = str(lab.run_dir / "state")
     raw.setdefault("control", {})["socket"] = str(lab.run_dir / "netwatch.sock")
     probe = raw.get("controller", {}).get("probe", {})
@@ -359,6 +359,7 @@ def up(
         {"name": name, "config": str(config.resolve()), "phase": "building", "faults": {}}
     )
     try:
+        load_site(config)  # errors name the user's file and lines, not the rendered copy
         render_site_file(lab, config)
         site = load_site(lab.site_file)
         topo = build_topology(site)
@@ -367,8 +368,10 @@ def up(
     except BaseException as exc:
         if not keep_on_failure:
             down(name, quiet=True)
-        if isinstance(exc, SiteError):
-            raise LabError(str(exc), exc.exit_code) from exc
+        if isinstance(exc, ConfigError):
+            missing = all(p.message == "no such file" for p in exc.problems)
+            code = exitcodes.NOINPUT if missing else exitcodes.DATAERR
+            raise LabError("\n".join(exc.errors), code) from None
         if isinstance(exc, netns.NetnsError):
             raise LabError(str(exc), exitcodes.OSERR) from exc
         raise

@@ -8,9 +8,9 @@ import signal
 import subprocess
 import time
 
+from netwatch.config import load_site
 from netwatch.lab import bird
 from netwatch.lab import lab as lab_module
-from netwatch.lab.site import load_site
 
 from .test_controller import NORMAL, PREFIXES, TRANSITS, clean, held, wait_for  # noqa: F401
 

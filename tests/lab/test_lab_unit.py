@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from netwatch.config import load_site
 from netwatch.exabgp_config import exabgp_environment, render_exabgp_config
 from netwatch.lab import bird
 from netwatch.lab.announcer import announce_lines, peer_that_came_up
 from netwatch.lab.lab import DEFAULT_CONFIG, route_commands
-from netwatch.lab.site import load_site
 from netwatch.lab.topology import build_topology
 
 
