@@ -41,6 +41,10 @@ def _parse_ip(value: Any) -> IPAddress:
     if isinstance(value, IPv4Address | IPv6Address):
         return value
     if isinstance(value, str):
+        if "%" in value:
+            # ipaddress accepts any scope ID, spaces and all, and these values end up in
+            # ExaBGP commands; the interface is always given by its own key.
+            raise ValueError(f"{value!r}: no scope ID (%...) here; the interface has its own key")
         try:
             return ipaddress.ip_address(value)
         except ValueError:
@@ -70,7 +74,7 @@ def _parse_prefix(value: Any) -> IPNetwork:
         raise ValueError(f"'{value}' is not a prefix") from None
 
 
-_COMMUNITY = re.compile(r"^(\d{1,10}):(\d{1,10})(?::(\d{1,10}))?$")
+_COMMUNITY = re.compile(r"^(\d{1,10}):(\d{1,10})(?::(\d{1,10}))?\Z")
 
 
 def _parse_community(value: Any) -> str:
@@ -86,7 +90,7 @@ def _parse_community(value: Any) -> str:
     return value
 
 
-_IFNAME = re.compile(r"^[A-Za-z0-9_.@:+-]{1,15}$")
+_IFNAME = re.compile(r"^[A-Za-z0-9_.@:+-]{1,15}\Z")
 
 
 def _check_ifname(value: str) -> str:
@@ -97,7 +101,7 @@ def _check_ifname(value: str) -> str:
     return value
 
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
 
 
 def _check_name(value: str) -> str:
@@ -123,7 +127,7 @@ def _check_listen(value: str) -> str:
 
 def _check_mode(value: Any) -> str:
     text = str(value)
-    if not re.match(r"^0?[0-7]{3}$", text):
+    if not re.fullmatch(r"0?[0-7]{3}", text):
         raise ValueError(f'{value!r} is not an octal file mode (e.g. "0660"; quote it in YAML)')
     return text.rjust(4, "0")
 
@@ -530,6 +534,14 @@ def _controller_checks(site: Site, ctl: Controller) -> list[tuple[Loc, str]]:
                 found.append(((*ups, i, key), f"'{value}' is already used by upstreams[{first}]"))
             seen[key].setdefault(value, i)
         if upstream.neighbor6 is not None:
+            if upstream.neighbor6 in seen["neighbor"]:
+                first = seen["neighbor"][upstream.neighbor6]
+                found.append(
+                    (
+                        (*ups, i, "neighbor6"),
+                        f"'{upstream.neighbor6}' is already used by upstreams[{first}]",
+                    )
+                )
             seen["neighbor"].setdefault(upstream.neighbor6, i)
         version = upstream.neighbor.version
         for key in ("local_address", "nexthop"):

@@ -171,8 +171,13 @@ def cmd_heal(args) -> int:
 def cmd_exec(args) -> int:
     import subprocess
 
+    argv = list(args.argv)
+    # argparse's REMAINDER swallows options given after NODE (`lab exec srv --name x -- ip r`):
+    # take --name from there too, up to the `--` that starts the command.
+    while argv[:1] == ["--name"] and len(argv) > 1:
+        args.name, argv = argv[1], argv[2:]
+    argv = argv[1:] if argv[:1] == ["--"] else argv
     handle = _lab(args)
-    argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
     if not argv:
         print("netwatch lab: exec needs a command: lab exec NODE -- CMD...", file=sys.stderr)
         return exitcodes.USAGE

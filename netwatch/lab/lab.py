@@ -50,6 +50,11 @@ class Lab:
     name: str
     run_root: Path = RUN_ROOT
 
+    def __post_init__(self) -> None:
+        # The name becomes a path under /run that `down` removes as root: `../..` must never
+        # get that far.
+        check_name(self.name)
+
     @property
     def run_dir(self) -> Path:
         return self.run_root / self.name
@@ -127,10 +132,18 @@ def running_labs(run_root: Path = RUN_ROOT) -> list[str]:
     return sorted(p.name for p in run_root.iterdir() if (p / "state.json").exists())
 
 
+def check_name(name: str) -> str:
+    """`name` if it is a valid lab name. Raises LabError (exit 64) otherwise."""
+    if not NAME_RE.match(name):
+        raise LabError(f"lab name {name!r}: use 1-10 lowercase letters or digits", exitcodes.USAGE)
+    return name
+
+
 def resolve_name(name: str | None, run_root: Path = RUN_ROOT) -> str:
-    """`name`, or the one running lab. Raises LabError when there is none or several."""
+    """`name`, or the one running lab. Raises LabError when there is none or several, or when
+    the name is not a valid lab name."""
     if name:
-        return name
+        return check_name(name)
     labs = running_labs(run_root)
     if len(labs) == 1:
         return labs[0]
@@ -146,8 +159,7 @@ def exabgp_program() -> str | None:
 
 def preflight(name: str) -> None:
     """Raise LabError when the lab cannot be built here (root, bird2, exabgp, name)."""
-    if not NAME_RE.match(name):
-        raise LabError(f"lab name {name!r}: use 1-10 lowercase letters or digits", exitcodes.USAGE)
+    check_name(name)
     if os.geteuid() != 0:
         raise LabError(
             "the lab needs root (network namespaces): run it with sudo", exitcodes.NOPERM
@@ -434,19 +446,22 @@ def _pid_from(pidfile: Path) -> int | None:
         return None
 
 
-def _is_ours(pid: int, expect: str) -> bool:
+def _is_ours(pid: int, expect: str, run_dir: Path) -> bool:
+    """Whether `pid` is still the process our pidfile names: its command line must mention
+    the program and this lab's run directory (every daemon of a lab is started with a config
+    file from there), so a recycled PID, or another lab's BIRD, is never signalled."""
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return False
-    return expect in cmdline
+    return expect in cmdline and f"{run_dir}/" in cmdline
 
 
 def stop_pidfile(pidfile: Path, expect: str, timeout_s: float = 3.0) -> bool:
     """SIGTERM the PID in `pidfile` if its command line contains `expect`, SIGKILL after
     `timeout_s`. Returns True when a process was stopped."""
     pid = _pid_from(pidfile)
-    if pid is None or not _is_ours(pid, expect):
+    if pid is None or not _is_ours(pid, expect, pidfile.parent):
         return False
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s

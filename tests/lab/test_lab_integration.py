@@ -255,11 +255,8 @@ def test_down_leaves_nothing_even_after_a_half_finished_up():
 
 def test_a_second_lab_comes_up_beside_and_down_removes_it_all(lab):
     name = unique_lab_name()
-    started = time.monotonic()
     try:
         lab_module.up(name, lab_module.DEFAULT_CONFIG, out=io.StringIO())
-        elapsed = time.monotonic() - started
-        assert elapsed < 15, f"lab up took {elapsed:.1f} s"
         assert _leftovers(name)
         second = lab_module.Lab(name)
         assert ping(second, "srv", "203.0.113.1") == 1
@@ -320,3 +317,18 @@ def test_cli_status_json_and_exec(lab, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["name"] == lab.name and report["nodes"]["edge"]["present"]
     assert main(["lab", "fault", "--name", lab.name, "transit-down", "t9"]) == exitcodes.USAGE
+
+
+def test_cli_exec_takes_name_before_or_after_the_node(lab):
+    import subprocess
+    import sys
+
+    for argv in (
+        ["lab", "exec", "--name", lab.name, "srv", "--", "ip", "-4", "addr", "show", "eth0"],
+        ["lab", "exec", "srv", "--name", lab.name, "--", "ip", "-4", "addr", "show", "eth0"],
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "netwatch.cli", *argv], capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stderr
+        assert "198.51.100.10" in result.stdout

@@ -126,3 +126,45 @@ def test_exabgp_config_command_prints_the_config(capsys):
     assert main(["exabgp-config", str(DEFAULT_CONFIG)]) == 0
     out = capsys.readouterr().out
     assert f"--config {DEFAULT_CONFIG}" in out and "encoder json;" in out
+
+
+def test_a_lab_name_can_never_reach_outside_the_run_root(tmp_path):
+    import pytest
+
+    from netwatch import exitcodes
+    from netwatch.lab.lab import Lab, LabError, resolve_name
+
+    for name in ("../..", "..", "a/b", "", "UPPER", "x" * 11):
+        with pytest.raises(LabError) as caught:
+            Lab(name, run_root=tmp_path)
+        assert caught.value.exit_code == exitcodes.USAGE
+        if name:
+            with pytest.raises(LabError):
+                resolve_name(name, run_root=tmp_path)
+
+
+def test_cli_refuses_a_traversing_name_before_touching_anything():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run(
+        [sys.executable, "-m", "netwatch.cli", "lab", "down", "--name", "../.."],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 64, result.stderr
+    assert "lab name '../..'" in result.stderr
+    assert Path("/run").is_dir()
+
+
+def test_only_processes_started_from_the_labs_run_dir_are_ours(tmp_path):
+    import os
+    import sys
+
+    from netwatch.lab.lab import _is_ours
+
+    me = os.getpid()  # a python process whose command line names neither program nor run dir
+    assert not _is_ours(me, "bird", tmp_path)
+    assert not _is_ours(me, os.path.basename(sys.executable), tmp_path)
+    assert not _is_ours(2**22 + 1, "bird", tmp_path)  # no such PID

@@ -84,6 +84,25 @@ def test_targets_file_is_read_relative_to_the_site_file(tmp_path: Path) -> None:
 # Each case: a change to MINIMAL, and the exact error it must produce.
 INVALID = [
     (
+        ('neighbor6: "2001:db8::1"', 'neighbor6: "fe80::1%eth0 announce route 2001:db8::/32"'),
+        "site.yaml:7: controller.upstreams[0].neighbor6: 'fe80::1%eth0 announce route "
+        "2001:db8::/32': no scope ID (%...) here; the interface has its own key",
+    ),
+    (
+        ("{name: b, asn: 64502", '{communities: ["64500:1\\n"], name: b, asn: 64502'),
+        "site.yaml:8: controller.upstreams[1].communities[0]: '64500:1\\n' is not a BGP "
+        "community (expected A:B or A:B:C)",
+    ),
+    (
+        (
+            "{name: c, asn: 64503, neighbor: 192.0.2.9, local_address: 192.0.2.10}",
+            "{name: c, asn: 64503, neighbor: 192.0.2.9, local_address: 192.0.2.10, "
+            'neighbor6: "2001:db8::1", local_address6: "2001:db8::3"}',
+        ),
+        "site.yaml:9: controller.upstreams[2].neighbor6: '2001:db8::1' is already used by "
+        "upstreams[0]",
+    ),
+    (
         ("neighbor: 192.0.2.5,", "neighbor: 192.0.2.300,"),
         "site.yaml:8: controller.upstreams[1].neighbor: '192.0.2.300' is not an IP address",
     ),
