@@ -24,6 +24,8 @@ import signal
 import socket
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from pyroute2.netlink.exceptions import NetlinkError
@@ -32,7 +34,7 @@ from netwatch import uplink as core
 from netwatch.adapters.arp import ArpProber, EchoProber, NdProber
 from netwatch.adapters.netlink import LinkState, Netlink
 from netwatch.adapters.policy_routing import ProbePath, install_probe_path
-from netwatch.agent_metrics import AgentMetrics
+from netwatch.agent_metrics import AgentMetrics, StreamMetrics
 from netwatch.config import Agent as AgentConfig
 from netwatch.model import Health, UplinkRole
 
@@ -49,6 +51,16 @@ PATH_CHECK_INTERVAL_S = 10.0
 # (batched probes, 8 streams at 20 Hz): 1.80..1.85 % vs 1.75..1.90 % of a core, no gain
 # above the noise, so the standby is probed at the full rate and is as ready as the active.
 STANDBY_BEYOND_EVERY = 1
+
+
+class Prober(Protocol):
+    """A batched prober (netwatch.adapters.arp): one probe in flight, judged a tick later."""
+
+    def send(self) -> bool: ...
+
+    def result(self, timeout_s: float) -> float | None: ...
+
+    def close(self) -> None: ...
 
 
 def kv(event: str, **fields) -> str:
@@ -77,12 +89,12 @@ def settings_of(cfg: AgentConfig) -> core.Settings:
     """The decision's settings from the site's `agent` section."""
     ups = (cfg.uplinks.primary, cfg.uplinks.secondary)
     families = [core.Family.V4]
-    kinds = ["gateway"]
+    kinds = [core.ProbeKind.GATEWAY]
     if all(u.gateway6 is not None for u in ups):
         families.append(core.Family.V6)
-        kinds.append("gateway6")
+        kinds.append(core.ProbeKind.GATEWAY6)
     versions = {t.version for t in cfg.probe.beyond}
-    kinds += [f"beyond{v}" for v in (4, 6) if v in versions]
+    kinds += [core.ProbeKind.beyond_of(f) for f in core.Family if f.value in versions]
     return core.Settings(
         fall=cfg.probe.fall,
         rise=cfg.probe.rise,
@@ -91,6 +103,17 @@ def settings_of(cfg: AgentConfig) -> core.Settings:
         families=tuple(families),
         kinds=tuple(kinds),
     )
+
+
+@dataclass(slots=True)
+class Stream:
+    """One probe stream: an uplink, what it probes, the prober, and its metric counters."""
+
+    role: UplinkRole
+    kind: core.ProbeKind
+    prober: Prober
+    target: str  # for the log lines: the gateway, or the beyond targets
+    counters: StreamMetrics
 
 
 class Agent:
@@ -277,14 +300,15 @@ class Agent:
 
     # ----------------------------------------------------------------------------- probes
 
-    async def _gateway_prober(self, role: UplinkRole, kind: str) -> tuple[object, str]:
+    async def _gateway_prober(self, role: UplinkRole, kind: core.ProbeKind) -> tuple[Prober, str]:
         """The batched prober (`send()`, `result(timeout_s)`) for gateway probe `kind`."""
         up = self.uplinks[role]
         mark = self.cfg.fwmark_base + list(self.uplinks).index(role)
-        gateway = up.gateway if kind == "gateway" else up.gateway6
+        v4 = kind.family is core.Family.V4
+        gateway = up.gateway if v4 else up.gateway6
         if self.cfg.probe.method == "icmp":
             prober = EchoProber([gateway], mark=mark)
-        elif kind == "gateway":
+        elif v4:
             sender = await self._address_towards(up.interface, gateway)
             prober = ArpProber(up.interface, gateway, sender)
         else:
@@ -292,11 +316,11 @@ class Agent:
         self._closers.append(prober.close)
         return prober, str(gateway)
 
-    def _beyond_prober(self, role: UplinkRole, version: int) -> tuple[object, str]:
-        """Echo every beyond target of `version` through the uplink's table; the round is
-        good when any target answers (one dead target must not condemn the uplink)."""
+    def _beyond_prober(self, role: UplinkRole, kind: core.ProbeKind) -> tuple[Prober, str]:
+        """Echo every beyond target of the kind's family through the uplink's table; the round
+        is good when any target answers (one dead target must not condemn the uplink)."""
         mark = self.cfg.fwmark_base + list(self.uplinks).index(role)
-        targets = [t for t in self.cfg.probe.beyond if t.version == version]
+        targets = [t for t in self.cfg.probe.beyond if t.version == kind.family.value]
         prober = EchoProber(targets, mark=mark)
         self._closers.append(prober.close)
         return prober, ",".join(map(str, targets))
@@ -313,15 +337,15 @@ class Agent:
                 return ipaddress.IPv4Address(msg.get("address"))
         return None
 
-    def _due(self, role: UplinkRole, kind: str, tick: int) -> bool:
+    def _due(self, role: UplinkRole, kind: core.ProbeKind, tick: int) -> bool:
         """Whether stream (role, kind) probes in this tick. Everything probes every tick,
         except the beyond probes of the standby uplink: every STANDBY_BEYOND_EVERY-th tick
         (it carries no traffic; its gateway probes still run at the full rate)."""
-        if kind.startswith("gateway") or role is self.state.active or self.state.active is None:
+        if not kind.beyond or role is self.state.active or self.state.active is None:
             return True
         return tick % STANDBY_BEYOND_EVERY == 0
 
-    async def _tick_loop(self, streams: list[tuple[UplinkRole, str, object, str]]) -> None:
+    async def _tick_loop(self, streams: list[Stream]) -> None:
         """Every interval, in one wake-up: judge the probes of the previous tick (their
         timeout has run out), then send every due probe. A lost probe is fed at send +
         timeout, as a per-stream loop would; an answered one at most one interval later.
@@ -329,15 +353,15 @@ class Agent:
         interval, timeout = self.interval_s, self.timeout_s
         # Timeout shorter than the interval: judge at send + timeout, in a second wake-up.
         early = interval - timeout > 0.002
-        pending: list[tuple[UplinkRole, str, object, str]] = []
+        pending: list[Stream] = []
         tick = 0
         next_at = time.monotonic()
         while True:
             if not early:
                 self._judge(pending)
-            pending = [s for s in streams if self._due(s[0], s[1], tick)]
-            for _role, _kind, prober, _target in pending:
-                prober.send()
+            pending = [s for s in streams if self._due(s.role, s.kind, tick)]
+            for stream in pending:
+                stream.prober.send()
             tick += 1
             if early:
                 await asyncio.sleep(max(0.0, next_at + timeout - time.monotonic()))
@@ -350,16 +374,18 @@ class Agent:
                 delay = 0
             await asyncio.sleep(delay)
 
-    def _judge(self, pending: list[tuple[UplinkRole, str, object, str]]) -> None:
+    def _judge(self, pending: list[Stream]) -> None:
         timeout = self.timeout_s
-        for role, kind, prober, target in pending:
-            rtt = prober.result(timeout)
-            self.metrics.probe(role, kind, rtt)
-            if rtt is not None and core.steady(self.state, role, self.clock()):
+        now = self.clock()
+        for stream in pending:
+            rtt = stream.prober.result(timeout)
+            stream.counters.count(rtt)
+            if rtt is not None and core.steady(self.state, stream.role, now):
                 continue  # nothing can change: no observation built, no step taken
-            self.feed(core.ProbeResult(role, kind, rtt, target, timeout), metered=True)
-        if self.clock() - self._loss_at >= 1.0:
-            self._loss_at = self.clock()
+            self.feed(core.ProbeResult(stream.role, stream.kind, rtt, stream.target, timeout),
+                      metered=True)
+        if now - self._loss_at >= 1.0:
+            self._loss_at = now
             self.metrics.update_loss()
 
     # -------------------------------------------------------------------------------- run
@@ -381,7 +407,8 @@ class Agent:
                 self.feed(core.CarrierChange(self.by_ifname[ifname], carrier_of(link)))
             self.feed(await self._snapshot())
             await self._install_paths()
-            log.info(kv("started", active=self.state.active, kinds=",".join(self.settings.kinds),
+            log.info(kv("started", active=self.state.active, method=self.cfg.probe.method,
+                        kinds=",".join(k.value for k in self.settings.kinds),
                         interval_ms=self.cfg.probe.interval_ms, fall=self.settings.fall,
                         rise=self.settings.rise, hold_down_s=self.settings.hold_down_s,
                         failback="auto" if self.settings.failback_auto else "manual"))
@@ -393,11 +420,12 @@ class Agent:
             streams = []
             for role in self.uplinks:
                 for kind in self.settings.kinds:
-                    if kind.startswith("gateway"):
-                        prober, target = await self._gateway_prober(role, kind)
+                    if kind.beyond:
+                        prober, target = self._beyond_prober(role, kind)
                     else:
-                        prober, target = self._beyond_prober(role, int(kind[-1]))
-                    streams.append((role, kind, prober, target))
+                        prober, target = await self._gateway_prober(role, kind)
+                    streams.append(Stream(role, kind, prober, target,
+                                          self.metrics.stream(role, kind)))
             tasks.append(asyncio.create_task(self._tick_loop(streams), name="probes"))
             for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
                                  (signal.SIGUSR1, lambda: self.request(UplinkRole.PRIMARY,

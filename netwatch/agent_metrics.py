@@ -1,9 +1,9 @@
 """The agent's Prometheus metrics, on a registry passed in (never the global one).
 
 Names follow the Prometheus conventions: base units (`_seconds`), `_total` for counters,
-`_ratio` for 0..1 fractions. Labels: `uplink` (primary, secondary), `kind` (gateway,
-gateway6, beyond4, beyond6), `reason` for failovers (carrier, gateway, beyond, failback,
-operator): a small, fixed set, so no label can grow without bound.
+`_ratio` for 0..1 fractions. Labels: `uplink` (primary, secondary), `kind` (a `ProbeKind`
+value: gateway, gateway6, beyond4, beyond6), `reason` for failovers (carrier, gateway, beyond,
+failback, operator): a small, fixed set, so no label can grow without bound.
 """
 
 from __future__ import annotations
@@ -13,11 +13,31 @@ from collections import deque
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from netwatch.model import Health, UplinkRole
+from netwatch.uplink import ProbeKind
 
 # Gateway RTTs on a LAN are 50 us .. 1 ms; beyond targets a few ms; timeouts are not observed.
 RTT_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                  0.5, 1.0)
 LOSS_WINDOW = 20  # probes per uplink and kind in netwatch_agent_probe_loss_ratio (1 s at 20 Hz)
+
+
+class StreamMetrics:
+    """The labelled children of one probe stream (uplink, kind), looked up once: `labels()`
+    per probe (a lock and a dict lookup each, four per probe) was a tenth of the agent's CPU."""
+
+    __slots__ = ("_lost", "_ok", "_rtt", "window")
+
+    def __init__(self, window: deque[bool], ok, lost, rtt):
+        self.window, self._ok, self._lost, self._rtt = window, ok, lost, rtt
+
+    def count(self, rtt_s: float | None) -> None:
+        """Count one probe (and observe its RTT when answered)."""
+        self.window.append(rtt_s is None)
+        if rtt_s is None:
+            self._lost.inc()
+        else:
+            self._ok.inc()
+            self._rtt.observe(rtt_s)
 
 
 class AgentMetrics:
@@ -62,39 +82,34 @@ class AgentMetrics:
         self.last_failover = Gauge(
             "netwatch_agent_last_failover_timestamp_seconds", "Unix time of the last failover",
             registry=registry)
-        self._windows: dict[tuple[str, str], deque[bool]] = {}
-        # Per (uplink, kind): the labelled children, looked up once. `labels()` per probe (a
-        # lock and a dict lookup each, four per probe) was a tenth of the agent's CPU.
-        self._children: dict[tuple[UplinkRole, str], tuple] = {}
+        self._streams: dict[tuple[UplinkRole, ProbeKind], StreamMetrics] = {}
         for role in UplinkRole:
             self.set_health(role, Health.UNKNOWN)
             self.active.labels(role.value).set(0)
             self.carrier.labels(role.value).set(0)
         self.both_down.set(0)
 
-    def probe(self, uplink: UplinkRole, kind: str, rtt_s: float | None) -> None:
+    def stream(self, uplink: UplinkRole, kind: ProbeKind) -> StreamMetrics:
+        """The counters of one probe stream; the agent keeps it beside the stream's prober."""
+        found = self._streams.get((uplink, kind))
+        if found is None:
+            labels = (uplink.value, kind.value)
+            found = StreamMetrics(deque(maxlen=LOSS_WINDOW), self.probes.labels(*labels, "ok"),
+                                  self.probes.labels(*labels, "lost"), self.rtt.labels(*labels))
+            self._streams[(uplink, kind)] = found
+        return found
+
+    def probe(self, uplink: UplinkRole, kind: ProbeKind, rtt_s: float | None) -> None:
         """Count one probe (and observe its RTT when answered). The loss-ratio gauges are
         only recomputed by `update_loss()`, which the agent calls once a second."""
-        children = self._children.get((uplink, kind))
-        if children is None:
-            labels = (uplink.value, kind)
-            window = self._windows.setdefault(labels, deque(maxlen=LOSS_WINDOW))
-            children = (window, self.probes.labels(*labels, "ok"),
-                        self.probes.labels(*labels, "lost"), self.rtt.labels(*labels))
-            self._children[(uplink, kind)] = children
-        window, ok, lost, rtt = children
-        window.append(rtt_s is None)
-        if rtt_s is None:
-            lost.inc()
-        else:
-            ok.inc()
-            rtt.observe(rtt_s)
+        self.stream(uplink, kind).count(rtt_s)
 
     def update_loss(self) -> None:
         """Set netwatch_agent_probe_loss_ratio from each stream's last LOSS_WINDOW probes."""
-        for (uplink, kind), window in self._windows.items():
-            if window:
-                self.loss.labels(uplink, kind).set(sum(window) / len(window))
+        for (uplink, kind), stream in self._streams.items():
+            if stream.window:
+                self.loss.labels(uplink.value, kind.value).set(
+                    sum(stream.window) / len(stream.window))
 
     def set_health(self, uplink: UplinkRole, health: Health) -> None:
         self.uplink_up.labels(uplink.value).set(1 if health is Health.UP else 0)

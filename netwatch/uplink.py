@@ -35,6 +35,43 @@ class Family(enum.Enum):
     V6 = 6
 
 
+class ProbeKind(enum.Enum):
+    """What one probe stream of an uplink watches. The value is the metric label.
+
+    `family`: the address family it probes; `beyond`: True for the targets past the gateway
+    (a gateway that answers but forwards nothing), False for the gateway itself.
+    """
+
+    GATEWAY = ("gateway", Family.V4, False)  # ARP, or ICMP echo with `method: icmp`
+    GATEWAY6 = ("gateway6", Family.V6, False)  # neighbour solicitation, or ICMPv6 echo
+    BEYOND4 = ("beyond4", Family.V4, True)  # echo to the IPv4 `beyond` targets
+    BEYOND6 = ("beyond6", Family.V6, True)  # echo to the IPv6 `beyond` targets
+
+    def __new__(cls, label: str, family: Family, beyond: bool) -> ProbeKind:
+        member = object.__new__(cls)
+        member._value_ = label
+        # Plain attributes behind the properties: read per probe on the agent's hot path.
+        member._family = family
+        member._beyond = beyond
+        return member
+
+    @property
+    def family(self) -> Family:
+        return self._family
+
+    @property
+    def beyond(self) -> bool:
+        return self._beyond
+
+    @staticmethod
+    def gateway_of(family: Family) -> ProbeKind:
+        return ProbeKind.GATEWAY if family is Family.V4 else ProbeKind.GATEWAY6
+
+    @staticmethod
+    def beyond_of(family: Family) -> ProbeKind:
+        return ProbeKind.BEYOND4 if family is Family.V4 else ProbeKind.BEYOND6
+
+
 class Mode(enum.Enum):
     """Which uplink carries the default routes. STARTING lasts until the first route snapshot."""
 
@@ -80,7 +117,7 @@ class ProbeResult:
     """One probe of one kind through one uplink: `rtt_s` None means no answer in time."""
 
     uplink: UplinkRole
-    kind: str  # "gateway", "gateway6", "beyond4", "beyond6"
+    kind: ProbeKind
     rtt_s: float | None
     target: str = ""
     timeout_s: float = 0.0
@@ -172,20 +209,20 @@ class UplinkView:
     """Everything known about one uplink."""
 
     carrier: Carrier | None
-    probes: tuple[tuple[str, Hysteresis], ...]  # (kind, hysteresis), in config order
+    probes: tuple[tuple[ProbeKind, Hysteresis], ...]  # in config order
     health: Health = Health.UNKNOWN
-    failing_since: dict[str, float] = field(default_factory=dict, compare=False)
-    failures: dict[str, int] = field(default_factory=dict, compare=False)
+    failing_since: dict[ProbeKind, float] = field(default_factory=dict, compare=False)
+    failures: dict[ProbeKind, int] = field(default_factory=dict, compare=False)
     reason: str = ""  # why it is in its current health
 
-    def kind(self, name: str) -> Hysteresis:
-        for kind, hyst in self.probes:
-            if kind == name:
+    def kind(self, kind: ProbeKind) -> Hysteresis:
+        for known, hyst in self.probes:
+            if known is kind:
                 return hyst
-        raise KeyError(f"no probe kind {name!r} on this uplink")
+        raise KeyError(f"no probe kind {kind!r} on this uplink")
 
-    def with_kind(self, name: str, hyst: Hysteresis) -> UplinkView:
-        return replace(self, probes=tuple((k, hyst if k == name else h) for k, h in self.probes))
+    def with_kind(self, kind: ProbeKind, hyst: Hysteresis) -> UplinkView:
+        return replace(self, probes=tuple((k, hyst if k is kind else h) for k, h in self.probes))
 
     def verdict(self) -> Health:
         if self.carrier is not None and self.carrier is not Carrier.UP:
@@ -205,7 +242,13 @@ class Settings:
     hold_down_s: float = 30.0
     failback_auto: bool = True
     families: tuple[Family, ...] = (Family.V4,)  # which default routes are managed
-    kinds: tuple[str, ...] = ("gateway",)  # probe kinds per uplink
+    kinds: tuple[ProbeKind, ...] = (ProbeKind.GATEWAY,)  # probe streams per uplink
+
+    def __post_init__(self) -> None:
+        # A bare string here would never match a ProbeResult's kind: refuse it at once.
+        for kind in self.kinds:
+            if not isinstance(kind, ProbeKind):
+                raise TypeError(f"probe kind {kind!r} is not a ProbeKind")
 
 
 @dataclass(frozen=True)
@@ -326,7 +369,7 @@ def _observe_probe(state: State, obs: ProbeResult, now: float, actions: list[Act
 
 
 def _what(obs: ProbeResult) -> str:
-    label = "gateway" if obs.kind.startswith("gateway") else "beyond target"
+    label = "beyond target" if obs.kind.beyond else "gateway"
     return f"{label} {obs.target}" if obs.target else label
 
 
@@ -367,7 +410,7 @@ def _cause(view: UplinkView) -> str:
     if view.carrier is not None and view.carrier is not Carrier.UP:
         return "carrier"
     down = [k for k, h in view.probes if h.health is Health.DOWN]
-    return "beyond" if down and all(k.startswith("beyond") for k in down) else "gateway"
+    return "beyond" if down and all(k.beyond for k in down) else "gateway"
 
 
 def _failing_now(view: UplinkView) -> bool:

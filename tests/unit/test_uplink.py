@@ -16,6 +16,7 @@ from netwatch.uplink import (
     Failover,
     Family,
     Mode,
+    ProbeKind,
     ProbeResult,
     RouteSnapshot,
     SetDefaultRoute,
@@ -34,11 +35,12 @@ from netwatch.uplink import (
 P, S = UplinkRole.PRIMARY, UplinkRole.SECONDARY
 FALL, RISE, HOLD = 3, 5, 5.0
 TICK = 0.05
+KINDS = (ProbeKind.GATEWAY, ProbeKind.BEYOND4)
 
 
 def make(auto: bool = True, families=(Family.V4, Family.V6)):
     return initial_state(Settings(fall=FALL, rise=RISE, hold_down_s=HOLD, failback_auto=auto,
-                                  families=families, kinds=("gateway", "beyond4")))
+                                  families=families, kinds=KINDS))
 
 
 class Driver:
@@ -68,7 +70,7 @@ class Driver:
             for role, ok in ((P, primary), (S, secondary)):
                 if ok is None:
                     continue
-                for kind in ("gateway", "beyond4"):
+                for kind in KINDS:
                     self.feed(ProbeResult(role, kind, 0.001 if ok else None, "x", TICK))
 
     def failovers(self):
@@ -130,6 +132,32 @@ def test_failover_reason_names_the_gateway_and_duration():
     (failover,) = d.failovers()
     assert failover.cause == "gateway"
     assert "silent: 3 probes, 150 ms" in failover.reason
+
+
+def test_blackholing_gateway_fails_over_as_beyond():
+    """Only the beyond probes fail (the gateway answers ARP): the cause says `beyond` and the
+    reason names the targets, not the gateway."""
+    d = Driver()
+    d.tick(True, True, 10)
+    for _ in range(FALL):
+        d.now += TICK
+        d.feed(ProbeResult(P, ProbeKind.GATEWAY, 0.001, "100.64.1.1", TICK))
+        d.feed(ProbeResult(P, ProbeKind.BEYOND4, None, "203.0.113.1", TICK))
+        for kind in KINDS:
+            d.feed(ProbeResult(S, kind, 0.001, "x", TICK))
+    (failover,) = d.failovers()
+    assert failover.cause == "beyond"
+    assert "beyond target 203.0.113.1 silent: 3 probes" in failover.reason
+    assert d.routes == {Family.V4: S, Family.V6: S}
+
+
+def test_a_probe_kind_must_be_declared():
+    """A bare string (the old spelling) or an undeclared kind fails loudly, never silently
+    counts for nothing."""
+    with pytest.raises(TypeError):
+        Settings(kinds=("gateway",))
+    with pytest.raises(KeyError):
+        step(make(), ProbeResult(P, ProbeKind.GATEWAY6, None, "fe80::1", TICK), 0.0)
 
 
 def test_carrier_loss_fails_over_at_once():
@@ -228,7 +256,7 @@ def test_steady_means_a_good_probe_changes_nothing(script, auto):
             for role in (P, S):
                 if not steady(d.state, role, d.now):
                     continue
-                for kind in ("gateway", "beyond4"):
+                for kind in KINDS:
                     obs = ProbeResult(role, kind, 0.001, "x", TICK)
                     actions = []
                     slow = _observe_probe(d.state, obs, d.now, actions)
