@@ -56,13 +56,13 @@ def test_unsafe_values_never_reach_a_line(bad):
 
 
 def test_diff_groups_prefixes_and_second_application_sends_nothing():
-    desired = {("192.0.2.1", f"198.51.{i}.0/24"): Announcement() for i in range(3)}
-    desired[("192.0.2.5", "198.51.0.0/24")] = None
+    desired = {("192.0.2.1", f"198.51.100.{64 * i}/26"): Announcement() for i in range(3)}
+    desired[("192.0.2.5", "198.51.100.0/26")] = None
     commands = exabgp.diff(desired, {})
     assert [c.line for c in commands] == [
         "neighbor 192.0.2.1 announce attributes next-hop self "
-        "nlri 198.51.0.0/24 198.51.1.0/24 198.51.2.0/24",
-        "neighbor 192.0.2.5 withdraw attributes next-hop self nlri 198.51.0.0/24",
+        "nlri 198.51.100.0/26 198.51.100.64/26 198.51.100.128/26",
+        "neighbor 192.0.2.5 withdraw attributes next-hop self nlri 198.51.100.0/26",
     ]
     known = {}
     for c in commands:
@@ -71,7 +71,8 @@ def test_diff_groups_prefixes_and_second_application_sends_nothing():
 
 
 def test_diff_chunks_big_bulk_lines():
-    desired = {("192.0.2.1", f"10.{i // 256}.{i % 256}.0/24"): None for i in range(2500)}
+    # 100.64.0.0/10 (shared address space): 2,500 /24s from 100.64.0.0 to 100.73.195.0
+    desired = {("192.0.2.1", f"100.{64 + i // 256}.{i % 256}.0/24"): None for i in range(2500)}
     commands = exabgp.diff(desired, {})
     assert [len(c.effect) for c in commands] == [1000, 1000, 500]
 
