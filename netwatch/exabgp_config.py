@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 PROCESS_NAME = "netwatch"
-_SAFE_TOKEN = re.compile(r"^[A-Za-z0-9_./:@=+,-]+$")
+# `\Z`, not `$`: `$` also matches before a final newline, which would end a config statement.
+_SAFE_TOKEN = re.compile(r"\A[A-Za-z0-9_./:@=+,-]+\Z")
 
 
 def _token(value: object) -> str:

@@ -22,6 +22,8 @@ from netwatch.transit import Announcement
         ("192.0.2.1", Announcement((), ("65535:0", "64500:1:2")), ["198.51.100.0/24"],
          "neighbor 192.0.2.1 announce attributes next-hop self community [ 65535:0 ]"
          " large-community [ 64500:1:2 ] nlri 198.51.100.0/24"),
+        ("FE80::1%eth0", Announcement(), ["2001:db8:100::/48"],  # a scope that is an interface
+         "neighbor fe80::1%eth0 announce attributes next-hop self nlri 2001:db8:100::/48"),
     ],
 )
 def test_announce_lines(neighbor, announcement, prefixes, line):
@@ -53,6 +55,51 @@ def test_withdraw_lines_both_families():
 def test_unsafe_values_never_reach_a_line(bad):
     with pytest.raises(exabgp.UnsafeValue):
         bad()
+
+
+GOOD = Announcement()
+P4, P6 = ["198.51.100.0/24"], ["2001:db8:100::/48"]
+
+
+@pytest.mark.parametrize(
+    ("build", "refused"),
+    [
+        # an IPv6 scope ID is whatever follows "%" for ipaddress: only an interface name passes
+        (lambda: exabgp.announce_line("fe80::1%eth0 announce route 198.51.100.0/24", GOOD, P6),
+         "IP address"),
+        (lambda: exabgp.announce_line("fe80::1%eth0\n", GOOD, P6), "IP address"),
+        (lambda: exabgp.withdraw_line("fe80::1%eth0\tx", P6), "IP address"),
+        (lambda: exabgp.withdraw_line("fe80::1%a/b", P6), "IP address"),
+        (lambda: exabgp.withdraw_line("fe80::1%an-interface-name", P6), "IP address"),  # > 15
+        (lambda: exabgp.withdraw_line("fe80::1%..", P6), "IP address"),
+        (lambda: exabgp.withdraw_line("192.0.2.1", ["fe80::%eth0/64"]), "prefix"),
+        (lambda: exabgp.withdraw_line("192.0.2.1", ["198.51.100.0/24\n"]), "prefix"),
+        # `$` matched before a final newline: the community itself is refused now
+        (lambda: exabgp.announce_line("192.0.2.1", Announcement((), ("64500:1\n",)), P4),
+         "community"),
+        (lambda: exabgp.announce_line("192.0.2.1", Announcement((), ("64500:1 ",)), P4),
+         "community"),
+        (lambda: exabgp.announce_line("192.0.2.1", Announcement((), ("65536:1",)), P4),
+         "community"),
+        (lambda: exabgp.announce_line("192.0.2.1", Announcement((), ("1:2:4294967296",)), P4),
+         "community"),
+        (lambda: exabgp.announce_line("192.0.2.1", Announcement((), (64500,)), P4), "community"),
+        (lambda: exabgp.announce_line("192.0.2.1", Announcement((), ("no-export",)), P4),
+         "community"),  # was dropped without a word: neither one nor two colons
+        (lambda: exabgp.announce_line("192.0.2.1", Announcement(("64500",)), P4), "ASN"),
+        (lambda: exabgp.announce_line("192.0.2.1", Announcement((True,)), P4), "ASN"),
+    ],
+)
+def test_every_token_is_checked_on_its_own(build, refused):
+    with pytest.raises(exabgp.UnsafeValue, match=refused):
+        build()
+
+
+def test_a_scoped_peer_from_exabgp_is_a_bad_event():
+    line = ('{"type": "state", "neighbor": {"address": {"peer": "fe80::1%eth0 x"}, '
+            '"state": "up"}}')
+    with pytest.raises(ValueError):
+        exabgp.parse_event(line)
 
 
 def test_diff_groups_prefixes_and_second_application_sends_nothing():
