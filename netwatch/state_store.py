@@ -1,8 +1,10 @@
 """Atomic JSON persistence for daemon state. I/O only.
 
-`save` writes a temporary file in the same directory, fsyncs it and renames it over the old
-one, so a crash leaves either the old or the new state, never half of one. `load` returns
-None when there is no state yet and raises ValueError for a file that is not valid JSON.
+`save` writes a temporary file in the same directory, fsyncs it, renames it over the old one
+and fsyncs the directory, so a crash leaves either the old or the new state, never half of
+one, and a power cut after `save` returned does not bring the old one back. `load` returns
+None when there is no state yet and raises ValueError for a file that cannot be read or is
+not a JSON object (what is inside is the caller's to check).
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ class StateStore:
         self.path = Path(path)
 
     def load(self) -> dict | None:
+        """The stored object, or None when there is none. Raises ValueError (with the reason)
+        for an unreadable file (permissions, a directory, bad UTF-8) or one that is not a JSON
+        object."""
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{self.path}: unreadable: {exc}") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -32,7 +39,8 @@ class StateStore:
         return data
 
     def save(self, data: dict) -> None:
-        """Replace the stored state atomically. Raises OSError (disk full, permissions)."""
+        """Replace the stored state atomically and durably. Raises OSError (disk full,
+        permissions)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
         try:
@@ -45,3 +53,9 @@ class StateStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
             raise
+        # The rename lives in the directory: without this, a power cut can undo it.
+        dir_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
