@@ -8,7 +8,16 @@ carries out the actions in order on one worker: replace default routes, log, upd
 Contract:
 - `Agent(agent_config, registry, ...)`, then `await agent.run()`; it returns when `stop()` is
   called (SIGTERM/SIGINT) and raises when a worker dies (the command exits non-zero so
-  systemd restarts it). On exit the routes are left as they are.
+  systemd restarts it). On exit, whatever the cause, the routes are left as they are.
+- A worker dies on any error that is not a known transient one: an exception in any task, in
+  a probe's socket callback or in a signal handler (through the loop's exception handler),
+  or a worker that returns. Transient netlink errors (a refused route write, ENOBUFS on the
+  event socket, a failed dump) are logged, counted in netwatch_agent_netlink_errors_total or
+  netwatch_agent_route_errors_total, and retried; NETLINK_ATTEMPTS failures in a row of the
+  event socket or of the route snapshot make it fatal (a restart reopens everything).
+- Time: every decision reads `clock` (time.monotonic unless injected), never the wall clock;
+  scheduling uses time.monotonic. The one wall-clock read is the Unix time exported in
+  netwatch_agent_last_failover_timestamp_seconds, which is a timestamp by definition.
 - SIGUSR1 asks for the primary, SIGUSR2 for the secondary (manual failback, or a forced
   failover): `systemctl kill -s USR1 netwatch-agent`.
 - Logs go to the `netwatch.agent` logger as `event=... uplink=... key=value` lines.
@@ -18,13 +27,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
+import errno
 import logging
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
@@ -32,8 +42,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from netwatch import uplink as core
 from netwatch.adapters.arp import ArpProber, EchoProber, NdProber
-from netwatch.adapters.netlink import LinkState, Netlink
-from netwatch.adapters.policy_routing import ProbePath, install_probe_path
+from netwatch.adapters.netlink import DefaultRoute, Event, LinkState, Netlink
+from netwatch.adapters.policy_routing import ProbePath
 from netwatch.agent_metrics import AgentMetrics, StreamMetrics
 from netwatch.config import Agent as AgentConfig
 from netwatch.model import Health, UplinkRole
@@ -51,6 +61,35 @@ PATH_CHECK_INTERVAL_S = 10.0
 # (batched probes, 8 streams at 20 Hz): 1.80..1.85 % vs 1.75..1.90 % of a core, no gain
 # above the noise, so the standby is probed at the full rate and is as ready as the active.
 STANDBY_BEYOND_EVERY = 1
+# Netlink failures in a row (event socket, or route snapshot) before the agent gives up and
+# exits for systemd to restart it; the event socket is reopened after RETRY_S * 2**(n-1) s.
+NETLINK_ATTEMPTS = 5
+NETLINK_RETRY_S = 0.1
+
+
+class Kernel(Protocol):
+    """The agent's port to the kernel's links and routes: `netwatch.adapters.netlink.Netlink`
+    (a recording fake in the unit tests). Errors are NetlinkError or OSError."""
+
+    async def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def links(self, ifnames: list[str]) -> dict[str, LinkState]: ...
+
+    def events(self) -> AsyncIterator[Event]: ...
+
+    async def reopen_events(self) -> None: ...
+
+    async def default_routes(self, family: int) -> list[DefaultRoute]: ...
+
+    async def replace_default(self, family: int, ifname: str, gateway: IPv4Address | IPv6Address,
+                              source: IPv4Address | IPv6Address | None,
+                              metric: int | None = None) -> None: ...
+
+    async def ensure_probe_path(self, path: ProbePath) -> bool: ...
+
+    async def address_towards(self, ifname: str, gateway: IPv4Address) -> IPv4Address | None: ...
 
 
 class Prober(Protocol):
@@ -116,14 +155,25 @@ class Stream:
     counters: StreamMetrics
 
 
+ProberFactory = Callable[[UplinkRole, core.ProbeKind], Awaitable[tuple[Prober, str]]]
+
+
+class AgentFailed(RuntimeError):
+    """A worker of the agent ended: it returned, which none of them should."""
+
+
 class Agent:
-    """The daemon. `clock` is monotonic seconds (injected for tests)."""
+    """The daemon. `clock` is monotonic seconds; `kernel` and `probers` (an async
+    `(uplink, kind) -> (prober, target label)`) default to the real adapters. All three are
+    injected by the unit tests."""
 
     def __init__(
         self,
         cfg: AgentConfig,
         registry: CollectorRegistry,
         clock: Callable[[], float] = time.monotonic,
+        kernel: Kernel | None = None,
+        probers: ProberFactory | None = None,
     ):
         self.cfg = cfg
         self.clock = clock
@@ -133,11 +183,12 @@ class Agent:
         self.uplinks = {UplinkRole.PRIMARY: cfg.uplinks.primary,
                         UplinkRole.SECONDARY: cfg.uplinks.secondary}
         self.by_ifname = {u.interface: role for role, u in self.uplinks.items()}
-        self.netlink = Netlink()
+        self.netlink: Kernel = kernel if kernel is not None else Netlink()
+        self._make_prober: ProberFactory = probers or self._real_prober
+        self._fatal: BaseException | None = None
         self._actions: asyncio.Queue = asyncio.Queue()
         self._resync_wanted = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._closers: list[Callable[[], None]] = []
         self._metrics_seen: dict[core.Family, int] = {}
         self._loss_at = 0.0
         interval = cfg.probe.interval_ms / 1000
@@ -235,28 +286,77 @@ class Agent:
         return core.RouteSnapshot(v4=seen.get(core.Family.V4), v6=seen.get(core.Family.V6))
 
     async def _resync_loop(self) -> None:
-        """Re-read the kernel's default routes after each route event, and every second."""
+        """Re-read the kernel's default routes after each route event, and every
+        RESYNC_INTERVAL_S. A failed read is retried on the next round."""
         last_path_check = time.monotonic()
+        failures = 0
         while True:
             evented = False
+            # asyncio.timeout, not wait_for: in 3.11 wait_for swallows a cancellation that
+            # arrives as the event is set, and the agent then hung on exit (seen in the unit
+            # test of a fatal netlink error, whose last retry sets this event).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._resync_wanted.wait(), RESYNC_INTERVAL_S)
+                async with asyncio.timeout(RESYNC_INTERVAL_S):
+                    await self._resync_wanted.wait()
                 evented = True
             self._resync_wanted.clear()
             # Read the kernel only once the queued route writes have landed: a snapshot taken
             # before them would show the old route and trigger a needless repair.
             await self._actions.join()
-            self.feed(await self._snapshot())
+            try:
+                snapshot = await self._snapshot()
+            except (NetlinkError, OSError) as exc:
+                failures += 1
+                self._netlink_error("snapshot", exc, failures)
+                continue
+            failures = 0
+            self.feed(snapshot)
             if evented or time.monotonic() - last_path_check >= PATH_CHECK_INTERVAL_S:
                 last_path_check = time.monotonic()
                 await self._install_paths(quiet=True)
 
     async def _events_loop(self) -> None:
-        async for event in self.netlink.events():
-            if event.kind == "link" and event.link.ifname in self.by_ifname:
-                role = self.by_ifname[event.link.ifname]
-                self.feed(core.CarrierChange(role, carrier_of(event.link)))
-            self._resync_wanted.set()
+        """Feed link events as carrier changes and ask for a route re-read on every event.
+        After an error of the event socket, events were lost: reopen it, re-read the links
+        and the routes, and go on."""
+        failures = 0
+        while True:
+            try:
+                if failures:
+                    await asyncio.sleep(NETLINK_RETRY_S * 2 ** (failures - 1))
+                    await self.netlink.reopen_events()
+                    await self._read_links()
+                    self._resync_wanted.set()
+                async for event in self.netlink.events():
+                    failures = 0
+                    if event.kind == "link" and event.link.ifname in self.by_ifname:
+                        role = self.by_ifname[event.link.ifname]
+                        self.feed(core.CarrierChange(role, carrier_of(event.link)))
+                    self._resync_wanted.set()
+            except (NetlinkError, OSError) as exc:
+                failures += 1
+                self._netlink_error("events", exc, failures)
+                continue
+            raise AgentFailed("the netlink event stream ended")
+
+    async def _read_links(self) -> None:
+        """Feed every uplink's current link state (at start, and after lost events)."""
+        links = await self.netlink.links(list(self.by_ifname))
+        for ifname, link in links.items():
+            self.feed(core.CarrierChange(self.by_ifname[ifname], carrier_of(link)))
+
+    def _netlink_error(self, op: str, exc: BaseException, failures: int) -> None:
+        """Count and log a netlink error of `op`; raise it once it has failed
+        NETLINK_ATTEMPTS times in a row (the worker dies, the agent exits non-zero)."""
+        self.metrics.netlink_errors.labels(op).inc()
+        code = getattr(exc, "code", None) or getattr(exc, "errno", None)
+        name = errno.errorcode.get(code, code) if isinstance(code, int) else code
+        fatal = failures >= NETLINK_ATTEMPTS
+        log.log(logging.ERROR if fatal else logging.WARNING,
+                kv("netlink_error", op=op, error=exc, errno=name, attempt=failures,
+                   max_attempts=NETLINK_ATTEMPTS, next="give up" if fatal else "retry"))
+        if fatal:
+            raise exc
 
     def _paths(self) -> list[tuple[UplinkRole, ProbePath]]:
         paths = []
@@ -277,28 +377,19 @@ class Agent:
         (the kernel deleted the table's route with the link): retried on the next resync."""
         for role, path in self._paths():
             try:
-                await self._install_if_missing(path)
+                await self.netlink.ensure_probe_path(path)
             except (NetlinkError, OSError) as exc:
                 if not quiet:
                     log.warning(kv("probe_path_error", uplink=role, table=path.table,
                                    gateway=path.gateway, error=exc))
 
-    async def _install_if_missing(self, path: ProbePath) -> None:
-        # Only write when something is missing: every write is a route event, and every route
-        # event triggers this check again.
-        ipr = self.netlink.ipr
-        source = str(path.source) if path.source is not None else None
-        route = rule = False
-        async for msg in await ipr.route("dump", family=path.family, table=path.table):
-            route = route or (msg["dst_len"] == 0 and msg.get("table") == path.table
-                              and msg.get("prefsrc") == source)
-        async for msg in await ipr.rule("dump", family=path.family):
-            rule = rule or (msg.get("fwmark") == path.mark and msg.get("table") == path.table)
-        if route and rule:
-            return
-        await install_probe_path(ipr, path)
-
     # ----------------------------------------------------------------------------- probes
+
+    async def _real_prober(self, role: UplinkRole, kind: core.ProbeKind) -> tuple[Prober, str]:
+        """The raw-socket prober of stream (role, kind), and the target it names in logs."""
+        if kind.beyond:
+            return self._beyond_prober(role, kind)
+        return await self._gateway_prober(role, kind)
 
     async def _gateway_prober(self, role: UplinkRole, kind: core.ProbeKind) -> tuple[Prober, str]:
         """The batched prober (`send()`, `result(timeout_s)`) for gateway probe `kind`."""
@@ -309,11 +400,10 @@ class Agent:
         if self.cfg.probe.method == "icmp":
             prober = EchoProber([gateway], mark=mark)
         elif v4:
-            sender = await self._address_towards(up.interface, gateway)
+            sender = await self.netlink.address_towards(up.interface, gateway)
             prober = ArpProber(up.interface, gateway, sender)
         else:
             prober = NdProber(up.interface, gateway)
-        self._closers.append(prober.close)
         return prober, str(gateway)
 
     def _beyond_prober(self, role: UplinkRole, kind: core.ProbeKind) -> tuple[Prober, str]:
@@ -322,20 +412,7 @@ class Agent:
         mark = self.cfg.fwmark_base + list(self.uplinks).index(role)
         targets = [t for t in self.cfg.probe.beyond if t.version == kind.family.value]
         prober = EchoProber(targets, mark=mark)
-        self._closers.append(prober.close)
         return prober, ",".join(map(str, targets))
-
-    async def _address_towards(self, ifname: str, gateway) -> ipaddress.IPv4Address | None:
-        """The interface's IPv4 address in the gateway's subnet (ARP sender), if any."""
-        index = await self.netlink.ipr.link_lookup(ifname=ifname)
-        if not index:
-            return None
-        async for msg in await self.netlink.ipr.addr("dump", family=socket.AF_INET,
-                                                     index=index[0]):
-            net = ipaddress.ip_interface(f"{msg.get('address')}/{msg['prefixlen']}").network
-            if gateway in net:
-                return ipaddress.IPv4Address(msg.get("address"))
-        return None
 
     def _due(self, role: UplinkRole, kind: core.ProbeKind, tick: int) -> bool:
         """Whether stream (role, kind) probes in this tick. Everything probes every tick,
@@ -397,14 +474,35 @@ class Agent:
         log.warning(kv("operator_request", uplink=role, reason=reason))
         self.feed(core.UseUplink(role, reason))
 
+    def _die(self, exc: BaseException, where: str) -> None:
+        """A worker died: remember the first error, log it, and stop the daemon (run() raises
+        it). Routes are not touched: they stay as the last action left them."""
+        if self._fatal is None:
+            self._fatal = exc
+            log.error(kv("worker_died", worker=where, error=f"{type(exc).__name__}: {exc}",
+                         note="routes left as they are; exiting for a restart"))
+        self._stopping.set()
+
+    def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        """The loop's exception handler: an exception in a callback (a probe socket's reader,
+        a signal handler) would otherwise be logged by asyncio and forgotten, leaving a prober
+        that never sees a reply, or an operator request that did nothing."""
+        exc = context.get("exception")
+        if exc is None or self._stopping.is_set():
+            loop.default_exception_handler(context)
+            return
+        self._die(exc, str(context.get("message", "callback")))
+
     async def run(self) -> None:
         """Run until stop(); raises the first error of any worker (after logging it)."""
         loop = asyncio.get_running_loop()
+        previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._on_loop_error)
+        tasks: list[asyncio.Task] = []
+        closers: list[Callable[[], None]] = []
         await self.netlink.open()
         try:
-            links = await self.netlink.links(list(self.by_ifname))
-            for ifname, link in links.items():
-                self.feed(core.CarrierChange(self.by_ifname[ifname], carrier_of(link)))
+            await self._read_links()
             self.feed(await self._snapshot())
             await self._install_paths()
             log.info(kv("started", active=self.state.active, method=self.cfg.probe.method,
@@ -412,21 +510,19 @@ class Agent:
                         interval_ms=self.cfg.probe.interval_ms, fall=self.settings.fall,
                         rise=self.settings.rise, hold_down_s=self.settings.hold_down_s,
                         failback="auto" if self.settings.failback_auto else "manual"))
+            streams = []
+            for role in self.uplinks:
+                for kind in self.settings.kinds:
+                    prober, target = await self._make_prober(role, kind)
+                    closers.append(prober.close)
+                    streams.append(Stream(role, kind, prober, target,
+                                          self.metrics.stream(role, kind)))
             tasks = [
                 asyncio.create_task(self._carry_out(), name="actions"),
                 asyncio.create_task(self._events_loop(), name="netlink-events"),
                 asyncio.create_task(self._resync_loop(), name="resync"),
+                asyncio.create_task(self._tick_loop(streams), name="probes"),
             ]
-            streams = []
-            for role in self.uplinks:
-                for kind in self.settings.kinds:
-                    if kind.beyond:
-                        prober, target = self._beyond_prober(role, kind)
-                    else:
-                        prober, target = await self._gateway_prober(role, kind)
-                    streams.append(Stream(role, kind, prober, target,
-                                          self.metrics.stream(role, kind)))
-            tasks.append(asyncio.create_task(self._tick_loop(streams), name="probes"))
             for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
                                  (signal.SIGUSR1, lambda: self.request(UplinkRole.PRIMARY,
                                                                        "SIGUSR1")),
@@ -435,15 +531,24 @@ class Agent:
                 loop.add_signal_handler(sig, handler)
             stopper = asyncio.create_task(self._stopping.wait(), name="stop")
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is stopper or task.cancelled():
+                    continue
+                exc = task.exception() or AgentFailed(f"worker {task.get_name()} returned")
+                self._die(exc, task.get_name())
             for task in [*tasks, stopper]:
                 task.cancel()
             await asyncio.gather(*tasks, stopper, return_exceptions=True)
-            for task in done:
-                if task is not stopper and not task.cancelled() and task.exception():
-                    raise task.exception()
+            if self._fatal is not None:
+                raise self._fatal
             log.info(kv("stopped", active=self.state.active, note="routes left as they are"))
         finally:
-            for close in self._closers:
+            for task in tasks:
+                task.cancel()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+                loop.remove_signal_handler(sig)
+            for close in closers:
                 with contextlib.suppress(Exception):
                     close()
             self.netlink.close()
+            loop.set_exception_handler(previous_handler)

@@ -76,9 +76,14 @@ class AgentMetrics:
         self.route_errors = Counter(
             "netwatch_agent_route_errors_total", "Default route writes the kernel refused",
             ["family"], registry=registry)
+        self.netlink_errors = Counter(
+            "netwatch_agent_netlink_errors_total",
+            "Netlink errors retried, by operation (events: the event socket, reopened; "
+            "snapshot: a read of the default routes)", ["op"], registry=registry)
         self.both_down = Gauge(
             "netwatch_agent_both_uplinks_down", "1 while both uplinks are DOWN (routes kept)",
             registry=registry)
+        # Wall-clock by definition (dashboards show "last failover at"); never read back.
         self.last_failover = Gauge(
             "netwatch_agent_last_failover_timestamp_seconds", "Unix time of the last failover",
             registry=registry)

@@ -128,7 +128,9 @@ class _RawProber:
             self.close()
             return None
         try:
-            answered = await asyncio.wait_for(self._waiter, timeout_s)
+            # asyncio.timeout: wait_for (3.11) can swallow a cancellation racing the reply.
+            async with asyncio.timeout(timeout_s):
+                answered = await self._waiter
         except TimeoutError:
             return None
         finally:

@@ -3,7 +3,8 @@
 `Netlink` owns two sockets on the caller's asyncio loop: one for requests and one bound to the
 link and route multicast groups for events. (A synchronous pyroute2 `IPRoute` is per thread:
 bound for events in one thread and read in another, it silently gets nothing. Everything here
-runs on the one loop of the daemon.)
+runs on the one loop of the daemon.) Errors come out as NetlinkError or OSError; whether one is
+transient is the caller's call (the agent retries, then gives up loudly).
 
 Facts that shape the callers, measured on the dev machine:
 - the kernel reports carrier changes at most about once a second per device (linkwatch), so
@@ -14,6 +15,7 @@ Facts that shape the callers, measured on the dev machine:
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_LINK,
 )
 
-from netwatch.adapters.policy_routing import RTPROT_NETWATCH
+from netwatch.adapters.policy_routing import RTPROT_NETWATCH, ProbePath, install_probe_path
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
@@ -87,8 +89,22 @@ class Netlink:
 
     async def open(self) -> None:
         self.ipr = AsyncIPRoute()
-        self._events = AsyncIPRoute()
-        await self._events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+        await self.reopen_events()
+
+    async def reopen_events(self) -> None:
+        """A fresh event socket, bound to the link and route groups. After an error on the old
+        one (ENOBUFS: the kernel dropped events; a reset: the socket is dead and a read would
+        wait forever), events since then are lost: re-read links and routes."""
+        if self._events is not None:
+            self._events.close()
+            self._events = None
+        events = AsyncIPRoute()
+        try:
+            await events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+        except BaseException:
+            events.close()
+            raise
+        self._events = events
 
     def close(self) -> None:
         for sock in (self._events, self.ipr):
@@ -157,6 +173,33 @@ class Netlink:
             ))
         routes.sort(key=lambda r: r.metric)
         return routes
+
+    async def address_towards(self, ifname: str, gateway: IPv4Address) -> IPv4Address | None:
+        """The interface's IPv4 address in the gateway's subnet (an ARP sender), if any."""
+        index = await self.ipr.link_lookup(ifname=ifname)
+        if not index:
+            return None
+        async for msg in await self.ipr.addr("dump", family=socket.AF_INET, index=index[0]):
+            net = ipaddress.ip_interface(f"{msg.get('address')}/{msg['prefixlen']}").network
+            if gateway in net:
+                return IPv4Address(msg.get("address"))
+        return None
+
+    async def ensure_probe_path(self, path: ProbePath) -> bool:
+        """Install `path`'s table route and fwmark rule when either is missing; True when it
+        wrote. Only writes when needed: every write is a route event, and the agent checks the
+        paths again after route events. Raises NetlinkError (link down, no such interface)."""
+        source = str(path.source) if path.source is not None else None
+        route = rule = False
+        async for msg in await self.ipr.route("dump", family=path.family, table=path.table):
+            route = route or (msg["dst_len"] == 0 and msg.get("table") == path.table
+                              and msg.get("prefsrc") == source)
+        async for msg in await self.ipr.rule("dump", family=path.family):
+            rule = rule or (msg.get("fwmark") == path.mark and msg.get("table") == path.table)
+        if route and rule:
+            return False
+        await install_probe_path(self.ipr, path)
+        return True
 
     async def replace_default(
         self,
