@@ -1,13 +1,16 @@
 """The uplink agent in the lab, IPv4 and IPv6: each fault on the primary moves the default
 routes to the secondary and traffic from srv to inet flows again; heal brings them back after
-the hold-down; the metrics endpoint shows every change.
+the hold-down; both uplinks dead keeps the routes; ICMP gateway probes; manual failback by
+SIGUSR1. The metrics endpoint shows every change.
 
-One agent process (`netwatch agent --netns <srv>`) serves the whole module; it is stopped by
-its PID whatever happens. About 60 s in all (the lab's hold_down_s is 5).
+One agent process (`netwatch agent --netns <srv>`) serves the module; a test that needs
+another site file (`method: icmp`, `failback.mode: manual`) stops it, runs its own, and starts
+it again. Every agent is stopped by its PID whatever happens. About 60 s in all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -16,6 +19,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -57,27 +61,77 @@ def metrics(lab) -> dict[str, float]:
     return values
 
 
-@pytest.fixture(scope="module")
-def agent(lab, tmp_path_factory):
-    log_path = tmp_path_factory.mktemp("agent") / "agent.log"
-    log = open(log_path, "w")  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "netwatch.cli", "agent", "--config", str(lab.site_file),
-         "--netns", lab.ns("srv")],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    try:
-        assert wait_for(lambda: metrics(lab).get('netwatch_agent_uplink_up{uplink="primary"}')
-                        == 1.0, 10, 0.2), log_path.read_text()
-        yield proc, log_path
-    finally:
+class AgentProcess:
+    """`netwatch agent --config SITE --netns <srv>`, logging to `log_path`; stopped by PID."""
+
+    def __init__(self, lab, site_file, log_path):
+        self.lab, self.site_file, self.log_path = lab, site_file, log_path
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def tail(self) -> str:
+        return self.log_path.read_text()[-3000:]
+
+    def start(self) -> None:
+        """Start it and wait until both uplinks are judged UP (a fresh process)."""
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "netwatch.cli", "agent", "--config",
+                 str(self.site_file), "--netns", self.lab.ns("srv")],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        up = 'netwatch_agent_uplink_up{{uplink="{}"}}'
+        assert wait_for(lambda: self.proc.poll() is None and all(
+            metrics(self.lab).get(up.format(role)) == 1.0 for role in ("primary", "secondary")),
+            10, 0.2), self.tail()
+
+    def stop(self) -> None:
+        """SIGTERM, and it must exit 0; SIGKILL if it did not exit at all."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            assert proc is None or proc.returncode == 0, self.tail()
+            return
         os.kill(proc.pid, signal.SIGTERM)
         try:
-            assert proc.wait(10) == 0, log_path.read_text()
+            assert proc.wait(10) == 0, self.tail()
         finally:
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
-            log.close()
+                proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def agent(lab, tmp_path_factory):
+    shared = AgentProcess(lab, lab.site_file, tmp_path_factory.mktemp("agent") / "agent.log")
+    try:
+        shared.start()
+        yield shared
+    finally:
+        shared.stop()
+
+
+@contextlib.contextmanager
+def own_agent(shared: AgentProcess, lab, tmp_path, **agent_section):
+    """Replace the shared agent, for the block, by one running a copy of the lab's site file
+    whose `agent` section is updated with `agent_section` (one level deep)."""
+    raw = yaml.safe_load(lab.site_file.read_text())
+    for key, value in agent_section.items():
+        raw["agent"][key] = {**raw["agent"].get(key, {}), **value}
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    mine = AgentProcess(lab, site_file, tmp_path / "agent.log")
+    shared.stop()
+    try:
+        mine.start()
+        yield mine
+    finally:
+        try:
+            mine.stop()
+        finally:
+            shared.start()
 
 
 def failovers(lab, reason: str) -> float:
@@ -95,7 +149,7 @@ def failovers(lab, reason: str) -> float:
     ids=["link-down", "gateway-silent", "gateway-blackhole", "loss-100"],
 )
 def test_fault_on_primary_moves_routes_and_heal_brings_them_back(agent, lab, fault, reason):
-    _, log_path = agent
+    log_path = agent.log_path
     assert wait_for(lambda: routes_on(lab, "eth0"), 10), "not on the primary at the start"
     before = metrics(lab)
     lab.fault(fault[0], "gwa", *fault[1:])
@@ -132,7 +186,7 @@ def test_operator_route_change_is_repaired(agent, lab):
 def test_admin_down_flushes_routes_and_tables_and_both_come_back(agent, lab):
     """Admin-down on srv's own eth0 makes the kernel delete every route through it (the main
     default and the probe table 1000); the agent fails over, then restores both."""
-    _, log_path = agent
+    log_path = agent.log_path
     assert wait_for(lambda: routes_on(lab, "eth0"), 10)
     lab.exec("srv", "ip", "link", "set", "eth0", "down")
     try:
@@ -142,3 +196,71 @@ def test_admin_down_flushes_routes_and_tables_and_both_come_back(agent, lab):
     assert wait_for(lambda: routes_on(lab, "eth0"), 15), log_path.read_text()[-3000:]
     table = lab.exec("srv", "ip", "route", "show", "table", "1000").stdout
     assert "default via 100.64.1.1 dev eth0" in table
+
+
+def test_both_uplinks_dead_keeps_the_routes_and_heal_restores_service(agent, lab):
+    """Both gateways silent at once: no uplink to go to, so the default routes (v4 and v6) stay
+    where they are and the metrics say both are down; heal brings normal service back."""
+    both = "netwatch_agent_both_uplinks_down"
+    assert wait_for(lambda: routes_on(lab, "eth0"), 10)
+    lab.fault("gateway-silent", "gwa")
+    lab.fault("gateway-silent", "gwb")
+    try:
+        assert wait_for(lambda: metrics(lab).get(both) == 1.0, 5), agent.tail()
+        # Usually still via eth0 (the secondary was failing too when the primary went
+        # DOWN); via eth1 if gwb's fault landed a probe round later. Never removed.
+        dev = default_dev(lab, "-4")
+        assert dev in ("eth0", "eth1") and routes_on(lab, dev), agent.tail()
+        role = "primary" if dev == "eth0" else "secondary"
+        after = metrics(lab)
+        assert after[f'netwatch_agent_active_uplink{{uplink="{role}"}}'] == 1.0
+        assert after['netwatch_agent_uplink_up{uplink="primary"}'] == 0.0
+        assert after['netwatch_agent_uplink_up{uplink="secondary"}'] == 0.0
+        time.sleep(1.0)  # twenty more probe rounds, all lost: still the same routes
+        assert routes_on(lab, dev) and metrics(lab).get(both) == 1.0
+    finally:
+        lab.heal("gwa")
+        lab.heal("gwb")
+    assert wait_for(lambda: metrics(lab).get(both) == 0.0 and routes_on(lab, "eth0"), 15), \
+        agent.tail()
+    assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
+
+
+def test_icmp_gateway_probes_move_the_routes(agent, lab, tmp_path):
+    """`method: icmp`: echo to the gateways (v4 and v6) instead of ARP/ND catches a silent
+    gateway too."""
+    with own_agent(agent, lab, tmp_path, probe={"method": "icmp"},
+                   failback={"hold_down_s": 1}) as icmp:
+        assert "method=icmp" in icmp.log_path.read_text()
+        assert routes_on(lab, "eth0")
+        lab.fault("gateway-silent", "gwa")
+        try:
+            assert wait_for(lambda: routes_on(lab, "eth1"), 3), icmp.tail()
+            assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
+            key = 'netwatch_agent_failovers_total{reason="gateway"}'
+            assert metrics(lab).get(key) == 1.0
+        finally:
+            lab.heal("gwa")
+        assert wait_for(lambda: routes_on(lab, "eth0"), 15), icmp.tail()
+
+
+def test_manual_failback_waits_for_sigusr1(agent, lab, tmp_path):
+    """`failback.mode: manual`: after heal the routes stay on the secondary, the primary UP
+    for several hold-downs, until the operator sends SIGUSR1."""
+    with own_agent(agent, lab, tmp_path, failback={"mode": "manual", "hold_down_s": 1}) as man:
+        lab.fault("gateway-silent", "gwa")
+        try:
+            assert wait_for(lambda: routes_on(lab, "eth1"), 3), man.tail()
+        finally:
+            lab.heal("gwa")
+        assert wait_for(lambda: metrics(lab).get('netwatch_agent_uplink_up{uplink="primary"}')
+                        == 1.0, 10), man.tail()
+        time.sleep(3.0)  # three hold-downs: an automatic failback would have happened
+        assert routes_on(lab, "eth1")
+        assert metrics(lab)['netwatch_agent_active_uplink{uplink="secondary"}'] == 1.0
+        os.kill(man.pid, signal.SIGUSR1)
+        assert wait_for(lambda: routes_on(lab, "eth0"), 3), man.tail()
+        after = metrics(lab)
+        assert after.get('netwatch_agent_failovers_total{reason="operator"}') == 1.0
+        assert after.get('netwatch_agent_failovers_total{reason="failback"}', 0.0) == 0.0
+        assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
