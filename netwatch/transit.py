@@ -90,11 +90,18 @@ class Family(enum.IntEnum):
 # --- parameters -----------------------------------------------------------------------------
 
 
+class TreatmentAction(enum.Enum):
+    ANNOUNCE = "announce"
+    PREPEND = "prepend"
+    COMMUNITIES = "communities"
+    WITHDRAW = "withdraw"
+
+
 @dataclass(frozen=True)
 class Treatment:
     """What a verdict level does to the announcements: announce, prepend, tag or withdraw."""
 
-    action: str  # announce | prepend | communities | withdraw
+    action: TreatmentAction
     prepend: int = 0
     communities: tuple[str, ...] = ()
 
@@ -143,7 +150,7 @@ def params_from_site(site) -> Params:
     pol = ctl.policy
 
     def treatment(v) -> Treatment:
-        return Treatment(v.action, v.prepend or 0, tuple(v.communities))
+        return Treatment(TreatmentAction(v.action), v.prepend or 0, tuple(v.communities))
 
     ups = []
     for u in ctl.upstreams:
@@ -447,14 +454,14 @@ Action = Transition | LocalFault | BudgetExhausted | SafetyHold | Plan
 
 def _treat(params: Params, up: UpstreamParams, treatment: Treatment | None) -> Announcement | None:
     base = tuple(up.communities)
-    if treatment is None or treatment.action == "announce":
+    if treatment is None or treatment.action is TreatmentAction.ANNOUNCE:
         return Announcement((), base)
-    if treatment.action == "withdraw":
+    if treatment.action is TreatmentAction.WITHDRAW:
         return None
     extra = tuple(c for c in treatment.communities if c not in base)
-    if treatment.action == "prepend":
+    if treatment.action is TreatmentAction.PREPEND:
         return Announcement((params.asn,) * (1 + treatment.prepend), base + extra)
-    return Announcement((), base + extra)  # communities
+    return Announcement((), base + extra)  # TreatmentAction.COMMUNITIES
 
 
 def plan(state: State) -> Plan:

@@ -21,7 +21,8 @@ def params(**over) -> tr.Params:
             for n in NAMES
         ),
         degraded_loss=0.15, degraded_latency_s=0.08, failed_loss=0.6, failed_latency_s=None,
-        degraded=tr.Treatment("prepend", 3), failed=tr.Treatment("withdraw"),
+        degraded=tr.Treatment(tr.TreatmentAction.PREPEND, 3),
+        failed=tr.Treatment(tr.TreatmentAction.WITHDRAW),
         fall=3, rise=5, min_announcing_upstreams=2, recovery_hold_s=10.0,
         max_actions_per_hour=30, min_targets=3,
     )
