@@ -355,8 +355,13 @@ class State:
     sessions: Mapping[tuple[str, Family], SessionState]
     budget: ActionBudget
     local_fault: bool = False
-    budget_exhausted: bool = False
+    # (upstream, wanted state) that the exhausted action budget holds back; reported once each
+    held_back: frozenset[tuple[str, TransitState]] = frozenset()
     plan: Plan | None = None
+
+    @property
+    def budget_exhausted(self) -> bool:
+        return bool(self.held_back)
 
 
 def initial_state(params: Params, persisted: Mapping | None = None) -> State:
@@ -420,6 +425,9 @@ class LocalFault:
 
 @dataclass(frozen=True)
 class BudgetExhausted:
+    """The action budget holds back a change: reported once until the change is no longer
+    wanted or has been made (`State.held_back`)."""
+
     upstream: str
     wanted: TransitState
 
@@ -562,7 +570,7 @@ def _judge(state: State, stats: ProbeStats, now: float) -> tuple[State, list[Act
             ups[name] = replace(u, recovery=HoldDown(u.recovery.hold_s))
         return replace(state, upstreams=ups, local_fault=True), actions
     budget = state.budget
-    exhausted = False
+    held_back: set[tuple[str, TransitState]] = set()
     for name in sorted(ups):
         u = ups[name]
         a = u.last
@@ -577,8 +585,9 @@ def _judge(state: State, stats: ProbeStats, now: float) -> tuple[State, list[Act
         u = replace(u, recovery=u.recovery.update(better, now))
         if target is not u.state and (not better or u.recovery.ready(now)):
             if budget.available(now) < 1:
-                exhausted = True
-                actions.append(BudgetExhausted(name, target))
+                held_back.add((name, target))
+                if (name, target) not in state.held_back:  # once per episode, not per judgement
+                    actions.append(BudgetExhausted(name, target))
             else:
                 budget = budget.spend(now)
                 reason = (
@@ -591,7 +600,7 @@ def _judge(state: State, stats: ProbeStats, now: float) -> tuple[State, list[Act
                 u = _transition(u, target, now)
         ups[name] = u
     return replace(
-        state, upstreams=ups, budget=budget, local_fault=False, budget_exhausted=exhausted
+        state, upstreams=ups, budget=budget, local_fault=False, held_back=frozenset(held_back)
     ), actions
 
 

@@ -103,11 +103,19 @@ def test_dead_targets_and_everything_down_take_no_action():
     assert all(u.state is TransitState.HEALTHY for u in s.upstreams.values())
 
 
-def test_action_budget_holds():
+def test_action_budget_holds_and_says_so_once_per_episode():
     s = up_everywhere(tr.initial_state(params(max_actions_per_hour=1)))
-    s = run(s, stats({"t1": 1.0, "t2": 1.0}), [1, 2, 3])
+    reported = []
+    for now in range(1, 11):
+        s, actions = tr.step(s, stats({"t1": 1.0, "t2": 1.0}), now)
+        reported += [a for a in actions if isinstance(a, tr.BudgetExhausted)]
     failed = [n for n in NAMES if s.upstreams[n].state is TransitState.FAILED]
-    assert len(failed) == 1 and s.budget_exhausted
+    assert failed == ["t1"] and s.budget_exhausted
+    assert reported == [tr.BudgetExhausted("t2", TransitState.FAILED)]  # not one per judgement
+    s = run(s, stats({"t1": 1.0}), [11 + 0.2 * i for i in range(5)])  # t2 is fine again (rise)
+    assert not s.budget_exhausted  # the episode is over ...
+    s, actions = tr.step(s, stats({"t1": 1.0, "t2": 1.0}), 13)
+    assert tr.BudgetExhausted("t2", TransitState.FAILED) in actions  # ... a new one is reported
 
 
 def test_restart_keeps_failed_state():
