@@ -64,6 +64,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     # Imported here: pyroute2 and the raw sockets come after setns.
     from prometheus_client import CollectorRegistry
+    from pyroute2.netlink.exceptions import NetlinkError
 
     from netwatch.adapters.metrics_http import serve_metrics
     from netwatch.agent import Agent, kv
@@ -84,7 +85,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     except PermissionError as exc:
         log.error(kv("fatal", error=exc, hint="needs CAP_NET_ADMIN and CAP_NET_RAW"))
         return exitcodes.NOPERM
-    except OSError as exc:
+    except (OSError, NetlinkError) as exc:
+        # NetlinkError is not an OSError: without it here, a netlink failure the agent gave
+        # up on (retried NETLINK_ATTEMPTS times) was reported as a bug (70).
         log.error(kv("fatal", error=exc))
         return exitcodes.OSERR
     except Exception:

@@ -11,6 +11,7 @@ import signal
 import socket
 import time
 from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -373,3 +374,33 @@ def test_manual_failback_waits_for_sigusr1(fast):
     assert error is None
     assert sample(registry, "netwatch_agent_failovers_total", reason="operator") == 1
     assert sample(registry, "netwatch_agent_failovers_total", reason="failback") == 0
+
+
+@pytest.mark.parametrize("error, code", [
+    (NetlinkError(errno.ECONNRESET, "reset"), 71),  # the kernel, after the retries: EX_OSERR
+    (OSError(errno.ENOBUFS, "No buffer space available"), 71),
+    (AgentFailed("worker probes returned"), 70),  # a bug: EX_SOFTWARE
+])
+def test_a_fatal_error_exits_non_zero_for_systemd(monkeypatch, error, code):
+    import argparse
+    import logging
+
+    from netwatch.commands.agent_cmd import cmd_agent
+
+    class Dying:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        async def run(self):
+            raise error
+
+    monkeypatch.setattr(agent_module, "Agent", Dying)
+    root = logging.getLogger("netwatch")
+    saved = root.handlers[:], root.level, root.propagate
+    try:
+        site = Path(__file__).resolve().parents[2] / "probes" / "lab-site.yaml"
+        args = argparse.Namespace(config=str(site), netns=None,
+                                  metrics_listen="none", verbose=False)
+        assert cmd_agent(args) == code
+    finally:
+        root.handlers[:], root.level, root.propagate = saved
