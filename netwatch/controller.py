@@ -7,9 +7,14 @@ logs are key=value lines on stderr.
 
 Contract:
 * at start it asks ExaBGP for the sessions' state (`show neighbor json`: a respawned
-  controller gets no event for sessions already up) and sends the full desired state (config
-  + persisted state) before any probe is trusted, and again to each neighbor whenever its
-  session comes up;
+  controller gets no event for sessions already up) and, once the answer is in (or after
+  SESSIONS_TIMEOUT_S, sessions not reported staying UNKNOWN), sends the full desired state
+  (config + persisted state) before any probe is trusted; again to each neighbor whenever its
+  session comes up. Before the answer, the plan would be made on guesses: nothing is sent;
+* decisions run on the monotonic clock; the state file holds wall-clock times (a recovery
+  hold survives a restart, an NTP step does not shorten it). A state file that cannot be read
+  or is not what the controller writes is logged (`state_unreadable`) and ignored: the
+  controller starts from the site file's defaults;
 * a command ExaBGP rejects (`error`) is counted and retried after 1 s, doubling up to 30 s
   while the rejections go on;
 * verdicts wait for one full probe window after start;
@@ -38,6 +43,9 @@ from netwatch.state_store import StateStore
 PATH_REPAIR_S = 10.0  # re-install policy routes this often (a link flap removes them)
 RETRY_MIN_S = 1.0  # a rejected command is retried after this long ...
 RETRY_MAX_S = 30.0  # ... doubling up to this while ExaBGP keeps rejecting
+# The first diff waits this long at most for the answer to `show neighbor json` (tens of ms in
+# the lab); then it goes out with the sessions not reported still UNKNOWN (possibly up).
+SESSIONS_TIMEOUT_S = 3.0
 
 
 def log(event: str, **fields) -> None:
@@ -59,6 +67,8 @@ def _mode(ann: tr.Announcement | None) -> str:
 class Controller:
     def __init__(self, site, registry: CollectorRegistry | None = None, pipe=None,
                  clock=time.time, mono=time.monotonic):
+        """`clock` is the wall clock (the state file's times), `mono` the decision clock.
+        Raises ValueError for a site the controller cannot run (tcp probes without a port)."""
         self.site = site
         self.ctl = site.controller
         self.params = tr.params_from_site(site)
@@ -66,15 +76,17 @@ class Controller:
             missing = [t.label for t in self.ctl.probe.targets if t.port is None]
             if missing:
                 raise ValueError(f"probe method tcp: no port for {', '.join(missing)}")
-        self.clock, self.mono = clock, mono
+        self.clock, self.mono = clock, mono  # wall clock for the state file; decisions: mono
+        self.metrics = ControllerMetrics(registry or CollectorRegistry())
         self.store = StateStore(f"{site.state_dir}/controller.json")
         try:
-            persisted = self.store.load()
-        except ValueError as exc:
-            log("state_unreadable", error=exc)
-            persisted = None
-        self.state = tr.initial_state(self.params, persisted)
-        self.metrics = ControllerMetrics(registry or CollectorRegistry())
+            self.state = tr.initial_state(self.params, self.store.load(), now=mono(),
+                                          wall_offset_s=self.wall_offset_s())
+        except ValueError as exc:  # unreadable, not JSON, or not what to_json writes
+            self.metrics.errors.labels("state").inc()
+            log("state_unreadable", path=self.store.path, error=exc,
+                note="starting from the site file's defaults")
+            self.state = tr.initial_state(self.params, now=mono())
         self.pipe = pipe or ExabgpPipe()
         self.sessions: dict[tuple[str, int], str] = {}
         for u in self.ctl.upstreams:
@@ -87,10 +99,12 @@ class Controller:
         self.retry_at = 0.0
         self.retry_s = RETRY_MIN_S
         self.dirty = True  # the plan or ExaBGP's side changed since the last sync
-        self._modes_published = False
+        # None: not asked yet; a number: asked, nothing is sent before the answer or this time
+        self.sessions_deadline: float | None = None
+        self.sessions_known = False
         self.window = tr.ProbeWindow(self.ctl.probe.window_s, self.params.recent_probes)
         self.started = mono()
-        self._persisted = tr.to_json(self.state)
+        self._persisted = tr.to_json(self.state)  # on the decision clock: compared, not saved
 
     # --- ExaBGP side -----------------------------------------------------------------------
 
@@ -100,9 +114,30 @@ class Controller:
             known.update(command.effect)
         return known
 
+    def ask_sessions(self) -> None:
+        """Send `show neighbor json`; the first diff waits for its answer (see sync)."""
+        self.sessions_deadline = self.mono() + SESSIONS_TIMEOUT_S
+        self.send(exabgp.show_neighbors())
+
+    def _may_send(self) -> bool:
+        if self.sessions_known:
+            return True
+        if self.sessions_deadline is None or self.mono() < self.sessions_deadline:
+            return False
+        self.sessions_known = True
+        unknown = sorted(f"{n}/ipv{int(f)}" for (n, f), s in self.state.sessions.items()
+                         if s is tr.SessionState.UNKNOWN)
+        log("sessions_timeout", after_s=SESSIONS_TIMEOUT_S, unknown=",".join(unknown) or "-",
+            note="sending the desired state; unknown sessions count as possibly up")
+        return True
+
     def sync(self) -> None:
-        """Send what the plan wants and ExaBGP has not acknowledged (or been sent) yet."""
-        if not self.dirty or self.retry_at > self.mono():
+        """Send what the plan wants and ExaBGP has not acknowledged (or been sent) yet.
+
+        Nothing before the sessions' state is known (or SESSIONS_TIMEOUT_S has passed) and
+        nothing while a rejection's backoff runs.
+        """
+        if not self.dirty or self.retry_at > self.mono() or not self._may_send():
             return
         self.dirty = False
         desired = exabgp.expand(self.state.plan.desired, self.sessions, self.site.prefixes)
@@ -133,6 +168,14 @@ class Controller:
             if not self.pending:
                 return
             command = self.pending.popleft()
+            if command.line == exabgp.SHOW_NEIGHBORS:
+                # The answer comes before its ack: no answer by now means none is coming.
+                if not self.sessions_known:
+                    self.sessions_known = True
+                    log("sessions_unanswered", ack=event.kind.value,
+                        note="sending the desired state; unknown sessions count as possibly up")
+                    self.sync()
+                return
             if event.kind is exabgp.AckKind.DONE:
                 self.acked.update(command.effect)
                 if command.effect:
@@ -145,17 +188,21 @@ class Controller:
                 self.dirty = True
             return
         if isinstance(event, exabgp.NeighborSummary):
+            reported = {}
             for peer, up in event.sessions.items():
                 key = self.by_address.get(peer)
-                if key is None:
-                    continue
-                name, fam = key
-                # Only what no event has told us yet: an event is as new as the answer.
-                if self.state.sessions.get((name, tr.Family(fam))) is tr.SessionState.UNKNOWN:
-                    self.metrics.session.labels(name, f"ipv{fam}").set(1 if up else 0)
-                    log("session", upstream=name, family=f"ipv{fam}",
-                        state="up" if up else "down", reason="show neighbor")
-                    self.apply(tr.SessionChange(name, tr.Family(fam), up))
+                if key is not None:
+                    reported[(key[0], tr.Family(key[1]))] = up
+            before = dict(self.state.sessions)
+            # One observation for every session: one plan, no hold moving on the way.
+            self.apply(tr.SessionSummary(reported))
+            for (name, fam), state in self.state.sessions.items():
+                if before[(name, fam)] is not state:
+                    self.metrics.session.labels(name, f"ipv{int(fam)}").set(
+                        1 if state is tr.SessionState.UP else 0)
+                    log("session", upstream=name, family=f"ipv{int(fam)}", state=state.value,
+                        reason="show neighbor")
+            self.sessions_known = True
             self.sync()
             return
         if isinstance(event, exabgp.NeighborState):
@@ -176,10 +223,13 @@ class Controller:
 
     # --- decisions -------------------------------------------------------------------------
 
+    def wall_offset_s(self) -> float:
+        """wall clock - decision clock: converts the state file's times."""
+        return self.clock() - self.mono()
+
     def apply(self, observation) -> None:
-        old = {n: u.state for n, u in self.state.upstreams.items()}
         old_plan = self.state.plan
-        self.state, actions = tr.step(self.state, observation, self.clock())
+        self.state, actions = tr.step(self.state, observation, self.mono())
         for action in actions:
             if isinstance(action, tr.Transition):
                 self.metrics.actions.labels(action.new.value).inc()
@@ -191,32 +241,42 @@ class Controller:
             elif isinstance(action, tr.BudgetExhausted):
                 log("action_budget_exhausted", upstream=action.upstream,
                     wanted=action.wanted.value)
-        holds = {h.family: h for h in self.state.plan.holds}
+        old_holds = {h.family: h.kept for h in old_plan.holds}
+        for hold in self.state.plan.holds:
+            if old_holds.get(hold.family) != hold.kept:
+                log("safety_hold", family=f"ipv{int(hold.family)}", kept=",".join(hold.kept))
+        if self.state.plan != old_plan:
+            self.dirty = True
+        self.publish(modes=self.state.plan != old_plan)
+        self.persist()
+
+    def publish(self, modes: bool = True) -> None:
+        """Set the gauges from the state; the announcement modes only when asked: 10,000
+        prefixes x 4 upstreams x 4 modes at every 200 ms judgement would be the controller's
+        main CPU load."""
+        holds = {h.family for h in self.state.plan.holds}
         for fam in tr.Family:
             self.metrics.safety_hold.labels(f"ipv{int(fam)}").set(1 if fam in holds else 0)
-            if fam in holds and old != {n: u.state for n, u in self.state.upstreams.items()}:
-                log("safety_hold", family=f"ipv{int(fam)}", kept=",".join(holds[fam].kept))
         self.metrics.local_fault.set(1 if self.state.local_fault else 0)
         self.metrics.budget_exhausted.set(1 if self.state.budget_exhausted else 0)
         for name, u in self.state.upstreams.items():
             self.metrics.set_state(name, u.state)
-        if self.state.plan != old_plan or not self._modes_published:
-            self._modes_published = True
-            # Only on a change: 10,000 prefixes x 4 upstreams x 4 modes at every 200 ms
-            # judgement would be the controller's main CPU load.
-            self.dirty = True
+        if modes:
             for (name, fam), ann in self.state.plan.desired.items():
                 for p in self.site.prefixes:
                     if p.version == int(fam):
                         self.metrics.set_mode(name, str(p), _mode(ann))
-        snapshot = tr.to_json(self.state)
-        if snapshot != self._persisted:
-            try:
-                self.store.save(snapshot)
-                self._persisted = snapshot
-            except OSError as exc:
-                self.metrics.errors.labels("persist").inc()
-                log("persist_failed", error=exc)
+
+    def persist(self) -> None:
+        snapshot = tr.to_json(self.state)  # decision clock: changes only when the state does
+        if snapshot == self._persisted:
+            return
+        try:
+            self.store.save(tr.to_json(self.state, self.wall_offset_s()))
+            self._persisted = snapshot
+        except OSError as exc:
+            self.metrics.errors.labels("persist").inc()
+            log("persist_failed", error=exc)
 
     def judge(self) -> None:
         if self.mono() - self.started < self.ctl.probe.window_s:
@@ -327,9 +387,8 @@ class Controller:
         log("start", upstreams=",".join(u.name for u in self.ctl.upstreams),
             prefixes=len(self.site.prefixes),
             states=",".join(f"{n}:{u.state.value}" for n, u in self.state.upstreams.items()))
-        self.apply(tr.ProbeStats({}))  # publish metrics for the restored state
-        self.send(exabgp.show_neighbors())  # sessions that are up already (a respawn)
-        self.sync()  # the desired state from config + persisted state, before any probe
+        self.publish()  # the restored state's metrics
+        self.ask_sessions()  # the desired state goes out with the answer (see sync)
         prober = asyncio.create_task(self.probe_loop())
         try:
             async for line in self.pipe.lines():

@@ -28,7 +28,15 @@
 * the plan maps each (upstream, family) to an `Announcement` (or None: withdrawn), and the
   safety interlock keeps every family announced through at least `min_announcing_upstreams`
   upstreams whose session of that family is up, re-announcing the least bad ones (with the
-  degraded treatment) and reporting a `SafetyHold` when it has to.
+  degraded treatment) and reporting a `SafetyHold` when it has to. A session whose state is
+  not known yet (UNKNOWN: a controller that has just started) is *possibly up*: the interlock
+  holds both when it is up and when it is down, and an UNKNOWN session never loses an
+  announcement it had (no withdrawal on a guess). The upstreams a hold keeps survive a
+  restart (`to_json`), so a restarted controller keeps the same ones.
+
+`now` is any monotonic clock (the controller passes time.monotonic(): an NTP step must not
+shorten a recovery hold); `to_json` / `initial_state` convert the persisted times to and from
+the wall clock with `wall_offset_s` (wall = monotonic + offset), so holds survive a restart.
 
 All prefixes of one family go to the same sessions, so the interlock per family *is* the
 interlock per prefix.
@@ -37,6 +45,7 @@ interlock per prefix.
 from __future__ import annotations
 
 import enum
+import math
 import statistics
 from collections import deque
 from collections.abc import Iterable, Mapping
@@ -77,7 +86,7 @@ ALLOWED = {
 
 
 class SessionState(enum.Enum):
-    UNKNOWN = "unknown"  # counts as down for the interlock: never withdraw on a guess
+    UNKNOWN = "unknown"  # possibly up: the interlock never withdraws through it on a guess
     UP = "up"
     DOWN = "down"
 
@@ -214,7 +223,19 @@ class SessionChange:
     up: bool
 
 
-Observation = ProbeStats | SessionChange
+@dataclass(frozen=True)
+class SessionSummary:
+    """Every session's state at once (ExaBGP's answer to `show neighbor json`).
+
+    It fills in only the sessions still UNKNOWN: an event about a session is as new as the
+    answer. One observation, one plan: learnt one session at a time, the interlock would hold
+    on whichever session happened to come first and then keep it (a hold migration).
+    """
+
+    up: Mapping[tuple[str, Family], bool]
+
+
+Observation = ProbeStats | SessionChange | SessionSummary
 
 
 class ProbeWindow:
@@ -364,47 +385,144 @@ class State:
         return bool(self.held_back)
 
 
-def initial_state(params: Params, persisted: Mapping | None = None) -> State:
-    """The state at start: HEALTHY everywhere, or what `persisted` (see `to_json`) recorded."""
-    persisted = persisted or {}
-    saved = persisted.get("upstreams", {})
+def initial_state(
+    params: Params, persisted: Mapping | None = None, *, now: float = 0.0,
+    wall_offset_s: float = 0.0,
+) -> State:
+    """The state at start: HEALTHY everywhere, or what `persisted` (see `to_json`) recorded.
+
+    Persisted times are wall-clock: `t - wall_offset_s` puts them on the decision clock, and a
+    time after `now` (the wall clock was stepped back since) counts as `now`. A recovery hold in
+    progress goes on where it was; the upstreams a safety hold kept are kept again; upstreams
+    the site file no longer has are ignored. Raises ValueError, naming the field, when
+    `persisted` is not what `to_json` writes.
+    """
+    saved = _Persisted.parse(persisted or {})
+
+    def mono(t: float | None) -> float | None:
+        return None if t is None else min(now, t - wall_offset_s)
+
     ups = {}
     for u in params.upstreams:
-        rec = saved.get(u.name, {})
-        state = TransitState(rec.get("state", TransitState.HEALTHY.value))
+        rec = saved.upstreams.get(u.name, _PersistedUpstream(TransitState.HEALTHY))
+        candidate = rec.candidate or rec.state
+        recovering = candidate.severity < rec.state.severity
         deg = Hysteresis(params.fall, params.rise)
         fail = Hysteresis(1, params.rise)  # its fall is in the look-back (module doc)
-        # Hysteresis that agrees with the restored state: a restart neither condemns nor
-        # forgives an upstream; it has to earn its way back through rise + recovery hold.
-        if state is not TransitState.HEALTHY:
+        # Hysteresis that agrees with the restored candidate: a restart neither condemns nor
+        # forgives an upstream; one that was earning its way back goes on doing so.
+        if candidate is not TransitState.HEALTHY:
             deg = deg.force(Health.DOWN)
-        if state is TransitState.FAILED:
+        if candidate is TransitState.FAILED:
             fail = fail.force(Health.DOWN)
+        since = mono(rec.recovery_since) if recovering else None
         ups[u.name] = UpstreamState(
-            state, deg, fail, HoldDown(params.recovery_hold_s, rec.get("recovery_since")),
-            changed_at=rec.get("changed_at"),
+            rec.state, deg, fail, HoldDown(params.recovery_hold_s, since),
+            changed_at=mono(rec.changed_at),
         )
     sessions = {(u.name, f): SessionState.UNKNOWN for u in params.upstreams for f in u.families}
     budget = ActionBudget(
-        params.max_actions_per_hour, HOUR_S, tuple(persisted.get("action_times", ()))
+        params.max_actions_per_hour, HOUR_S, tuple(mono(t) for t in saved.action_times)
     )
-    state = State(params, ups, sessions, budget)
+    # The last plan's holds, as if just planned: the interlock keeps them first (no migration).
+    held = {
+        (name, fam): Announcement()
+        for fam, names in saved.holds.items() for name in names
+        if (name, fam) in sessions
+    }
+    state = State(params, ups, sessions, budget, plan=Plan(held))
     return replace(state, plan=plan(state))
 
 
-def to_json(state: State) -> dict:
-    """What survives a restart: states, recovery holds, the action budget (wall-clock times)."""
+def to_json(state: State, wall_offset_s: float = 0.0) -> dict:
+    """What survives a restart: states, candidates and recovery holds, the action budget, the
+    upstreams the safety holds keep. Times are `t + wall_offset_s` (the wall clock)."""
+
+    def wall(t: float | None) -> float | None:
+        return None if t is None else t + wall_offset_s
+
+    holds = state.plan.holds if state.plan is not None else ()
     return {
         "upstreams": {
             name: {
                 "state": u.state.value,
-                "recovery_since": u.recovery.since,
-                "changed_at": u.changed_at,
+                "candidate": u.candidate.value,
+                "recovery_since": wall(u.recovery.since),
+                "changed_at": wall(u.changed_at),
             }
             for name, u in state.upstreams.items()
         },
-        "action_times": list(state.budget.times),
+        "action_times": [wall(t) for t in state.budget.times],
+        "holds": {f"ipv{int(h.family)}": list(h.kept) for h in holds},
     }
+
+
+@dataclass(frozen=True)
+class _PersistedUpstream:
+    state: TransitState
+    candidate: TransitState | None = None
+    recovery_since: float | None = None
+    changed_at: float | None = None
+
+
+@dataclass(frozen=True)
+class _Persisted:
+    """`to_json`'s output, checked field by field (a state file may be damaged or old)."""
+
+    upstreams: Mapping[str, _PersistedUpstream]
+    action_times: tuple[float, ...]
+    holds: Mapping[Family, tuple[str, ...]]
+
+    @classmethod
+    def parse(cls, data: object) -> _Persisted:
+        """Raises ValueError naming the first field that is not what `to_json` writes."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"expected an object, got {type(data).__name__}")
+        ups = {}
+        for name, rec in _mapping(data.get("upstreams", {}), "upstreams").items():
+            where = f"upstreams.{name}"
+            rec = _mapping(rec, where)
+            ups[name] = _PersistedUpstream(
+                _transit_state(rec.get("state"), f"{where}.state"),
+                None if rec.get("candidate") is None
+                else _transit_state(rec["candidate"], f"{where}.candidate"),
+                _time(rec.get("recovery_since"), f"{where}.recovery_since", optional=True),
+                _time(rec.get("changed_at"), f"{where}.changed_at", optional=True),
+            )
+        times = data.get("action_times", [])
+        if not isinstance(times, list):
+            raise ValueError(f"action_times: expected a list, got {type(times).__name__}")
+        action_times = tuple(_time(t, f"action_times[{i}]") for i, t in enumerate(times))
+        holds = {}
+        for key, names in _mapping(data.get("holds", {}), "holds").items():
+            fam = {"ipv4": Family.IPV4, "ipv6": Family.IPV6}.get(key)
+            if fam is None:
+                raise ValueError(f"holds.{key}: not ipv4 or ipv6")
+            if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ValueError(f"holds.{key}: expected a list of upstream names")
+            holds[fam] = tuple(names)
+        return cls(ups, action_times, holds)
+
+
+def _mapping(value: object, where: str) -> Mapping:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: expected an object, got {type(value).__name__}")
+    return value
+
+
+def _transit_state(value: object, where: str) -> TransitState:
+    for s in TransitState:
+        if value == s.value:
+            return s
+    raise ValueError(f"{where}: {value!r} is not one of {', '.join(s.value for s in TransitState)}")
+
+
+def _time(value: object, where: str, optional: bool = False) -> float | None:
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{where}: {value!r} is not a time in seconds")
+    return float(value)
 
 
 # --- actions --------------------------------------------------------------------------------
@@ -473,7 +591,13 @@ def _treat(params: Params, up: UpstreamParams, treatment: Treatment | None) -> A
 
 
 def plan(state: State) -> Plan:
-    """Desired announcements from the upstream states, with the safety interlock applied."""
+    """Desired announcements from the upstream states, with the safety interlock applied.
+
+    Per family, with m = min_announcing_upstreams: at least m (or all of them, when fewer) of
+    the sessions that are UP announce, and at least m (or all) of the sessions that are UP or
+    UNKNOWN announce: the interlock holds whether an UNKNOWN session turns out up or down.
+    An UNKNOWN session keeps whatever the previous plan announced through it.
+    """
     params = state.params
     desired: dict[tuple[str, Family], Announcement | None] = {}
     for up in params.upstreams:
@@ -485,37 +609,45 @@ def plan(state: State) -> Plan:
         }[level]
         for fam in up.families:
             desired[(up.name, fam)] = _treat(params, up, treatment)
+    before = state.plan.desired if state.plan is not None else {}
     holds = []
     for fam in Family:
         carriers = [u for u in params.upstreams if fam in u.families]
-        if not carriers:
-            continue
-        up_now = [u for u in carriers if state.sessions.get((u.name, fam)) is SessionState.UP]
-        announcing = [u for u in up_now if desired[(u.name, fam)] is not None]
-        need = params.min_announcing_upstreams - len(announcing)
-        if need <= 0:
-            continue
-        # Sessions that are up first; among them the ones the last plan already kept (a hold
-        # does not move from one upstream to another while it lasts: that would be a flap),
-        # then the least bad: by state, by measured excess loss, by name (stable).
-        before = state.plan.desired if state.plan is not None else {}
-        withdrawn = sorted(
-            (u for u in carriers if desired[(u.name, fam)] is None),
+        session = {u.name: state.sessions.get((u.name, fam), SessionState.UNKNOWN)
+                   for u in carriers}
+        announcing = [u.name for u in carriers if desired[(u.name, fam)] is not None]
+        need_up = params.min_announcing_upstreams - sum(
+            1 for n in announcing if session[n] is SessionState.UP)
+        need_maybe_up = params.min_announcing_upstreams - sum(
+            1 for n in announcing if session[n] is not SessionState.DOWN)
+        # Withdrawn by their verdict, session up or unknown. The ones the last plan announced
+        # come first (a hold does not move from one upstream to another while it lasts: that
+        # would be a flap), then sessions known to be up, then the least bad: by state, by
+        # measured excess loss, by name (stable).
+        candidates = sorted(
+            (u for u in carriers
+             if desired[(u.name, fam)] is None and session[u.name] is not SessionState.DOWN),
             key=lambda u: (
-                state.sessions.get((u.name, fam)) is not SessionState.UP,
                 before.get((u.name, fam)) is None,
+                session[u.name] is not SessionState.UP,
                 state.upstreams[u.name].state.severity,
                 state.upstreams[u.name].last.loss_excess,
                 u.name,
             ),
         )
         kept = []
-        for u in withdrawn:
-            if need <= 0 or state.sessions.get((u.name, fam)) is not SessionState.UP:
-                break  # sorted: sessions that are up come first
+        for u in candidates:
+            is_up = session[u.name] is SessionState.UP
+            # An UNKNOWN session may be up and carrying our traffic: never withdraw on a guess.
+            unknown_had_it = (session[u.name] is SessionState.UNKNOWN
+                              and before.get((u.name, fam)) is not None)
+            if not (unknown_had_it or need_maybe_up > 0 or (is_up and need_up > 0)):
+                continue
             desired[(u.name, fam)] = _treat(params, u, params.degraded) or _treat(params, u, None)
             kept.append(u.name)
-            need -= 1
+            need_maybe_up -= 1
+            if is_up:
+                need_up -= 1
         if kept:
             holds.append(SafetyHold(fam, tuple(kept)))
     return Plan(desired, tuple(holds))
@@ -544,6 +676,14 @@ def step(state: State, observation: Observation, now: float) -> tuple[State, lis
             raise ValueError(f"no session {observation.upstream}/IPv{int(observation.family)}")
         sessions = dict(state.sessions)
         sessions[key] = SessionState.UP if observation.up else SessionState.DOWN
+        state = replace(state, sessions=sessions)
+    elif isinstance(observation, SessionSummary):
+        sessions = dict(state.sessions)
+        for key, up in observation.up.items():
+            if key not in sessions:
+                raise ValueError(f"no session {key[0]}/IPv{int(key[1])}")
+            if sessions[key] is SessionState.UNKNOWN:
+                sessions[key] = SessionState.UP if up else SessionState.DOWN
         state = replace(state, sessions=sessions)
     elif isinstance(observation, ProbeStats):
         state, actions = _judge(state, observation, now)

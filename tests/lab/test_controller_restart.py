@@ -67,3 +67,37 @@ def test_killed_controller_is_respawned_without_a_flap(clean):  # noqa: F811
         time.sleep(0.1)
     assert respawned is not None, "ExaBGP did not respawn the controller"
     print(f"controller respawned after {respawned:.2f} s, no route lost")
+
+
+def holders(lab) -> dict[str, frozenset[str]]:
+    """{our prefix: the transits whose BIRD holds it}."""
+    per_transit = {t: held(lab, t) for t in TRANSITS}
+    return {p: frozenset(t for t in TRANSITS if p in per_transit[t]) for p in PREFIXES}
+
+
+def test_killed_controller_keeps_the_safety_hold_where_it_was(clean):  # noqa: F811
+    """Three transits blackholed: the interlock keeps t4 and one held transit announced. A
+    respawned controller must keep exactly those: it does not know the sessions for a moment
+    (UNKNOWN is not down), and it restores which upstream the hold kept (no hold migration)."""
+    lab = clean
+    for t in ("t1", "t2", "t3"):
+        lab.fault("transit-blackhole", t)
+    wait_for(lambda: all(len(h) == 2 for h in holders(lab).values()), 15)
+    time.sleep(1)  # settled: the hold and its state file are written
+    before = holders(lab)
+    assert all(len(h) == 2 and "t4" in h for h in before.values()), before
+    (old,) = controller_pids(lab)
+    os.kill(old, signal.SIGKILL)
+    start, respawned, polls = time.monotonic(), None, 0
+    while time.monotonic() - start < 8:
+        now = holders(lab)
+        polls += 1
+        for prefix, h in now.items():
+            assert len(h) >= 2, f"{prefix} held by {sorted(h)} only after the kill"
+        assert now == before, f"the hold moved: {before} -> {now}"
+        pids = controller_pids(lab)
+        if respawned is None and pids and old not in pids:
+            respawned = time.monotonic() - start
+        time.sleep(0.1)
+    assert respawned is not None, "ExaBGP did not respawn the controller"
+    print(f"controller respawned after {respawned:.2f} s; {polls} polls, hold unchanged")

@@ -1,8 +1,10 @@
 """The controller's ExaBGP side with a recording pipe and fake clocks: what it writes at
-start, how it retries a rejected command, what it learns from `show neighbor json`."""
+start, how it retries a rejected command, what it learns from `show neighbor json`, what it
+does with a damaged state file."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -10,11 +12,13 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from netwatch import exabgp
+from netwatch import transit as tr
 from netwatch.config import load_site
-from netwatch.controller import Controller
+from netwatch.controller import SESSIONS_TIMEOUT_S, Controller
 
 ROOT = Path(__file__).resolve().parents[2]
+T = {"t1": "192.0.2.1", "t2": "192.0.2.5", "t3": "192.0.2.9", "t4": "192.0.2.13"}
+T6 = {f"t{i}": f"2001:db8:ffff:{i}::1" for i in range(1, 5)}
 
 
 class RecordingPipe:
@@ -26,32 +30,112 @@ class RecordingPipe:
 
 
 class Clock:
-    def __init__(self):
-        self.now = 1000.0
+    def __init__(self, now: float):
+        self.now = now
 
     def __call__(self) -> float:
         return self.now
 
 
-@pytest.fixture
-def controller(tmp_path):
+def site_file(tmp_path: Path) -> Path:
     raw = yaml.safe_load((ROOT / "probes/lab-site.yaml").read_text())
     raw["state_dir"] = str(tmp_path / "state")
     raw["controller"]["probe"]["targets_file"] = str(ROOT / "probes/targets/lab.yaml")
-    site_file = tmp_path / "site.yaml"
-    site_file.write_text(yaml.safe_dump(raw))
-    clock = Clock()
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def make(tmp_path: Path, pipe=None, wall: float = 1.7e9, mono: float = 1000.0) -> Controller:
     registry = CollectorRegistry()
-    ctl = Controller(load_site(site_file), registry, RecordingPipe(), clock=clock, mono=clock)
-    ctl.registry, ctl.clock_ = registry, clock
+    wall_clock, mono_clock = Clock(wall), Clock(mono)
+    ctl = Controller(load_site(site_file(tmp_path)), registry, pipe or RecordingPipe(),
+                     clock=wall_clock, mono=mono_clock)
+    ctl.registry, ctl.wall_, ctl.mono_ = registry, wall_clock, mono_clock
     return ctl
 
 
-def test_rejected_commands_back_off_up_to_the_cap_and_are_counted(controller):
-    c, clock = controller, controller.clock_
+def answer(up: dict[str, bool]) -> str:
+    """ExaBGP's answer to `show neighbor json` ("fsm" counts: see exabgp._summary)."""
+    return json.dumps([
+        {"state": "down", "fsm": "ESTABLISHED" if is_up else "ACTIVE",
+         "peer": {"address": address}}
+        for address, is_up in up.items()
+    ])
+
+
+def started(c: Controller, up: dict[str, bool] | None = None) -> Controller:
+    """Start as run() does, ExaBGP answering with every session up (or `up`)."""
+    c.ask_sessions()
+    c.on_event(answer(up if up is not None else dict.fromkeys([*T.values(), *T6.values()], True)))
+    c.on_event("done")
+    return c
+
+
+@pytest.fixture
+def controller(tmp_path):
+    return make(tmp_path)
+
+
+def test_first_diff_waits_for_the_sessions_state(controller):
+    c = controller
+    c.ask_sessions()
     c.sync()
-    first = list(c.pipe.lines)
-    assert len(first) == 8  # 4 upstreams x 2 families, one prefix each: announce
+    assert c.pipe.lines == ["show neighbor json"]  # no plan made on guesses goes out
+    c.on_event(answer(dict.fromkeys(T.values(), True)))
+    assert len(c.pipe.lines) == 1 + 8  # 4 upstreams x 2 families: announce
+    assert c.state.sessions[("t1", tr.Family.IPV6)] is tr.SessionState.UNKNOWN  # not reported
+
+
+def test_first_diff_goes_out_after_the_timeout_without_an_answer(controller):
+    c = controller
+    c.ask_sessions()
+    c.mono_.now += SESSIONS_TIMEOUT_S - 0.1
+    c.sync()
+    assert c.pipe.lines == ["show neighbor json"]
+    c.mono_.now += 0.2
+    c.sync()
+    assert len(c.pipe.lines) == 1 + 8
+    assert all(s is tr.SessionState.UNKNOWN for s in c.state.sessions.values())
+
+
+def test_an_ack_without_an_answer_sends_at_once(controller):
+    c = controller
+    c.ask_sessions()
+    c.on_event("error")  # an ExaBGP that does not know the command
+    assert len(c.pipe.lines) == 1 + 8
+    assert c.registry.get_sample_value("netwatch_exabgp_commands_rejected_total") == 0
+
+
+def test_restart_with_three_failed_keeps_the_persisted_hold(tmp_path):
+    """The incident: t1-t3 FAILED, the hold kept t2 (with t4). A restarted controller sent its
+    first diff before it knew a session: everything UNKNOWN, nothing kept, t2 withdrawn, t1
+    re-announced later. Now: t2 and t4 stay announced, t1 and t3 withdrawn, from the start."""
+    c = make(tmp_path)
+    c.state = tr.initial_state(c.params, {
+        "upstreams": {n: {"state": "failed"} for n in ("t1", "t2", "t3")},
+        "holds": {"ipv4": ["t2"], "ipv6": ["t2"]},
+    })
+    c.persist()
+    again = started(make(tmp_path))
+    sent = again.pipe.lines[1:]
+    assert sorted(sent) == sorted([
+        f"neighbor {T['t1']} withdraw attributes next-hop self nlri 198.51.100.0/24",
+        f"neighbor {T['t2']} announce attributes next-hop self as-path [ 64500 64500 64500 64500 ]"
+        " nlri 198.51.100.0/24",
+        f"neighbor {T['t3']} withdraw attributes next-hop self nlri 198.51.100.0/24",
+        f"neighbor {T['t4']} announce attributes next-hop self nlri 198.51.100.0/24",
+        f"neighbor {T6['t1']} withdraw attributes next-hop self nlri 2001:db8:100::/48",
+        f"neighbor {T6['t2']} announce attributes next-hop self as-path [ 64500 64500 64500 64500 ]"
+        " nlri 2001:db8:100::/48",
+        f"neighbor {T6['t3']} withdraw attributes next-hop self nlri 2001:db8:100::/48",
+        f"neighbor {T6['t4']} announce attributes next-hop self nlri 2001:db8:100::/48",
+    ])
+
+
+def test_rejected_commands_back_off_up_to_the_cap_and_are_counted(controller):
+    c, clock = started(controller), controller.mono_
+    assert len(c.pipe.lines) == 1 + 8
     gaps = []
     for _ in range(8):
         c.pipe.lines.clear()
@@ -73,16 +157,10 @@ def test_rejected_commands_back_off_up_to_the_cap_and_are_counted(controller):
 
 def test_show_neighbor_answer_counts_sessions_that_are_already_up(controller):
     c = controller
-    answer = [
-        # "state" is "down" for a session up < 1 s in ExaBGP 5.0.15: "fsm" is what counts
-        {"state": "down", "fsm": "ESTABLISHED", "peer": {"address": str(u.neighbor)}}
-        for u in c.ctl.upstreams
-    ] + [{"state": "down", "fsm": "ACTIVE", "peer": {"address": str(u.neighbor6)}}
-         for u in c.ctl.upstreams]
-    c.pending.append(exabgp.show_neighbors())
+    c.ask_sessions()
     c.on_event('{"type": "state", "neighbor": {"address": {"peer": "2001:db8:ffff:1::1"}, '
                '"state": "up"}}')  # an event wins over the answer that follows it
-    c.on_event(json.dumps(answer))
+    c.on_event(answer({**dict.fromkeys(T.values(), True), **dict.fromkeys(T6.values(), False)}))
     up = c.registry.get_sample_value("netwatch_bgp_session_up", {"upstream": "t2",
                                                                   "family": "ipv4"})
     assert up == 1
@@ -90,3 +168,114 @@ def test_show_neighbor_answer_counts_sessions_that_are_already_up(controller):
     assert all(str(s.value) == "up" for (n, f), s in c.state.sessions.items() if f == 4)
     assert c.state.sessions[("t1", 6)].value == "up"
     assert all(s.value == "down" for (n, f), s in c.state.sessions.items() if f == 6 and n != "t1")
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        '{"upstreams": {"t1": {"state": "bogus"}}}',
+        '{"upstreams": []}',
+        '{"upstreams": {"t1": "failed"}}',
+        '{"action_times": ["yesterday"]}',
+        '{"action_times": [true]}',
+        '{"upstreams": {"t1": {"state": "failed", "recovery_since": "soon"}}}',
+        '{"holds": {"ipv5": ["t1"]}}',
+        "[]",
+        "{not json",
+        b"\xff\xfe",
+    ],
+)
+def test_a_damaged_state_file_is_logged_and_ignored(tmp_path, capsys, content):
+    state = tmp_path / "state" / "controller.json"
+    state.parent.mkdir()
+    state.write_bytes(content if isinstance(content, bytes) else content.encode())
+    c = make(tmp_path)
+    assert "event=state_unreadable" in capsys.readouterr().err
+    assert all(u.state is tr.TransitState.HEALTHY for u in c.state.upstreams.values())
+    assert c.registry.get_sample_value("netwatch_controller_errors_total", {"where": "state"}) == 1
+
+
+def test_an_unreadable_state_file_is_logged_and_ignored(tmp_path, capsys, monkeypatch):
+    state = tmp_path / "state" / "controller.json"
+    state.parent.mkdir()
+    state.write_text('{"upstreams": {"t1": {"state": "failed"}}}')
+
+    real = Path.read_text
+
+    def refuse(self, *args, **kwargs):
+        if self == state:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", refuse)  # root reads any mode: refuse outright
+    c = make(tmp_path)
+    err = capsys.readouterr().err
+    assert "event=state_unreadable" in err and "Permission denied" in err
+    assert c.state.upstreams["t1"].state is tr.TransitState.HEALTHY
+
+
+def good_window() -> tr.ProbeStats:
+    return tr.ProbeStats({(n, f"inet-{i}"): tr.PathStats(10, 0, 0.01)
+                          for n in T for i in range(1, 11)})
+
+
+def test_decisions_ignore_a_wall_clock_step(tmp_path):
+    """An NTP step of one hour forward does not serve the 10 s recovery hold at once."""
+    c = started(make(tmp_path))
+    c.state = tr.initial_state(c.params, {"upstreams": {"t2": {"state": "failed"}}})
+    for _ in range(5):  # rise: the hold starts
+        c.mono_.now += 0.2
+        c.wall_.now += 0.2
+        c.apply(good_window())
+    c.wall_.now += 3600
+    c.mono_.now += 0.2
+    c.apply(good_window())
+    assert c.state.upstreams["t2"].state is tr.TransitState.FAILED
+    c.mono_.now += 10
+    c.apply(good_window())
+    assert c.state.upstreams["t2"].state is tr.TransitState.HEALTHY
+
+
+def test_a_recovery_hold_survives_a_restart(tmp_path):
+    """Half-way through t2's hold the controller restarts (new monotonic origin, wall clock
+    on): it recovers when the hold ends, not a whole hold (or never) after the restart."""
+    c = started(make(tmp_path, wall=1.7e9, mono=1000.0))
+    c.state = tr.initial_state(c.params, {"upstreams": {"t2": {"state": "failed"}}},
+                               now=1000.0)
+    for _ in range(5):  # rise: the 10 s hold starts at mono 1001
+        c.mono_.now += 0.2
+        c.wall_.now += 0.2
+        c.apply(good_window())
+    assert c.state.upstreams["t2"].recovery.since == pytest.approx(1001.0)
+    c.mono_.now += 5
+    c.wall_.now += 5
+    c.apply(good_window())
+    assert c.state.upstreams["t2"].state is tr.TransitState.FAILED
+    restarted_wall = c.wall_.now + 1  # one second later, monotonic clock from 7 (a reboot)
+    again = started(make(tmp_path, wall=restarted_wall, mono=7.0))
+    assert again.state.upstreams["t2"].state is tr.TransitState.FAILED
+    # 6 s into the hold: it started at 1.0 on the new monotonic clock
+    assert again.state.upstreams["t2"].recovery.since == pytest.approx(1.0)
+    again.mono_.now += 3.0  # 9 s into the hold: not yet
+    again.apply(good_window())
+    assert again.state.upstreams["t2"].state is tr.TransitState.FAILED
+    again.mono_.now += 1.5
+    again.apply(good_window())
+    assert again.state.upstreams["t2"].state is tr.TransitState.HEALTHY
+
+
+def test_budget_exhaustion_is_logged_once_per_episode(tmp_path, capsys):
+    c = started(make(tmp_path))
+    c.state = dataclasses.replace(c.state, budget=tr.ActionBudget(1, tr.HOUR_S, (c.mono_.now,)))
+    bad = dict(good_window().paths)
+    for i in range(1, 11):
+        bad[("t2", f"inet-{i}")] = tr.PathStats(10, 10, None)
+    for _ in range(20):
+        c.mono_.now += 0.2
+        c.apply(tr.ProbeStats(bad))
+    assert capsys.readouterr().err.count("event=action_budget_exhausted") == 1
+    assert c.registry.get_sample_value("netwatch_transit_action_budget_exhausted") == 1
+    for _ in range(5):  # rise: nothing held back any more, and the gauge says so
+        c.mono_.now += 0.2
+        c.apply(good_window())
+    assert c.registry.get_sample_value("netwatch_transit_action_budget_exhausted") == 0
