@@ -15,11 +15,14 @@ Contract:
   hold survives a restart, an NTP step does not shorten it). A state file that cannot be read
   or is not what the controller writes is logged (`state_unreadable`) and ignored: the
   controller starts from the site file's defaults;
-* a command ExaBGP rejects (`error`) is counted and retried after 1 s, doubling up to 30 s
-  while the rejections go on;
+* a command ExaBGP rejects (`error`), or does not acknowledge within ACK_TIMEOUT_S of
+  reaching the head of the queue, is counted and retried after 1 s, doubling up to 30 s
+  while the rejections go on; a diff that fails is retried the same way;
 * verdicts wait for one full probe window after start;
 * a failing probe, a bad line from ExaBGP or a failed write is logged and survived;
-* it returns when ExaBGP closes our stdin (ExaBGP exited: the supervisor restarts both).
+* it returns 0 when ExaBGP closes our stdin (ExaBGP exited: the supervisor restarts both),
+  and EX_SOFTWARE when the probe loop dies, leaving the announcements as they are: ExaBGP
+  respawns a controller that probes again.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from collections import deque
 
 from prometheus_client import CollectorRegistry
 
-from netwatch import exabgp
+from netwatch import exabgp, exitcodes
 from netwatch import transit as tr
 from netwatch.adapters.exabgp_pipe import ExabgpPipe
 from netwatch.adapters.icmp import IcmpProber
@@ -46,6 +49,9 @@ RETRY_MAX_S = 30.0  # ... doubling up to this while ExaBGP keeps rejecting
 # The first diff waits this long at most for the answer to `show neighbor json` (tens of ms in
 # the lab); then it goes out with the sessions not reported still UNKNOWN (possibly up).
 SESSIONS_TIMEOUT_S = 3.0
+# A command at the head of the queue unacknowledged this long counts as rejected. ExaBGP
+# 5.0.15 takes ~0.45 s for a line of 1,000 prefixes (docs/controller.md): 20x that.
+ACK_TIMEOUT_S = 10.0
 
 
 def log(event: str, **fields) -> None:
@@ -96,6 +102,7 @@ class Controller:
         self.by_address = {addr: key for key, addr in self.sessions.items()}
         self.acked: dict[exabgp.Key, tr.Announcement | None] = {}
         self.pending: deque[exabgp.Command] = deque()
+        self.head_since = 0.0  # since when pending[0] has waited for its acknowledgement
         self.retry_at = 0.0
         self.retry_s = RETRY_MIN_S
         self.dirty = True  # the plan or ExaBGP's side changed since the last sync
@@ -135,15 +142,41 @@ class Controller:
         """Send what the plan wants and ExaBGP has not acknowledged (or been sent) yet.
 
         Nothing before the sessions' state is known (or SESSIONS_TIMEOUT_S has passed) and
-        nothing while a rejection's backoff runs.
+        nothing while a rejection's backoff runs. A diff that raises is counted, logged and
+        retried after the backoff (the plan is still to be sent).
         """
+        self.expire_acks()
         if not self.dirty or self.retry_at > self.mono() or not self._may_send():
             return
+        try:
+            desired = exabgp.expand(self.state.plan.desired, self.sessions, self.site.prefixes)
+            commands = exabgp.diff(desired, self.known())
+        except Exception as exc:
+            self.metrics.errors.labels("sync").inc()
+            log("sync_failed", error=repr(exc), retry_in_s=self.retry_s)
+            self.back_off()
+            return
         self.dirty = False
-        desired = exabgp.expand(self.state.plan.desired, self.sessions, self.site.prefixes)
-        for command in exabgp.diff(desired, self.known()):
+        for command in commands:
             if not self.send(command):
                 self.dirty = True  # try again at the next sync
+
+    def back_off(self) -> None:
+        self.retry_at = self.mono() + self.retry_s
+        self.retry_s = min(RETRY_MAX_S, 2 * self.retry_s)
+
+    def expire_acks(self) -> None:
+        """Give up on acknowledgements that have not come: ExaBGP answers in command order, so
+        once the head is late every command behind it is unconfirmed too. They count as
+        rejected, and the next diff sends their effects again (after the backoff)."""
+        if not self.pending or self.mono() - self.head_since < ACK_TIMEOUT_S:
+            return
+        self.metrics.rejected.inc(len(self.pending))
+        log("ack_timeout", line=self.pending[0].line[:200], commands=len(self.pending),
+            after_s=ACK_TIMEOUT_S, retry_in_s=self.retry_s)
+        self.pending.clear()
+        self.back_off()
+        self.dirty = True
 
     def send(self, command: exabgp.Command) -> bool:
         """Write one command and expect its acknowledgement. False when the write failed."""
@@ -153,6 +186,8 @@ class Controller:
             self.metrics.errors.labels("send").inc()
             log("send_failed", error=exc)
             return False
+        if not self.pending:
+            self.head_since = self.mono()
         self.pending.append(command)
         log("command", line=command.line[:200], prefixes=len(command.effect))
         return True
@@ -168,6 +203,7 @@ class Controller:
             if not self.pending:
                 return
             command = self.pending.popleft()
+            self.head_since = self.mono()
             if command.line == exabgp.SHOW_NEIGHBORS:
                 # The answer comes before its ack: no answer by now means none is coming.
                 if not self.sessions_known:
@@ -182,9 +218,8 @@ class Controller:
                     self.retry_s = RETRY_MIN_S
             else:
                 self.metrics.rejected.inc()
-                self.retry_at = self.mono() + self.retry_s
                 log("command_rejected", line=command.line[:200], retry_in_s=self.retry_s)
-                self.retry_s = min(RETRY_MAX_S, 2 * self.retry_s)
+                self.back_off()
                 self.dirty = True
             return
         if isinstance(event, exabgp.NeighborSummary):
@@ -382,28 +417,47 @@ class Controller:
                 self.metrics.errors.labels("judge").inc()
                 log("judge_failed", error=repr(exc))
 
+    async def read_events(self) -> None:
+        async for line in self.pipe.lines():
+            try:
+                self.on_event(line)
+                await self.pipe.flush()
+            except Exception as exc:  # a bad event must not kill us
+                self.metrics.errors.labels("event").inc()
+                log("event_failed", error=repr(exc), line=line[:200])
+
     async def run(self) -> int:
+        """Until ExaBGP closes the pipe (0), or the probe loop dies (EX_SOFTWARE)."""
         await self.pipe.open()
         log("start", upstreams=",".join(u.name for u in self.ctl.upstreams),
             prefixes=len(self.site.prefixes),
             states=",".join(f"{n}:{u.state.value}" for n, u in self.state.upstreams.items()))
-        self.publish()  # the restored state's metrics
-        self.ask_sessions()  # the desired state goes out with the answer (see sync)
-        prober = asyncio.create_task(self.probe_loop())
         try:
-            async for line in self.pipe.lines():
-                try:
-                    self.on_event(line)
-                except Exception as exc:  # a bad event must not kill us
-                    self.metrics.errors.labels("event").inc()
-                    log("event_failed", error=repr(exc), line=line[:200])
-                await self.pipe.flush()
+            self.publish()  # the restored state's metrics
+            self.ask_sessions()  # the desired state goes out with the answer (see sync)
+        except Exception as exc:  # log and survive: sync runs again at every probe round
+            self.metrics.errors.labels("start").inc()
+            log("start_failed", error=repr(exc))
+        reader = asyncio.create_task(self.read_events(), name="exabgp-events")
+        prober = asyncio.create_task(self.probe_loop(), name="probes")
+        try:
+            await asyncio.wait({reader, prober}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            prober.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await prober
-        log("stop", reason="ExaBGP closed the pipe")
-        return 0
+            for task in (reader, prober):
+                task.cancel()
+            for task in (reader, prober):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if reader.done() and not reader.cancelled() and reader.exception() is None:
+            log("stop", reason="ExaBGP closed the pipe")
+            return exitcodes.OK
+        # A dead worker stops the daemon (STYLE rule 8). The announcements stay as ExaBGP
+        # holds them (the last plan); ExaBGP respawns a controller that probes again.
+        dead = reader if reader.done() and not reader.cancelled() else prober
+        error = None if dead.cancelled() else dead.exception()
+        log("worker_died", worker=dead.get_name(), error=repr(error),
+            note="announcements left as they are; exiting for a respawn")
+        return exitcodes.SOFTWARE
 
 
 def run_controller(site, registry: CollectorRegistry | None = None) -> int:

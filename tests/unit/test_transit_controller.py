@@ -1,9 +1,10 @@
 """The controller's ExaBGP side with a recording pipe and fake clocks: what it writes at
-start, how it retries a rejected command, what it learns from `show neighbor json`, what it
-does with a damaged state file."""
+start, how it retries a rejected or unanswered command, what it learns from `show neighbor
+json`, what it does with a damaged state file, and how it dies."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from pathlib import Path
@@ -12,9 +13,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from netwatch import exabgp, exitcodes
 from netwatch import transit as tr
 from netwatch.config import load_site
-from netwatch.controller import SESSIONS_TIMEOUT_S, Controller
+from netwatch.controller import ACK_TIMEOUT_S, SESSIONS_TIMEOUT_S, Controller
 
 ROOT = Path(__file__).resolve().parents[2]
 T = {"t1": "192.0.2.1", "t2": "192.0.2.5", "t3": "192.0.2.9", "t4": "192.0.2.13"}
@@ -155,6 +157,42 @@ def test_rejected_commands_back_off_up_to_the_cap_and_are_counted(controller):
     assert c.retry_s == 1.0
 
 
+def test_unacknowledged_commands_time_out_and_are_sent_again(controller):
+    c = started(controller)
+    c.on_event("done")  # one of the 8 announcements acknowledged, 7 never
+    c.pipe.lines.clear()
+    c.mono_.now += ACK_TIMEOUT_S - 0.5
+    c.sync()
+    assert c.pipe.lines == [] and len(c.pending) == 7
+    c.mono_.now += 1.0
+    c.sync()  # timed out: counted, backoff started
+    assert c.pending == type(c.pending)() and c.pipe.lines == []
+    assert c.registry.get_sample_value("netwatch_exabgp_commands_rejected_total") == 7
+    c.mono_.now += 1.0
+    c.sync()
+    assert len(c.pipe.lines) == 7  # what was not confirmed, again
+
+
+def test_a_failing_diff_is_retried_after_the_backoff(controller, monkeypatch):
+    c = started(controller, {})
+    real, calls = exabgp.diff, []
+
+    def flaky(desired, known):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return real(desired, known)
+
+    monkeypatch.setattr(exabgp, "diff", flaky)
+    c.dirty = True
+    c.sync()
+    assert c.dirty and c.registry.get_sample_value(
+        "netwatch_controller_errors_total", {"where": "sync"}) == 1
+    c.mono_.now += 1.0
+    c.sync()  # not lost until the plan changes: sent after the backoff
+    assert not c.dirty and len(calls) == 2
+
+
 def test_show_neighbor_answer_counts_sessions_that_are_already_up(controller):
     c = controller
     c.ask_sessions()
@@ -262,6 +300,58 @@ def test_a_recovery_hold_survives_a_restart(tmp_path):
     again.mono_.now += 1.5
     again.apply(good_window())
     assert again.state.upstreams["t2"].state is tr.TransitState.HEALTHY
+
+
+class ScriptedPipe:
+    """Enough of ExabgpPipe for run(): nothing comes from ExaBGP until `closed` is set."""
+
+    def __init__(self):
+        self.sent: list[str] = []
+        self.closed = None
+
+    def send(self, line: str) -> None:
+        self.sent.append(line)
+
+    async def open(self) -> None:
+        self.closed = asyncio.Event()
+
+    async def lines(self):
+        await self.closed.wait()
+        return
+        yield  # an async generator that yields nothing
+
+    async def flush(self) -> None:
+        pass
+
+
+def test_a_dead_probe_loop_stops_the_controller_leaving_announcements(tmp_path, capsys):
+    c = make(tmp_path, ScriptedPipe())
+
+    async def broken_probes():
+        raise RuntimeError("prober exploded")
+
+    c.probe_loop = broken_probes
+    code = asyncio.run(asyncio.wait_for(c.run(), 5))
+    assert code == exitcodes.SOFTWARE
+    assert c.pipe.sent == ["show neighbor json"]  # no withdrawal on the way out
+    err = capsys.readouterr().err
+    assert "event=worker_died" in err and "prober exploded" in err
+
+
+def test_exabgp_closing_the_pipe_stops_the_controller_cleanly(tmp_path):
+    c = make(tmp_path, ScriptedPipe())
+
+    async def probes_forever():
+        await asyncio.sleep(3600)
+
+    async def scenario():
+        c.probe_loop = probes_forever
+        task = asyncio.create_task(c.run())
+        await asyncio.sleep(0.05)
+        c.pipe.closed.set()
+        return await task
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 5)) == exitcodes.OK
 
 
 def test_budget_exhaustion_is_logged_once_per_episode(tmp_path, capsys):
