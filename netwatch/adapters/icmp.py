@@ -152,8 +152,11 @@ class IcmpProber:
                 # ENETUNREACH (no route in the path's table), ENOBUFS, EAGAIN: the probe is
                 # lost, which is exactly what the verdict should see.
                 return None
+            # asyncio.timeout, not wait_for: in 3.11 wait_for can swallow a cancellation that
+            # races the reply, and the daemon then hangs on exit (seen in the agent).
             try:
-                return await asyncio.wait_for(future, timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    return await future
             except TimeoutError:
                 return None
         finally:

@@ -47,8 +47,8 @@ class TcpProber:
             loop = asyncio.get_running_loop()
             start = time.monotonic()
             try:
-                await asyncio.wait_for(loop.sock_connect(sock, (str(address), int(port))),
-                                       timeout_s)
+                async with asyncio.timeout(timeout_s):  # not wait_for: see icmp.py
+                    await loop.sock_connect(sock, (str(address), int(port)))
             except ConnectionRefusedError:
                 pass  # an RST: the target answered
             except (TimeoutError, OSError):
