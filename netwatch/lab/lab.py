@@ -551,4 +551,4 @@ def status(lab: Lab) -> dict:
 
 def _exabgp_alive(lab: Lab) -> bool:
     pid = _pid_from(lab.pidfile("exabgp"))
-    return pid is not None and _is_ours(pid, "exabgp") and not _zombie(pid)
+    return pid is not None and _is_ours(pid, "exabgp", lab.run_dir) and not _zombie(pid)
