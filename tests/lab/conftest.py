@@ -31,6 +31,19 @@ def lab_unavailable_reason() -> str | None:
     return None
 
 
+def pytest_collection_modifyitems(config, items):
+    """Every test here except the pure ones in test_lab_unit.py builds namespaces: mark it
+    `lab` (so `-m "not lab"` runs what needs no root) and skip it, with the reason, where
+    the lab cannot run."""
+    reason = lab_unavailable_reason()
+    for item in items:
+        if item.path.parent.name != "lab" or item.path.name == "test_lab_unit.py":
+            continue
+        item.add_marker(pytest.mark.lab)
+        if reason:
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
 def unique_lab_name() -> str:
     return "t" + secrets.token_hex(3)
 
