@@ -17,7 +17,11 @@ Contract:
   controller starts from the site file's defaults;
 * a command ExaBGP rejects (`error`), or does not acknowledge within ACK_TIMEOUT_S of
   reaching the head of the queue, is counted and retried after 1 s, doubling up to 30 s
-  while the rejections go on; a diff that fails is retried the same way;
+  while the rejections go on; a diff that fails is retried the same way. ExaBGP answers
+  every command once, in order, and its acks carry no command id: the acks of commands that
+  timed out are still owed, and the next that many acks are dropped (`orphan_acks`) before
+  one is matched to a command again. What a timed-out command did is unknown: its keys
+  leave `acked`, so the next diff sends their desired state again;
 * verdicts wait for one full probe window after start;
 * a failing probe, a bad line from ExaBGP or a failed write is logged and survived;
 * it returns 0 when ExaBGP closes our stdin (ExaBGP exited: the supervisor restarts both),
@@ -103,6 +107,9 @@ class Controller:
         self.acked: dict[exabgp.Key, tr.Announcement | None] = {}
         self.pending: deque[exabgp.Command] = deque()
         self.head_since = 0.0  # since when pending[0] has waited for its acknowledgement
+        # Acks still owed for commands that timed out: they come first (ExaBGP answers in
+        # order) and belong to no command in `pending`.
+        self.orphan_acks = 0
         self.retry_at = 0.0
         self.retry_s = RETRY_MIN_S
         self.dirty = True  # the plan or ExaBGP's side changed since the last sync
@@ -168,12 +175,18 @@ class Controller:
     def expire_acks(self) -> None:
         """Give up on acknowledgements that have not come: ExaBGP answers in command order, so
         once the head is late every command behind it is unconfirmed too. They count as
-        rejected, and the next diff sends their effects again (after the backoff)."""
+        rejected; their acks may still come and are dropped when they do (`orphan_acks`).
+        What they did is unknown: their keys leave `acked`, and the next diff sends the
+        desired state of those keys again (after the backoff)."""
         if not self.pending or self.mono() - self.head_since < ACK_TIMEOUT_S:
             return
         self.metrics.rejected.inc(len(self.pending))
+        self.orphan_acks += len(self.pending)
         log("ack_timeout", line=self.pending[0].line[:200], commands=len(self.pending),
-            after_s=ACK_TIMEOUT_S, retry_in_s=self.retry_s)
+            after_s=ACK_TIMEOUT_S, retry_in_s=self.retry_s, owed_acks=self.orphan_acks)
+        for command in self.pending:
+            for key in command.effect:
+                self.acked.pop(key, None)
         self.pending.clear()
         self.back_off()
         self.dirty = True
@@ -200,6 +213,13 @@ class Controller:
             log("bad_event", error=exc)
             return
         if isinstance(event, exabgp.Ack):
+            if self.orphan_acks:
+                # The late answer to a command that timed out, not to pending[0]: ExaBGP is
+                # answering again, so the head has not been waiting at ExaBGP's head yet.
+                self.orphan_acks -= 1
+                self.head_since = self.mono()
+                log("late_ack", ack=event.kind.value, still_owed=self.orphan_acks)
+                return
             if not self.pending:
                 return
             command = self.pending.popleft()

@@ -173,6 +173,92 @@ def test_unacknowledged_commands_time_out_and_are_sent_again(controller):
     assert len(c.pipe.lines) == 7  # what was not confirmed, again
 
 
+def neighbor_up(peer: str) -> str:
+    """ExaBGP's `neighbor-changes` event for a session that came up."""
+    return json.dumps({"type": "state", "neighbor": {"address": {"peer": peer, "local": "x"},
+                                                     "state": "up"}})
+
+
+def test_late_acks_after_a_timeout_are_not_matched_to_newer_commands(controller):
+    """ExaBGP stalls on c1, the controller times it out and sends c1 again (c1'), then c2;
+    ExaBGP answers its FIFO: done(c1), done(c1'), error(c2). The late done(c1) must not be
+    taken for c1', nor done(c1') for c2: the rejected c2 is counted and sent again."""
+    c = started(controller)
+    for _ in range(len(c.pending)):
+        c.on_event("done")  # the first diff, acknowledged
+    c.on_event(neighbor_up(T["t1"]))  # c1: t1's full desired state again
+    c.mono_.now += ACK_TIMEOUT_S + 0.1
+    c.sync()  # timed out: c1 is an orphan whose ack may still come
+    c.mono_.now += 1.1
+    c.sync()  # c1' after the backoff
+    c.on_event(neighbor_up(T["t2"]))  # c2
+    c.pipe.lines.clear()
+    for ack in ("done", "done", "error"):
+        c.on_event(ack)
+    assert c.registry.get_sample_value("netwatch_exabgp_commands_rejected_total") == 2
+    assert (T["t2"], "198.51.100.0/24") not in c.acked  # c2 was rejected: not known
+    assert c.acked[(T["t1"], "198.51.100.0/24")] == tr.Announcement()  # c1' was done
+    c.mono_.now += 60
+    c.sync()
+    assert c.pipe.lines == [
+        f"neighbor {T['t2']} announce attributes next-hop self nlri 198.51.100.0/24"]
+
+
+def test_a_late_answer_to_show_neighbor_does_not_shift_the_acks(controller):
+    """At start ExaBGP answers nothing for 3 s: the desired state goes out behind `show
+    neighbor json`; nothing is acknowledged within the timeout, all 9 are sent again. Then
+    ExaBGP answers all 17 in order and rejects the first announcement sent again."""
+    c = controller
+    c.ask_sessions()
+    c.mono_.now += SESSIONS_TIMEOUT_S + 0.1
+    c.sync()
+    assert len(c.pending) == 1 + 8
+    c.mono_.now += ACK_TIMEOUT_S
+    c.sync()  # the 9 timed out
+    c.mono_.now += 1.1
+    c.sync()
+    first_again = c.pending[0]
+    assert len(c.pending) == 8 and first_again.line.startswith("neighbor")
+    c.on_event(answer(dict.fromkeys([*T.values(), *T6.values()], True)))  # the late answer
+    for ack in ["done"] * 9 + ["error"] + ["done"] * 7:
+        c.on_event(ack)
+    assert not c.pending
+    assert not any(key in c.acked for key in first_again.effect)
+    c.pipe.lines.clear()
+    c.mono_.now += 60
+    c.sync()
+    assert c.pipe.lines == [first_again.line]
+
+
+def test_a_timed_out_command_makes_its_effect_unknown(controller):
+    """Whatever ExaBGP did with a command that timed out is not known: the desired state of
+    its keys is sent again, even when the plan went back to what was acknowledged before."""
+    c = started(controller)
+    for _ in range(len(c.pending)):
+        c.on_event("done")
+    key = (T["t2"], "198.51.100.0/24")
+    c.state = tr.initial_state(c.params, {"upstreams": {"t2": {"state": "failed"}}})
+    c.state, _ = tr.step(c.state, tr.SessionSummary(
+        {k: True for k in c.state.sessions}), c.mono_.now)
+    c.dirty = True
+    c.sync()  # withdraw t2 ...
+    assert [cmd.line for cmd in c.pending] == [
+        f"neighbor {T['t2']} withdraw attributes next-hop self nlri 198.51.100.0/24",
+        f"neighbor {T6['t2']} withdraw attributes next-hop self nlri 2001:db8:100::/48"]
+    c.mono_.now += ACK_TIMEOUT_S + 0.1
+    c.sync()  # ... no answer
+    assert key not in c.acked
+    c.state = tr.initial_state(c.params)  # the plan is back to announcing t2
+    c.state, _ = tr.step(c.state, tr.SessionSummary(
+        {k: True for k in c.state.sessions}), c.mono_.now)
+    c.dirty = True
+    c.pipe.lines.clear()
+    c.mono_.now += 1.1
+    c.sync()
+    assert f"neighbor {T['t2']} announce attributes next-hop self nlri 198.51.100.0/24" in (
+        c.pipe.lines)
+
+
 def test_a_failing_diff_is_retried_after_the_backoff(controller, monkeypatch):
     c = started(controller, {})
     real, calls = exabgp.diff, []
