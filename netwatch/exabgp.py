@@ -139,8 +139,12 @@ def diff(desired: Desired, known: Mapping[Key, Announcement | None]) -> list[Com
 
     A key missing from `known` is unknown and is always sent (after a restart, a withdrawal
     of something that may still be announced). Equal prefixes with equal attributes for one
-    neighbor share one bulk line (at most MAX_NLRI_PER_LINE prefixes). Withdrawals come
-    first per neighbor, then announcements. Output order is deterministic.
+    neighbor share one bulk line (at most MAX_NLRI_PER_LINE prefixes). Every announcement, to
+    any neighbor, comes before every withdrawal (make-before-break): ExaBGP runs the commands
+    in order, and a withdrawal first would leave fewer upstreams announcing for as long as
+    ExaBGP takes over it (seconds at 10,000 prefixes), below `min_announcing_upstreams` when
+    the interlock releases a hold because another upstream recovered. Output order is
+    deterministic.
     """
     groups: dict[tuple[str, bool, Announcement | None], list[str]] = {}
     # Only the keys that differ are sorted: with 10,000 prefixes x 4 neighbors, parsing every
@@ -169,7 +173,7 @@ def _key_order(key: Key):
 
 def _group_order(item):
     (neighbor, announced, ann), _ = item
-    return (neighbor, announced, ann or Announcement())
+    return (not announced, neighbor, ann or Announcement())  # announcements first
 
 
 def expand(

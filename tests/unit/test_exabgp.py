@@ -117,6 +117,28 @@ def test_diff_groups_prefixes_and_second_application_sends_nothing():
     assert exabgp.diff(desired, known) == []
 
 
+def test_diff_announces_everywhere_before_it_withdraws_anywhere():
+    """Make-before-break across neighbors: a hold on t2 (192.0.2.5) released because t3
+    (192.0.2.9) recovered must not withdraw t2 before t3 announces, or for as long as ExaBGP
+    takes over the withdrawal (seconds at 10,000 prefixes) one upstream announces alone."""
+    prefixes = [f"100.{64 + i // 256}.{i % 256}.0/24" for i in range(1500)] + ["2001:db8:100::/48"]
+    t2_6, t3_6 = "2001:db8:ffff:2::1", "2001:db8:ffff:3::1"
+    known, desired = {}, {}
+    for p in prefixes:
+        t2, t3 = (t2_6, t3_6) if ":" in p else ("192.0.2.5", "192.0.2.9")
+        known[(t2, p)], known[(t3, p)] = Announcement((64500,) * 4), None
+        desired[(t2, p)], desired[(t3, p)] = None, Announcement()
+    lines = [c.line.split(" nlri ")[0] for c in exabgp.diff(desired, known)]
+    assert lines == [
+        "neighbor 192.0.2.9 announce attributes next-hop self",
+        "neighbor 192.0.2.9 announce attributes next-hop self",  # still bulk: 1,000 + 500
+        "neighbor 2001:db8:ffff:3::1 announce attributes next-hop self",
+        "neighbor 192.0.2.5 withdraw attributes next-hop self",
+        "neighbor 192.0.2.5 withdraw attributes next-hop self",
+        "neighbor 2001:db8:ffff:2::1 withdraw attributes next-hop self",
+    ]
+
+
 def test_diff_chunks_big_bulk_lines():
     # 100.64.0.0/10 (shared address space): 2,500 /24s from 100.64.0.0 to 100.73.195.0
     desired = {("192.0.2.1", f"100.{64 + i // 256}.{i % 256}.0/24"): None for i in range(2500)}

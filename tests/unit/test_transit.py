@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -145,6 +146,28 @@ def test_a_restart_keeps_the_hold_on_the_same_upstream():
     known = {k: v is tr.SessionState.UP for k, v in s.sessions.items()}
     again, _ = tr.step(again, tr.SessionSummary(known), 4)
     assert again.plan == s.plan
+
+
+def test_a_released_hold_is_announced_elsewhere_before_it_is_withdrawn():
+    """t2 held for the interlock while t2-t4 are FAILED; t3 recovers and the hold on t2 is
+    released in the same plan: t3's announcement goes out before t2's withdrawal, so at no
+    moment does only t1 announce."""
+    sessions = {(n, int(f)): f"192.0.2.{4 * i + 1}" if f == Family.IPV4
+                else f"2001:db8:ffff:{i + 1}::1"
+                for i, n in enumerate(NAMES) for f in Family}
+    prefixes = ["198.51.100.0/24", "2001:db8:100::/48"]
+    s = up_everywhere(tr.initial_state(params(), {
+        "upstreams": {n: {"state": "failed"} for n in ("t2", "t3", "t4")}}))
+    assert s.plan.announcing(Family.IPV4) == ["t1", "t2"]
+    known = exabgp.expand(s.plan.desired, sessions, prefixes)
+    u = s.upstreams["t3"]
+    s = dataclasses.replace(s, upstreams={
+        **s.upstreams, "t3": dataclasses.replace(u, state=TransitState.HEALTHY)})
+    new = tr.plan(s)
+    assert new.announcing(Family.IPV4) == ["t1", "t3"]
+    lines = [c.line for c in exabgp.diff(exabgp.expand(new.desired, sessions, prefixes), known)]
+    kinds = [line.split()[2] for line in lines]
+    assert kinds == ["announce", "announce", "withdraw", "withdraw"], lines
 
 
 def test_a_hold_is_kept_where_it_was_even_if_another_looks_better_now():
