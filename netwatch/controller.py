@@ -373,6 +373,16 @@ class Controller:
                                               gateway, u.interface), mine))
         return out
 
+    def report_probed(self, probed: set[str]) -> None:
+        """Set `netwatch_transit_probed` for every upstream and log each one that is not probed
+        at all, once (at start: probers are made once). Such an upstream gets no verdict, and
+        the all-bad guard is judged over the others (transit.is_local_fault)."""
+        for u in self.ctl.upstreams:
+            self.metrics.probed.labels(u.name).set(1 if u.name in probed else 0)
+            if u.name not in probed:
+                log("unprobed", upstream=u.name,
+                    note="no verdict for it; the all-bad guard is judged over the others")
+
     async def install_paths(self, paths) -> None:
         from pyroute2 import AsyncIPRoute
 
@@ -401,6 +411,7 @@ class Controller:
                 probers.append((name, prober, targets))
             except OSError as exc:
                 log("prober_failed", upstream=name, error=exc)
+        self.report_probed({name for name, _, _ in probers})
         interval = self.ctl.probe.interval_ms / 1000
         timeout = (self.ctl.probe.timeout_ms or self.ctl.probe.interval_ms) / 1000
         last_repair = self.mono()

@@ -28,6 +28,12 @@ class ControllerMetrics:
             "netwatch_transit_rtt_seconds", "Median probe RTT through the upstream",
             ["upstream"], registry=registry,
         )
+        self.probed = Gauge(
+            "netwatch_transit_probed",
+            "1 when the upstream is probed (a probe path and a working prober for at least one"
+            " family); 0: judged by nothing, left out of the all-bad guard",
+            ["upstream"], registry=registry,
+        )
         self.reachable = Gauge(
             "netwatch_transit_target_reachable",
             "1 when the target answers through the upstream (loss below 50 %)",

@@ -11,7 +11,9 @@
   targets are needed for a verdict (quorum);
 * when every upstream looks bad at once (absolute loss above the degraded threshold through
   all of them) the fault is ours: the verdicts freeze, no BGP action is taken, `LocalFault`
-  says so;
+  says so. "Every" is every upstream with samples, at least 2 of them: an upstream that is
+  not probed at all (no probe path, a prober that failed at start) must not switch the guard
+  off, or the others' all-bad picture would be judged relatively and acted on;
 * DEGRADED is judged on the whole window (loss and RTT excess). FAILED is judged on the
   most recent probes: the last `Params.recent_probes` (max(fall, 5)) probes of each
   (upstream, target) path, compared like the window with the other upstreams' last probes.
@@ -339,12 +341,13 @@ def _level(params: Params, loss: float, recent: float, rtt_s: float | None) -> T
 def is_local_fault(
     params: Params, assessments: Mapping[str, Assessment], stats: ProbeStats
 ) -> bool:
-    """Every upstream with samples loses at least `degraded_loss` of its probes: it is us."""
+    """Every upstream with samples (at least 2 of them) loses at least `degraded_loss` of its
+    probes: it is us. Upstreams without samples are left out, not counted as good: one that is
+    not probed (found in review: no `interface`, or its prober failed) made the guard
+    impossible, and three probed upstreams all losing 30-60 % were judged against each other."""
     seen = {up for (up, _), ps in stats.paths.items() if ps.sent >= MIN_SAMPLES}
     judged = [a for name, a in assessments.items() if name in seen]
-    return len(judged) == len(params.upstreams) and all(
-        a.loss >= params.degraded_loss for a in judged
-    )
+    return len(judged) >= 2 and all(a.loss >= params.degraded_loss for a in judged)
 
 
 # --- state ----------------------------------------------------------------------------------

@@ -107,6 +107,27 @@ def test_dead_targets_and_everything_down_take_no_action():
     assert all(u.state is TransitState.HEALTHY for u in s.upstreams.values())
 
 
+def test_an_unprobed_upstream_does_not_disable_the_all_bad_guard():
+    """t3 has no probe path (no interface, or its prober failed at start): no sample at all.
+    t1, t2 at 30 % loss and t4 at 60 % is every *probed* upstream bad at once: our fault, and
+    no verdict moves, as with all four probed."""
+    p = params()
+    bad = stats({"t1": 0.3, "t2": 0.3, "t3": 0.3, "t4": 0.6})
+    partial = tr.ProbeStats({k: v for k, v in bad.paths.items() if k[0] != "t3"})
+    for picture in (bad, partial):
+        assert tr.is_local_fault(p, tr.assess(p, picture), picture)
+        s = up_everywhere(tr.initial_state(p))
+        s = run(s, picture, [1, 2, 3, 4])
+        assert s.local_fault
+        assert all(u.state is TransitState.HEALTHY for u in s.upstreams.values())
+
+
+def test_the_all_bad_guard_needs_two_probed_upstreams():
+    p = params()
+    only_t1 = tr.ProbeStats({k: v for k, v in stats({"t1": 0.5}).paths.items() if k[0] == "t1"})
+    assert not tr.is_local_fault(p, tr.assess(p, only_t1), only_t1)
+
+
 def test_action_budget_holds_and_says_so_once_per_episode():
     s = up_everywhere(tr.initial_state(params(max_actions_per_hour=1)))
     reported = []

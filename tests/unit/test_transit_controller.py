@@ -455,3 +455,45 @@ def test_budget_exhaustion_is_logged_once_per_episode(tmp_path, capsys):
         c.mono_.now += 0.2
         c.apply(good_window())
     assert c.registry.get_sample_value("netwatch_transit_action_budget_exhausted") == 0
+
+
+def test_an_unprobed_upstream_is_logged_once_and_has_a_metric(tmp_path, monkeypatch, capsys):
+    """t3 has no interface (no probe path), t2's IPv4 prober cannot open its socket: t3 is
+    not probed at all (netwatch_transit_probed 0, logged once), t2 still is through IPv6."""
+    from netwatch import controller as controller_module
+
+    path = site_file(tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    del raw["controller"]["upstreams"][2]["interface"]
+    path.write_text(yaml.safe_dump(raw))
+    registry = CollectorRegistry()
+    c = Controller(load_site(path), registry, ScriptedPipe())
+    t2_ipv4_mark = c.ctl.fwmark_base + 2
+
+    class FakeProber:
+        def __init__(self, family, mark):
+            if mark == t2_ipv4_mark:
+                raise OSError(1, "Operation not permitted")
+
+        async def ping(self, where, timeout):
+            return 0.001
+
+    async def no_paths(paths):
+        pass
+
+    monkeypatch.setattr(controller_module, "IcmpProber", FakeProber)
+    monkeypatch.setattr(c, "install_paths", no_paths)
+
+    async def a_few_rounds():
+        task = asyncio.create_task(c.probe_loop())
+        await asyncio.sleep(0.5)  # at least two rounds of 200 ms
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(a_few_rounds())
+    probed = {n: registry.get_sample_value("netwatch_transit_probed", {"upstream": n})
+              for n in T}
+    assert probed == {"t1": 1, "t2": 1, "t3": 0, "t4": 1}
+    err = capsys.readouterr().err
+    assert err.count("event=unprobed") == 1 and "event=unprobed upstream=t3" in err
