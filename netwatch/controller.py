@@ -17,7 +17,10 @@ Contract:
   controller starts from the site file's defaults;
 * a command ExaBGP rejects (`error`), or does not acknowledge within ACK_TIMEOUT_S of
   reaching the head of the queue, is counted and retried after 1 s, doubling up to 30 s
-  while the rejections go on; a diff that fails is retried the same way. ExaBGP answers
+  while the rejections go on. The backoff is per key (neighbor, prefix) and per rejected
+  value: other keys, and a new decision about the same key, go out at once (one command
+  ExaBGP keeps rejecting must not hold back the announcements the interlock needs). A diff
+  that fails is retried after the same kind of backoff, for the whole diff. ExaBGP answers
   every command once, in order, and its acks carry no command id: the acks of commands that
   timed out are still owed, and the next that many acks are dropped (`orphan_acks`) before
   one is matched to a command again. What a timed-out command did is unknown: its keys
@@ -36,6 +39,7 @@ import contextlib
 import sys
 import time
 from collections import deque
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
@@ -56,6 +60,16 @@ SESSIONS_TIMEOUT_S = 3.0
 # A command at the head of the queue unacknowledged this long counts as rejected. ExaBGP
 # 5.0.15 takes ~0.45 s for a line of 1,000 prefixes (docs/controller.md): 20x that.
 ACK_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """A key whose command was rejected (or timed out): `effect` is not sent again before
+    `retry_at`; if it is rejected again, the next wait is `next_s`."""
+
+    effect: tr.Announcement | None
+    retry_at: float
+    next_s: float
 
 
 def log(event: str, **fields) -> None:
@@ -110,8 +124,10 @@ class Controller:
         # Acks still owed for commands that timed out: they come first (ExaBGP answers in
         # order) and belong to no command in `pending`.
         self.orphan_acks = 0
-        self.retry_at = 0.0
-        self.retry_s = RETRY_MIN_S
+        self.backoff: dict[exabgp.Key, Backoff] = {}
+        self.next_retry: float | None = None  # the first backoff to end, of the keys held back
+        self.sync_retry_at = 0.0  # a diff that raised: the whole diff waits
+        self.sync_retry_s = RETRY_MIN_S
         self.dirty = True  # the plan or ExaBGP's side changed since the last sync
         # None: not asked yet; a number: asked, nothing is sent before the answer or this time
         self.sessions_deadline: float | None = None
@@ -148,29 +164,52 @@ class Controller:
     def sync(self) -> None:
         """Send what the plan wants and ExaBGP has not acknowledged (or been sent) yet.
 
-        Nothing before the sessions' state is known (or SESSIONS_TIMEOUT_S has passed) and
-        nothing while a rejection's backoff runs. A diff that raises is counted, logged and
-        retried after the backoff (the plan is still to be sent).
+        Nothing before the sessions' state is known (or SESSIONS_TIMEOUT_S has passed). A key
+        whose rejected value is still wanted waits for its own backoff; every other key goes
+        out now. A diff that raises is counted, logged and retried after a backoff of its own
+        (the plan is still to be sent).
         """
         self.expire_acks()
-        if not self.dirty or self.retry_at > self.mono() or not self._may_send():
+        now = self.mono()
+        if self.next_retry is not None and now >= self.next_retry:
+            self.dirty = True  # a held-back key may go again
+        if not self.dirty or self.sync_retry_at > now or not self._may_send():
             return
         try:
             desired = exabgp.expand(self.state.plan.desired, self.sessions, self.site.prefixes)
+            waiting = [b.retry_at for k, b in self.backoff.items()
+                       if b.retry_at > now and k in desired and desired[k] == b.effect]
+            if waiting:
+                desired = {k: v for k, v in desired.items() if not self._held_back(k, v, now)}
             commands = exabgp.diff(desired, self.known())
         except Exception as exc:
             self.metrics.errors.labels("sync").inc()
-            log("sync_failed", error=repr(exc), retry_in_s=self.retry_s)
-            self.back_off()
+            log("sync_failed", error=repr(exc), retry_in_s=self.sync_retry_s)
+            self.sync_retry_at = now + self.sync_retry_s
+            self.sync_retry_s = min(RETRY_MAX_S, 2 * self.sync_retry_s)
             return
+        self.sync_retry_s = RETRY_MIN_S
+        self.next_retry = min(waiting) if waiting else None
         self.dirty = False
         for command in commands:
             if not self.send(command):
                 self.dirty = True  # try again at the next sync
 
-    def back_off(self) -> None:
-        self.retry_at = self.mono() + self.retry_s
-        self.retry_s = min(RETRY_MAX_S, 2 * self.retry_s)
+    def _held_back(self, key: exabgp.Key, want: tr.Announcement | None, now: float) -> bool:
+        b = self.backoff.get(key)
+        return b is not None and b.retry_at > now and b.effect == want
+
+    def back_off(self, command: exabgp.Command) -> float:
+        """Hold back each key of a rejected (or timed-out) command: 1 s, doubling up to 30 s
+        while the same value keeps being rejected. Returns the wait."""
+        now = self.mono()
+        wait = RETRY_MIN_S
+        for key, effect in command.effect.items():
+            b = self.backoff.get(key)
+            wait = b.next_s if b is not None and b.effect == effect else RETRY_MIN_S
+            self.backoff[key] = Backoff(effect, now + wait, min(RETRY_MAX_S, 2 * wait))
+        self.dirty = True
+        return wait
 
     def expire_acks(self) -> None:
         """Give up on acknowledgements that have not come: ExaBGP answers in command order, so
@@ -182,13 +221,14 @@ class Controller:
             return
         self.metrics.rejected.inc(len(self.pending))
         self.orphan_acks += len(self.pending)
-        log("ack_timeout", line=self.pending[0].line[:200], commands=len(self.pending),
-            after_s=ACK_TIMEOUT_S, retry_in_s=self.retry_s, owed_acks=self.orphan_acks)
+        waits = []
         for command in self.pending:
             for key in command.effect:
                 self.acked.pop(key, None)
+            waits.append(self.back_off(command))
+        log("ack_timeout", line=self.pending[0].line[:200], commands=len(self.pending),
+            after_s=ACK_TIMEOUT_S, retry_in_s=max(waits), owed_acks=self.orphan_acks)
         self.pending.clear()
-        self.back_off()
         self.dirty = True
 
     def send(self, command: exabgp.Command) -> bool:
@@ -234,13 +274,12 @@ class Controller:
                 return
             if event.kind is exabgp.AckKind.DONE:
                 self.acked.update(command.effect)
-                if command.effect:
-                    self.retry_s = RETRY_MIN_S
+                for key in command.effect:
+                    self.backoff.pop(key, None)
             else:
                 self.metrics.rejected.inc()
-                log("command_rejected", line=command.line[:200], retry_in_s=self.retry_s)
-                self.back_off()
-                self.dirty = True
+                wait = self.back_off(command)
+                log("command_rejected", line=command.line[:200], retry_in_s=wait)
             return
         if isinstance(event, exabgp.NeighborSummary):
             reported = {}

@@ -138,6 +138,7 @@ def test_restart_with_three_failed_keeps_the_persisted_hold(tmp_path):
 def test_rejected_commands_back_off_up_to_the_cap_and_are_counted(controller):
     c, clock = started(controller), controller.mono_
     assert len(c.pipe.lines) == 1 + 8
+    rejected = c.pending[0].line
     gaps = []
     for _ in range(8):
         c.pipe.lines.clear()
@@ -149,12 +150,76 @@ def test_rejected_commands_back_off_up_to_the_cap_and_are_counted(controller):
             clock.now += 0.5
             c.sync()
         gaps.append(clock.now - sent_at)
-        assert len(c.pipe.lines) == 1  # only what was rejected is sent again
-    # 1 s after the first (the 7 others were accepted, which resets the backoff), then doubling
-    assert gaps == [1.0, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+        assert c.pipe.lines == [rejected]  # only what was rejected is sent again
+    # Per key: the 7 others being accepted does not shorten the rejected one's backoff.
+    assert gaps == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
     assert c.registry.get_sample_value("netwatch_exabgp_commands_rejected_total") == 8
-    c.on_event("done")  # accepted at last: the next rejection waits 1 s again
-    assert c.retry_s == 1.0
+    c.on_event("done")  # accepted at last: the next rejection of it waits 1 s again
+    c.on_event(neighbor_up(T["t1"]))  # its full desired state again ...
+    c.pipe.lines.clear()
+    c.on_event("error")  # ... rejected
+    clock.now += 0.5
+    c.sync()
+    assert c.pipe.lines == []
+    clock.now += 0.5
+    c.sync()
+    assert c.pipe.lines == [rejected]
+
+
+def t2_blackholed() -> tr.ProbeStats:
+    bad = dict(good_window().paths)
+    for i in range(1, 11):
+        bad[("t2", f"inet-{i}")] = tr.PathStats(10, 10, None, 5, 5)
+    return tr.ProbeStats(bad)
+
+
+def test_a_persistently_rejected_command_does_not_delay_other_changes(controller):
+    """ExaBGP keeps rejecting t1's IPv4 announcement (its backoff reaches 16 s); then t2 is
+    blackholed: t2's withdrawal goes out at once, t1's announcement only when its own
+    backoff has run."""
+    c, clock = started(controller), controller.mono_
+    for _ in range(5):
+        c.on_event("error")
+        for _ in range(len(c.pending)):
+            c.on_event("done")
+        while not c.pending:
+            clock.now += 0.5
+            c.sync()
+    c.on_event("error")  # the 6th rejection: t1 waits 32 s, capped at 30 s
+    c.pipe.lines.clear()
+    clock.now += 0.2
+    c.apply(t2_blackholed())
+    assert c.state.upstreams["t2"].state is tr.TransitState.FAILED
+    c.sync()
+    assert c.pipe.lines == [
+        f"neighbor {T['t2']} withdraw attributes next-hop self nlri 198.51.100.0/24",
+        f"neighbor {T6['t2']} withdraw attributes next-hop self nlri 2001:db8:100::/48",
+    ]
+    c.on_event("done")
+    c.on_event("done")
+    c.pipe.lines.clear()
+    clock.now += 29.0
+    c.sync()
+    assert c.pipe.lines == []
+    clock.now += 1.0
+    c.sync()
+    assert c.pipe.lines == [
+        f"neighbor {T['t1']} announce attributes next-hop self nlri 198.51.100.0/24"]
+
+
+def test_a_changed_plan_for_a_backed_off_key_goes_out_at_once(controller):
+    """The backoff holds back sending the *same* rejected thing again, not a new decision
+    about that key: t2's announcement is rejected, then t2 fails: withdrawn at once."""
+    c, clock = started(controller), controller.mono_
+    t2 = next(i for i, cmd in enumerate(c.pending) if cmd.line.startswith(f"neighbor {T['t2']}"))
+    for i in range(len(c.pending)):
+        c.on_event("error" if i == t2 else "done")
+    c.pipe.lines.clear()
+    clock.now += 0.2
+    c.apply(t2_blackholed())
+    c.sync()
+    assert f"neighbor {T['t2']} withdraw attributes next-hop self nlri 198.51.100.0/24" in (
+        c.pipe.lines)
 
 
 def test_unacknowledged_commands_time_out_and_are_sent_again(controller):
