@@ -13,6 +13,10 @@ IPv6 default routes. `step(state, observation, now) -> (state, actions)` is the 
   never by itself when it is manual (an operator's `UseUplink` does it).
 - Both uplinks DOWN: keep the current routes (a route that may still work beats no route)
   and report it once, with a `BothDown` action.
+- The active uplink's link is gone (carrier lost, admin down, vanished) while the other's
+  carrier is up: move to the other at once, whatever its probes say. The kernel has deleted
+  (or cannot use) every route through a dead link, so "keeping" it would leave the server
+  with no default route at all; a probe-dead uplink with a link beats that.
 - Route snapshots (the kernel's real default routes, read after every route or link event
   and periodically) are compared with the desired state; any difference, whether an
   operator's manual change or the kernel deleting the routes of a link set admin-down, gives
@@ -419,13 +423,29 @@ def _failing_now(view: UplinkView) -> bool:
     return any(h.score < 0 for _, h in view.probes)
 
 
+def _link_lost(view: UplinkView) -> bool:
+    """True when the uplink's link is known to be unusable (carrier lost, admin down,
+    vanished): no default route through it can carry a packet, and the kernel deletes them
+    on admin down. Unknown (None, before the first link read) is not lost."""
+    return view.carrier is not None and view.carrier is not Carrier.UP
+
+
 def _decide(state: State, now: float, actions: list[Action]) -> State:
     active = state.active
     if active is None:
         return state
     other = active.other
     a, o = state.health(active), state.health(other)
-    if a is Health.DOWN and o is Health.UP and _failing_now(state.uplinks[other]) is False:
+    if _link_lost(state.uplinks[active]) and state.uplinks[other].carrier is Carrier.UP:
+        # Checked before the health rule: an UP other that is failing now, or one DOWN or
+        # still UNKNOWN on its probes, is a worse place than usual but still better than no
+        # route at all (the review's case: secondary's gateway silent, then the primary set
+        # admin-down; the agent kept re-adding a route the kernel refused, for ever). It
+        # cannot flap: the new active's carrier is up, so this rule needs another carrier
+        # event to fire again, and going back through the health rule needs the old active
+        # UP, `rise` good probes after its carrier returned (and failback its hold-down).
+        state = _switch(state, other, "carrier", _link_lost_reason(state, active), actions)
+    elif a is Health.DOWN and o is Health.UP and _failing_now(state.uplinks[other]) is False:
         view = state.uplinks[active]
         state = _switch(state, other, _cause(view), f"{active.value}: {view.reason}", actions)
     elif (
@@ -440,9 +460,23 @@ def _decide(state: State, now: float, actions: list[Action]) -> State:
     both = all(v.health is Health.DOWN for v in state.uplinks.values())
     if both and not state.both_down:
         reasons = "; ".join(f"{r.value}: {v.reason}" for r, v in state.uplinks.items())
-        actions.append(BothDown(f"both uplinks down, keeping the routes via "
-                                f"{state.active.value}: {reasons}"))
+        if state.active is active:
+            where = f"keeping the routes via {active.value}"
+        else:
+            where = f"routes moved to {state.active.value}, whose link is up"
+        actions.append(BothDown(f"both uplinks down, {where}: {reasons}"))
     return replace(state, both_down=both)
+
+
+def _link_lost_reason(state: State, active: UplinkRole) -> str:
+    """`primary: admin down`, and when the other uplink is not UP, why it is used anyway."""
+    lost, other = state.uplinks[active], state.uplinks[active.other]
+    reason = f"{active.value}: {lost.carrier.value}"
+    if other.health is Health.UP:
+        return reason
+    state_of = f"{other.health.value.upper()}" + (f" ({other.reason})" if other.reason else "")
+    return (f"{reason}; {active.other.value} is {state_of} but its link is up: "
+            f"a route that may work beats none")
 
 
 def _switch(

@@ -1,7 +1,8 @@
 """The uplink agent in the lab, IPv4 and IPv6: each fault on the primary moves the default
 routes to the secondary and traffic from srv to inet flows again; heal brings them back after
-the hold-down; both uplinks dead keeps the routes; ICMP gateway probes; manual failback by
-SIGUSR1. The metrics endpoint shows every change.
+the hold-down; both uplinks dead keeps the routes, unless the active one's link is gone and
+the other's is up (then they move to it); ICMP gateway probes; manual failback by SIGUSR1.
+The metrics endpoint shows every change.
 
 One agent process (`netwatch agent --netns <srv>`) serves the module; a test that needs
 another site file (`method: icmp`, `failback.mode: manual`) stops it, runs its own, and starts
@@ -223,6 +224,49 @@ def test_both_uplinks_dead_keeps_the_routes_and_heal_restores_service(agent, lab
         lab.heal("gwb")
     assert wait_for(lambda: metrics(lab).get(both) == 0.0 and routes_on(lab, "eth0"), 15), \
         agent.tail()
+    assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
+
+
+def test_primary_link_lost_while_secondary_silent_moves_to_the_live_link(agent, lab):
+    """The secondary's gateway silent (eth1's carrier up), then eth0 loses its carrier: both
+    uplinks are DOWN, but a route through a dead link carries nothing, so the default routes
+    (v4 and v6) go to eth1 and stay there; they work as soon as gwb answers again. Once eth0
+    is back, the primary returns by failback, after its hold-down."""
+    up = 'netwatch_agent_uplink_up{{uplink="{}"}}'
+    # Both UP first: a secondary still rising from an earlier test could turn UP between the
+    # check below and the fault, and the routes would then move to an UP uplink.
+    assert wait_for(lambda: routes_on(lab, "eth0") and all(
+        metrics(lab).get(up.format(role)) == 1.0 for role in ("primary", "secondary")), 10), \
+        agent.tail()
+    carrier_before, failback_before = failovers(lab, "carrier"), failovers(lab, "failback")
+    lab.fault("gateway-silent", "gwb")
+    back = None
+    try:
+        assert wait_for(lambda: metrics(lab).get(up.format("secondary")) == 0.0, 5), agent.tail()
+        assert routes_on(lab, "eth0")  # the secondary is no place to go while eth0 works
+        lab.fault("link-down", "gwa")
+        assert wait_for(lambda: routes_on(lab, "eth1"), 3), agent.tail()
+        assert wait_for(lambda: metrics(lab).get("netwatch_agent_both_uplinks_down") == 1.0,
+                        3), agent.tail()
+        after = metrics(lab)
+        assert after['netwatch_agent_active_uplink{uplink="secondary"}'] == 1.0
+        assert after['netwatch_agent_uplink_carrier{uplink="primary"}'] == 0.0
+        assert failovers(lab, "carrier") == carrier_before + 1
+        time.sleep(1.0)  # twenty more probe rounds, all lost: still on eth1
+        assert routes_on(lab, "eth1"), agent.tail()
+        lab.heal("gwb")
+        assert wait_for(lambda: metrics(lab).get(up.format("secondary")) == 1.0, 5), agent.tail()
+        assert routes_on(lab, "eth1")
+        assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
+    finally:
+        lab.heal("gwb")
+        lab.heal("gwa")
+        # Waited for here too, so that a failure above leaves the next test on the primary.
+        back = wait_for(lambda: routes_on(lab, "eth0"), 15)
+    assert back is not None, agent.tail()
+    # The secondary was UP by then: the way back is a failback, held down like any other.
+    assert failovers(lab, "failback") == failback_before + 1
+    assert failovers(lab, "carrier") == carrier_before + 1
     assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
 
 
