@@ -25,6 +25,12 @@ Contract:
   timed out are still owed, and the next that many acks are dropped (`orphan_acks`) before
   one is matched to a command again. What a timed-out command did is unknown: its keys
   leave `acked`, so the next diff sends their desired state again;
+* make-before-break is a wait: a sync sends its announcements, then only the withdrawals
+  that leave every prefix announced through `min_announcing_upstreams` sessions that are up,
+  counting only acknowledged announcements (`exabgp.safe_withdrawals`). The others are held
+  and looked at again when the last announcement in flight is acknowledged; a rejected or
+  timed-out announcement keeps holding the withdrawals that need it until a retry of it is
+  acknowledged;
 * verdicts wait for one full probe window after start;
 * a failing probe, a bad line from ExaBGP or a failed write is logged and survived;
 * it returns 0 when ExaBGP closes our stdin (ExaBGP exited: the supervisor restarts both),
@@ -129,6 +135,9 @@ class Controller:
         self.sync_retry_at = 0.0  # a diff that raised: the whole diff waits
         self.sync_retry_s = RETRY_MIN_S
         self.dirty = True  # the plan or ExaBGP's side changed since the last sync
+        # Withdrawals the last sync held back until more announcements are acknowledged:
+        # looked at again when the last announcement in flight is answered.
+        self.withdrawals_held = 0
         # None: not asked yet; a number: asked, nothing is sent before the answer or this time
         self.sessions_deadline: float | None = None
         self.sessions_known = False
@@ -191,9 +200,31 @@ class Controller:
         self.sync_retry_s = RETRY_MIN_S
         self.next_retry = min(waiting) if waiting else None
         self.dirty = False
-        for command in commands:
+        announcements = [c for c in commands if not c.withdraws]
+        withdrawals = [c for c in commands if c.withdraws]
+        for command in announcements:
             if not self.send(command):
                 self.dirty = True  # try again at the next sync
+        if withdrawals:
+            # Make-before-break as a wait, not only an order: see exabgp.safe_withdrawals.
+            ready = exabgp.safe_withdrawals(withdrawals, self.acked, self.pending,
+                                            self.neighbors_up(),
+                                            self.params.min_announcing_upstreams)
+            self.withdrawals_held = len(withdrawals) - len(ready)
+            if self.withdrawals_held:
+                log("withdrawals_held", commands=self.withdrawals_held,
+                    in_flight=len(self.pending),
+                    note="until enough announcements are acknowledged")
+            for command in ready:
+                if not self.send(command):
+                    self.dirty = True
+        else:
+            self.withdrawals_held = 0
+
+    def neighbors_up(self) -> set[str]:
+        """The neighbor addresses whose session is known to be up."""
+        return {address for (name, fam), address in self.sessions.items()
+                if self.state.sessions.get((name, tr.Family(fam))) is tr.SessionState.UP}
 
     def _held_back(self, key: exabgp.Key, want: tr.Announcement | None, now: float) -> bool:
         b = self.backoff.get(key)
@@ -276,6 +307,12 @@ class Controller:
                 self.acked.update(command.effect)
                 for key in command.effect:
                     self.backoff.pop(key, None)
+                if (self.withdrawals_held and not command.withdraws
+                        and all(c.withdraws for c in self.pending)):
+                    # The last announcement in flight is in: the held withdrawals may be safe
+                    # now (one ack round trip after the announcements, not a probe interval).
+                    self.dirty = True
+                    self.sync()
             else:
                 self.metrics.rejected.inc()
                 wait = self.back_off(command)

@@ -29,7 +29,7 @@ import enum
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from netwatch.transit import Announcement
@@ -133,6 +133,11 @@ class Command:
     line: str
     effect: Mapping[Key, Announcement | None]
 
+    @property
+    def withdraws(self) -> bool:
+        """A withdrawal (diff never mixes announcements and withdrawals in one command)."""
+        return bool(self.effect) and next(iter(self.effect.values())) is None
+
 
 def diff(desired: Desired, known: Mapping[Key, Announcement | None]) -> list[Command]:
     """Commands that take ExaBGP from `known` (acknowledged, plus in flight) to `desired`.
@@ -143,7 +148,9 @@ def diff(desired: Desired, known: Mapping[Key, Announcement | None]) -> list[Com
     any neighbor, comes before every withdrawal (make-before-break): ExaBGP runs the commands
     in order, and a withdrawal first would leave fewer upstreams announcing for as long as
     ExaBGP takes over it (seconds at 10,000 prefixes), below `min_announcing_upstreams` when
-    the interlock releases a hold because another upstream recovered. Output order is
+    the interlock releases a hold because another upstream recovered. The order is not
+    enough (a rejected announcement would leave its withdrawal unbacked): the controller
+    sends a withdrawal only when `safe_withdrawals` lets it through. Output order is
     deterministic.
     """
     groups: dict[tuple[str, bool, Announcement | None], list[str]] = {}
@@ -164,6 +171,46 @@ def diff(desired: Desired, known: Mapping[Key, Announcement | None]) -> list[Com
                 line = withdraw_line(neighbor, chunk)
             commands.append(Command(line, {(neighbor, p): ann for p in chunk}))
     return commands
+
+
+def safe_withdrawals(
+    withdrawals: Iterable[Command],
+    acked: Mapping[Key, Announcement | None],
+    in_flight: Iterable[Command],
+    up: Collection[str],
+    minimum: int,
+) -> list[Command]:
+    """The withdrawals that may be sent now, in their order: make-before-break as a wait.
+
+    A withdrawal to a neighbor in `up` (session up) goes only if every prefix it withdraws
+    stays announced through at least `minimum` other neighbors in `up`, counting only the
+    announcements ExaBGP acknowledged (`acked`), minus the withdrawals `in_flight` and those
+    let through before it. A prefix the neighbor may announce counts as taken away whether
+    it was acknowledged or is unknown (after a restart). A withdrawal to a neighbor whose
+    session is not up takes nothing away and always goes. The others wait: the plan's own
+    announcements, once acknowledged, make them safe (the interlock counts the same
+    sessions); an announcement ExaBGP keeps rejecting holds back only the withdrawals that
+    needed it.
+    """
+    up = set(up)
+    withdrawing = {key for c in in_flight if c.withdraws for key in c.effect}
+    carriers: dict[str, set[str]] = {}  # prefix -> neighbors up that announce it, acknowledged
+    for key, ann in acked.items():
+        if ann is not None and key[0] in up and key not in withdrawing:
+            carriers.setdefault(key[1], set()).add(key[0])
+
+    def others(neighbor: str, prefix: str) -> int:
+        have = carriers.get(prefix, set())
+        return len(have) - (neighbor in have)
+
+    ready = []
+    for command in withdrawals:
+        taken = [(n, p) for n, p in command.effect if n in up]
+        if all(others(n, p) >= minimum for n, p in taken):
+            for n, p in taken:
+                carriers.get(p, set()).discard(n)
+            ready.append(command)
+    return ready
 
 
 def _key_order(key: Key):

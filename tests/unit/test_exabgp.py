@@ -159,3 +159,30 @@ def test_parse_events():
     for bad in ("garbage", "{not json", '{"type": "state", "neighbor": {}}'):
         with pytest.raises(ValueError):
             exabgp.parse_event(bad)
+
+
+def test_safe_withdrawals_count_only_acknowledged_announcements_through_sessions_up():
+    """min 2, t1-t4 up but t4 (192.0.2.13) is down: a withdrawal goes only if the prefix keeps
+    two acknowledged announcements through sessions up besides it, counting the withdrawals
+    in flight and those let through before it."""
+    t1, t2, t3, t4 = "192.0.2.1", "192.0.2.5", "192.0.2.9", "192.0.2.13"
+    p, q = "198.51.100.0/25", "198.51.100.128/25"
+    acked = {(t1, p): GOOD, (t2, p): GOOD, (t3, p): GOOD, (t4, p): GOOD,
+             (t1, q): GOOD, (t2, q): GOOD, (t3, q): None}  # (t4, q): unknown
+
+    def withdraw(neighbor, *prefixes):
+        return exabgp.Command(exabgp.withdraw_line(neighbor, prefixes),
+                              {(neighbor, x): None for x in prefixes})
+
+    def safe(withdrawals, in_flight=()):
+        return exabgp.safe_withdrawals(withdrawals, acked, in_flight, {t1, t2, t3}, 2)
+
+    assert safe([withdraw(t1, p), withdraw(t2, p)]) == [withdraw(t1, p)]  # t2 would leave t3
+    assert safe([withdraw(t2, p)], in_flight=[withdraw(t1, p)]) == []
+    assert safe([withdraw(t1, q)]) == []  # t2 alone: t3 withdrawn, t4's session is down
+    assert safe([withdraw(t4, p, q)]) == [withdraw(t4, p, q)]  # takes nothing from sessions up
+    assert safe([withdraw(t3, q)]) == [withdraw(t3, q)]  # already withdrawn: keeps t1, t2
+    acked.pop((t3, q))  # unknown (a restart): t3 may announce q, but t1 and t2 do for sure
+    assert safe([withdraw(t3, q)]) == [withdraw(t3, q)]
+    acked[(t2, q)] = None
+    assert safe([withdraw(t3, q)]) == []  # t1 alone, if t3 was announcing q

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from netwatch import exabgp, exitcodes
@@ -112,7 +114,9 @@ def test_an_ack_without_an_answer_sends_at_once(controller):
 def test_restart_with_three_failed_keeps_the_persisted_hold(tmp_path):
     """The incident: t1-t3 FAILED, the hold kept t2 (with t4). A restarted controller sent its
     first diff before it knew a session: everything UNKNOWN, nothing kept, t2 withdrawn, t1
-    re-announced later. Now: t2 and t4 stay announced, t1 and t3 withdrawn, from the start."""
+    re-announced later. Now: t2 and t4 stay announced, t1 and t3 withdrawn, from the start,
+    the withdrawals once t2's and t4's announcements are acknowledged (what ExaBGP still
+    holds from before the restart is unknown)."""
     c = make(tmp_path)
     c.state = tr.initial_state(c.params, {
         "upstreams": {n: {"state": "failed"} for n in ("t1", "t2", "t3")},
@@ -120,18 +124,21 @@ def test_restart_with_three_failed_keeps_the_persisted_hold(tmp_path):
     })
     c.persist()
     again = started(make(tmp_path))
-    sent = again.pipe.lines[1:]
-    assert sorted(sent) == sorted([
-        f"neighbor {T['t1']} withdraw attributes next-hop self nlri 198.51.100.0/24",
-        f"neighbor {T['t2']} announce attributes next-hop self as-path [ 64500 64500 64500 64500 ]"
-        " nlri 198.51.100.0/24",
-        f"neighbor {T['t3']} withdraw attributes next-hop self nlri 198.51.100.0/24",
+    prepend = "as-path [ 64500 64500 64500 64500 ] "
+    assert sorted(again.pipe.lines[1:]) == sorted([
+        f"neighbor {T['t2']} announce attributes next-hop self {prepend}nlri 198.51.100.0/24",
         f"neighbor {T['t4']} announce attributes next-hop self nlri 198.51.100.0/24",
-        f"neighbor {T6['t1']} withdraw attributes next-hop self nlri 2001:db8:100::/48",
-        f"neighbor {T6['t2']} announce attributes next-hop self as-path [ 64500 64500 64500 64500 ]"
-        " nlri 2001:db8:100::/48",
-        f"neighbor {T6['t3']} withdraw attributes next-hop self nlri 2001:db8:100::/48",
+        f"neighbor {T6['t2']} announce attributes next-hop self {prepend}nlri 2001:db8:100::/48",
         f"neighbor {T6['t4']} announce attributes next-hop self nlri 2001:db8:100::/48",
+    ])
+    again.pipe.lines.clear()
+    for _ in range(4):
+        again.on_event("done")
+    assert sorted(again.pipe.lines) == sorted([
+        f"neighbor {T['t1']} withdraw attributes next-hop self nlri 198.51.100.0/24",
+        f"neighbor {T['t3']} withdraw attributes next-hop self nlri 198.51.100.0/24",
+        f"neighbor {T6['t1']} withdraw attributes next-hop self nlri 2001:db8:100::/48",
+        f"neighbor {T6['t3']} withdraw attributes next-hop self nlri 2001:db8:100::/48",
     ])
 
 
@@ -220,6 +227,194 @@ def test_a_changed_plan_for_a_backed_off_key_goes_out_at_once(controller):
     c.sync()
     assert f"neighbor {T['t2']} withdraw attributes next-hop self nlri 198.51.100.0/24" in (
         c.pipe.lines)
+
+
+def with_states(c: Controller, **states: str) -> Controller:
+    """Put the upstreams in `states` (the others HEALTHY), every session up: a new plan."""
+    c.state = tr.initial_state(c.params, {"upstreams": {n: {"state": v}
+                                                        for n, v in states.items()}})
+    c.state, _ = tr.step(c.state, tr.SessionSummary(
+        {k: True for k in c.state.sessions}), c.mono_.now)
+    c.dirty = True
+    return c
+
+
+def t3_replaces_t2(controller) -> Controller:
+    """t1 and t2 announce (t3, t4 FAILED, all acknowledged), then t3 recovers and t2 fails:
+    the diff announces t3 and withdraws t2; only the announcements go out."""
+    c = started(controller)
+    for _ in range(len(c.pending)):
+        c.on_event("done")
+    with_states(c, t3="failed", t4="failed").sync()
+    for _ in range(len(c.pending)):
+        c.on_event("done")
+    assert c.state.plan.announcing(4) == ["t1", "t2"]
+    c.pipe.lines.clear()
+    with_states(c, t2="failed", t4="failed").sync()
+    assert c.pipe.lines == [
+        f"neighbor {T['t3']} announce attributes next-hop self nlri 198.51.100.0/24",
+        f"neighbor {T6['t3']} announce attributes next-hop self nlri 2001:db8:100::/48",
+    ]  # t2's withdrawals would leave t1 alone until t3's announcements are acknowledged
+    c.pipe.lines.clear()
+    return c
+
+
+WITHDRAW_T2 = [f"neighbor {T['t2']} withdraw attributes next-hop self nlri 198.51.100.0/24",
+               f"neighbor {T6['t2']} withdraw attributes next-hop self nlri 2001:db8:100::/48"]
+
+
+def test_withdrawals_follow_the_announcements_once_acknowledged(controller):
+    c = t3_replaces_t2(controller)
+    c.on_event("done")
+    assert c.pipe.lines == []  # one announcement still in flight
+    c.on_event("done")
+    assert c.pipe.lines == WITHDRAW_T2  # at once, with the last ack: no probe interval lost
+
+
+def test_a_rejected_announcement_holds_the_withdrawal_that_needed_it(controller):
+    """t3's IPv4 announcement is rejected: t2's IPv4 withdrawal waits (t1 would announce
+    alone), t2's IPv6 one goes (t3's IPv6 announcement was acknowledged). After its backoff
+    t3's announcement is sent again; once acknowledged, t2 is withdrawn."""
+    c, clock = t3_replaces_t2(controller), controller.mono_
+    c.on_event("error")
+    c.on_event("done")
+    assert c.pipe.lines == [WITHDRAW_T2[1]]
+    c.on_event("done")
+    c.pipe.lines.clear()
+    for _ in range(4):  # probe rounds during the backoff: nothing, above all no withdrawal
+        clock.now += 0.2
+        c.sync()
+    assert c.pipe.lines == []
+    clock.now += 0.2
+    c.sync()
+    assert c.pipe.lines == [
+        f"neighbor {T['t3']} announce attributes next-hop self nlri 198.51.100.0/24"]
+    c.on_event("error")  # rejected again: still held, now for 2 s
+    clock.now += 1.5
+    c.sync()
+    assert c.pipe.lines == [
+        f"neighbor {T['t3']} announce attributes next-hop self nlri 198.51.100.0/24"]
+    clock.now += 0.5
+    c.sync()
+    c.on_event("done")
+    assert c.pipe.lines == [
+        f"neighbor {T['t3']} announce attributes next-hop self nlri 198.51.100.0/24"] * 2 + [
+        WITHDRAW_T2[0]]
+
+
+def test_an_unanswered_announcement_holds_the_withdrawals(controller):
+    """ExaBGP answers neither of t3's announcements within ACK_TIMEOUT_S: t2 stays announced.
+    They are sent again after the backoff; the late acks of the first ones are not taken for
+    theirs; the withdrawals go once the second ones are acknowledged."""
+    c, clock = t3_replaces_t2(controller), controller.mono_
+    clock.now += ACK_TIMEOUT_S + 0.1
+    c.sync()
+    assert c.pipe.lines == [] and not c.pending
+    clock.now += 1.0
+    c.sync()
+    assert [line.split()[2] for line in c.pipe.lines] == ["announce", "announce"]
+    c.pipe.lines.clear()
+    c.on_event("done")
+    c.on_event("done")  # the late answers to the first two
+    assert c.pipe.lines == []
+    c.on_event("done")
+    c.on_event("done")
+    assert c.pipe.lines == WITHDRAW_T2
+
+
+def test_a_withdrawal_that_needs_no_announcement_goes_out_at_once(controller):
+    c = started(controller)
+    for _ in range(len(c.pending)):
+        c.on_event("done")
+    c.pipe.lines.clear()
+    with_states(c, t2="failed").sync()
+    assert c.pipe.lines == WITHDRAW_T2
+
+
+class FakeExabgp:
+    """ExaBGP's side of the pipe, for the property test: a FIFO of commands, each applied to
+    its RIB only when answered `done`. At every write it checks make-before-break: counting
+    only announcements ExaBGP acknowledged, minus the withdrawals written and not yet
+    rejected, no prefix goes below `minimum` neighbors (every session is up)."""
+
+    def __init__(self, minimum: int):
+        self.minimum = minimum
+        self.queue: list[tuple[str, str, list[str]]] = []  # (neighbor, verb, prefixes)
+        self.announced: set[tuple[str, str]] = set()  # acknowledged
+        self.violations: list[str] = []
+
+    def counted(self) -> set[tuple[str, str]]:
+        withdrawing = {(n, p) for n, verb, ps in self.queue if verb == "withdraw" for p in ps}
+        return self.announced - withdrawing
+
+    def send(self, line: str) -> None:
+        words = line.split()
+        if words[0] != "neighbor":
+            self.queue.append(("", "show", []))
+            return
+        neighbor, verb = words[1], words[2]
+        prefixes = words[words.index("nlri") + 1:]
+        before = self.counted()
+        self.queue.append((neighbor, verb, prefixes))
+        after = self.counted()
+        for prefix in prefixes:
+            if (neighbor, prefix) in before - after:
+                left = sum(1 for _, p in after if p == prefix)
+                if left < self.minimum:
+                    self.violations.append(f"{line}: {prefix} left with {left}")
+
+    def answer(self, c: Controller, ack: str) -> None:
+        if not self.queue:
+            return
+        neighbor, verb, prefixes = self.queue.pop(0)
+        if ack == "done":
+            for prefix in prefixes:
+                if verb == "announce":
+                    self.announced.add((neighbor, prefix))
+                else:
+                    self.announced.discard((neighbor, prefix))
+        c.on_event(ack)
+
+
+STATES = st.sampled_from(["healthy", "degraded", "failed"])
+STEPS = st.one_of(
+    st.tuples(st.just("plan"), st.tuples(STATES, STATES, STATES, STATES)),
+    st.tuples(st.just("ack"), st.sampled_from(["done", "done", "done", "error"])),
+    st.tuples(st.just("wait"), st.sampled_from([0.2, 1.0, 5.0, ACK_TIMEOUT_S + 0.1])),
+)
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(STEPS, max_size=40))
+def test_make_before_break_holds_at_every_point_of_the_command_stream(tmp_path, steps):
+    """Random plans, rejections and timeouts: at every command written, counting only the
+    announcements ExaBGP acknowledged minus the withdrawals written, each prefix keeps
+    min_announcing_upstreams neighbors. Once ExaBGP accepts everything, it holds the plan."""
+    c = make(tmp_path)
+    exa = FakeExabgp(c.params.min_announcing_upstreams)
+    c.pipe = exa
+    c.ask_sessions()
+    c.on_event(answer(dict.fromkeys([*T.values(), *T6.values()], True)))
+    for kind, value in steps:
+        if kind == "plan":
+            with_states(c, **dict(zip(T, value, strict=True))).sync()
+        elif kind == "ack":
+            exa.answer(c, value)
+        else:
+            c.mono_.now += value
+            c.sync()
+        assert exa.violations == []
+    for _ in range(20):  # ExaBGP accepts everything from now on
+        while exa.queue:
+            exa.answer(c, "done")
+        c.mono_.now += 31.0
+        c.sync()
+        if not exa.queue:
+            break
+    assert exa.violations == []
+    desired = exabgp.expand(c.state.plan.desired, c.sessions, c.site.prefixes)
+    assert {k for k, ann in desired.items() if ann is not None} == exa.announced
 
 
 def test_unacknowledged_commands_time_out_and_are_sent_again(controller):
