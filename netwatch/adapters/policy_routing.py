@@ -8,7 +8,6 @@ the default via that path's next hop.
 
 from __future__ import annotations
 
-import contextlib
 import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
@@ -61,31 +60,18 @@ async def install_probe_path(ipr: AsyncIPRoute, path: ProbePath) -> None:
     for rule in rules:
         if rule.get("fwmark") == path.mark and rule.get("table") == path.table:
             return
-    await ipr.rule(
-        "add",
-        family=path.family,
-        fwmark=path.mark,
-        fwmask=0xFFFFFFFF,
-        table=path.table,
-        priority=RULE_PRIORITY,
-    )
+    await ipr.rule("add", **_rule(path))
 
 
-async def remove_probe_path(ipr: AsyncIPRoute, path: ProbePath) -> None:
-    """Remove the rule and the table route of `path`; missing pieces are not an error."""
-    for action in (
-        lambda: ipr.rule(
-            "del",
-            family=path.family,
-            fwmark=path.mark,
-            fwmask=0xFFFFFFFF,
-            table=path.table,
-            priority=RULE_PRIORITY,
-        ),
-        lambda: ipr.route("del", dst="default", table=path.table, family=path.family),
-    ):
-        with contextlib.suppress(NetlinkError):
-            await action()
+def _rule(path: ProbePath) -> dict:
+    """The fwmark rule of `path`, as pyroute2 takes it for both add and del."""
+    return {
+        "family": path.family,
+        "fwmark": path.mark,
+        "fwmask": 0xFFFFFFFF,
+        "table": path.table,
+        "priority": RULE_PRIORITY,
+    }
 
 
 async def _ifindex(ipr: AsyncIPRoute, ifname: str) -> int:
