@@ -66,12 +66,6 @@ class HoldDown:
     def ready(self, now: float) -> bool:
         return self.since is not None and now - self.since >= self.hold_s
 
-    def remaining_s(self, now: float) -> float | None:
-        """Seconds until ready, 0 when ready, None while the thing is bad."""
-        if self.since is None:
-            return None
-        return max(0.0, self.hold_s - (now - self.since))
-
 
 @dataclass(frozen=True)
 class ActionBudget:

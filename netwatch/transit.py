@@ -50,7 +50,7 @@ import enum
 import math
 import statistics
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from netwatch.health import ActionBudget, HoldDown, Hysteresis
@@ -745,11 +745,3 @@ def _judge(state: State, stats: ProbeStats, now: float) -> tuple[State, list[Act
     return replace(
         state, upstreams=ups, budget=budget, local_fault=False, held_back=frozenset(held_back)
     ), actions
-
-
-def families_of(prefixes: Iterable) -> dict[Family, list]:
-    """Group prefixes (ipaddress networks) by family, order kept."""
-    out: dict[Family, list] = {}
-    for p in prefixes:
-        out.setdefault(Family(p.version), []).append(p)
-    return out

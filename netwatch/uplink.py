@@ -68,10 +68,6 @@ class ProbeKind(enum.Enum):
         return self._beyond
 
     @staticmethod
-    def gateway_of(family: Family) -> ProbeKind:
-        return ProbeKind.GATEWAY if family is Family.V4 else ProbeKind.GATEWAY6
-
-    @staticmethod
     def beyond_of(family: Family) -> ProbeKind:
         return ProbeKind.BEYOND4 if family is Family.V4 else ProbeKind.BEYOND6
 

@@ -17,11 +17,10 @@ Kinds and targets:
 
 from __future__ import annotations
 
-import subprocess
 import time
 
 from netwatch import exitcodes
-from netwatch.lab import bird, netns
+from netwatch.lab import netns
 from netwatch.lab.lab import Lab, LabError, stop_pidfile
 from netwatch.lab.topology import GATEWAYS
 
@@ -267,20 +266,3 @@ def heal(lab: Lab, target: str | None = None) -> list[str]:
         state.get("faults", {}).pop(fault_id, None)
         lab.write_state(state)
     return healed
-
-
-def wait_session(lab: Lab, node: str, established: bool, timeout_s: float = 30.0) -> bool:
-    """Wait until every BGP session of `node` is (or is not) Established."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            protocols = bird.parse_protocols(lab.birdc(node, "show protocols"))
-            bgp = [p for p in protocols.values() if p["proto"] == "BGP"]
-            up = bool(bgp) and all("Established" in p["info"] for p in bgp)
-            if up == established:
-                return True
-        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
-            if not established:
-                return True
-        time.sleep(0.2)
-    return False

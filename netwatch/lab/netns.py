@@ -57,12 +57,6 @@ def exec_argv(namespace: str, argv: Sequence[str]) -> list[str]:
     return ["ip", "netns", "exec", namespace, *argv]
 
 
-def write_sysctls(namespace: str, values: dict[str, str]) -> None:
-    """Set /proc/sys values inside `namespace` in one process."""
-    script = "; ".join(f"echo {v} > /proc/sys/{k.replace('.', '/')}" for k, v in values.items())
-    run(exec_argv(namespace, ["sh", "-c", script]))
-
-
 def link_state(namespace: str) -> list[dict]:
     """`ip -j link` of `namespace` (empty when the namespace is gone)."""
     import json
