@@ -53,20 +53,32 @@ def test_exabgp_restart_keeps_the_withdrawal_from_persisted_state(clean):  # noq
 
 def test_killed_controller_is_respawned_without_a_flap(clean):  # noqa: F811
     lab = clean
-    (old,) = controller_pids(lab)
-    os.kill(old, signal.SIGKILL)
-    start = time.monotonic()
-    respawned = None
-    while time.monotonic() - start < 8:  # every transit keeps every route all along
+
+    def nothing_lost() -> None:  # every transit keeps every route all along
         for t in TRANSITS:
             assert held(lab, t) == dict.fromkeys(PREFIXES, NORMAL), f"{t} lost our routes"
             assert established(lab, t), f"{t}: BGP session not Established"
+
+    respawned, _ = kill_controller_and_watch(lab, nothing_lost)
+    print(f"controller respawned after {respawned:.2f} s, no route lost")
+
+
+def kill_controller_and_watch(lab, check, watch_s: float = 8.0) -> tuple[float, int]:
+    """SIGKILL the controller, then run `check()` every 0.1 s for `watch_s` seconds while
+    ExaBGP respawns it. Returns (seconds until a new controller PID appeared, polls).
+    Fails when ExaBGP did not respawn it."""
+    (old,) = controller_pids(lab)
+    os.kill(old, signal.SIGKILL)
+    start, respawned, polls = time.monotonic(), None, 0
+    while time.monotonic() - start < watch_s:
+        check()
+        polls += 1
         pids = controller_pids(lab)
         if respawned is None and pids and old not in pids:
             respawned = time.monotonic() - start
         time.sleep(0.1)
     assert respawned is not None, "ExaBGP did not respawn the controller"
-    print(f"controller respawned after {respawned:.2f} s, no route lost")
+    return respawned, polls
 
 
 def holders(lab) -> dict[str, frozenset[str]]:
@@ -86,18 +98,12 @@ def test_killed_controller_keeps_the_safety_hold_where_it_was(clean):  # noqa: F
     time.sleep(1)  # settled: the hold and its state file are written
     before = holders(lab)
     assert all(len(h) == 2 and "t4" in h for h in before.values()), before
-    (old,) = controller_pids(lab)
-    os.kill(old, signal.SIGKILL)
-    start, respawned, polls = time.monotonic(), None, 0
-    while time.monotonic() - start < 8:
+
+    def hold_unchanged() -> None:
         now = holders(lab)
-        polls += 1
         for prefix, h in now.items():
             assert len(h) >= 2, f"{prefix} held by {sorted(h)} only after the kill"
         assert now == before, f"the hold moved: {before} -> {now}"
-        pids = controller_pids(lab)
-        if respawned is None and pids and old not in pids:
-            respawned = time.monotonic() - start
-        time.sleep(0.1)
-    assert respawned is not None, "ExaBGP did not respawn the controller"
+
+    respawned, polls = kill_controller_and_watch(lab, hold_unchanged)
     print(f"controller respawned after {respawned:.2f} s; {polls} polls, hold unchanged")

@@ -176,13 +176,16 @@ def test_missing_key_points_at_the_parent(tmp_path: Path) -> None:
     ]
 
 
+# A negative ASN, a neighbor that is not an address, a misspelt key: lines 2, 8 and 10.
+THREE_MISTAKES = (
+    MINIMAL.replace("asn: 64500", "asn: -1")
+    .replace("neighbor: 192.0.2.5,", "neighbor: nowhere,")
+    .replace("  probe:\n", "  prob:\n")
+)
+
+
 def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
-    text = (
-        MINIMAL.replace("asn: 64500", "asn: -1")
-        .replace("neighbor: 192.0.2.5,", "neighbor: nowhere,")
-        .replace("  probe:\n", "  prob:\n")
-    )
-    path = write(tmp_path, text)
+    path = write(tmp_path, THREE_MISTAKES)
     errors = errors_of(path)
     assert len(errors) == 3
     assert [e.split(": ")[0] for e in errors] == [f"{path}:2", f"{path}:8", f"{path}:10"]
@@ -312,12 +315,7 @@ def test_validate_accepts_every_shipped_file() -> None:
 
 
 def test_validate_prints_three_mistakes_and_exits_65(tmp_path: Path) -> None:
-    text = (
-        MINIMAL.replace("asn: 64500", "asn: -1")
-        .replace("neighbor: 192.0.2.5,", "neighbor: nowhere,")
-        .replace("  probe:\n", "  prob:\n")
-    )
-    path = write(tmp_path, text)
+    path = write(tmp_path, THREE_MISTAKES)
     good = PROBES / "lab-site.yaml"
     result = netwatch("config", "validate", str(good), str(path))
     assert result.returncode == 65
