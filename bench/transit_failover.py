@@ -28,7 +28,8 @@ import time
 from pathlib import Path
 
 from netwatch.config import load_site
-from netwatch.lab import lab as lab_module
+from netwatch.lab import faults
+from netwatch.lab import lifecycle as lab_module
 
 PREFIX4 = "198.51.100.0/24"
 
@@ -106,14 +107,14 @@ def scale(lab, counts: list[int]) -> dict:
         time.sleep(3)  # the respawned controller's first window
         mark = logfile.stat().st_size
         fault = time.time()
-        lab.fault("transit-blackhole", "t2")
+        faults.apply(lab, "transit-blackhole", "t2")
         until(lambda: edge_routes(lab, "t2") == 0, 120, hz=10)
         gone = time.time()
         decided = log_ts(lab, "transition", mark, "upstream=t2", "new=failed") or fault
         r["withdraw_from_fault_s"] = gone - fault
         r["withdraw_from_decision_s"] = gone - decided
         mark = logfile.stat().st_size
-        lab.heal()
+        faults.heal(lab)
         until(lambda w=want: edge_routes(lab, "t2") >= w, 120, hz=5)
         back = time.time()
         healed = log_ts(lab, "transition", mark, "upstream=t2", "new=healthy") or back
@@ -157,9 +158,9 @@ def main() -> int:
                 break
             times = []
             for _ in range(args.runs):
-                lab.fault(kind, "t2", *opts)
+                faults.apply(lab, kind, "t2", *opts)
                 times.append(until(done, 30))
-                lab.heal()
+                faults.heal(lab)
                 until(lambda: as_path(lab, "t2") == normal, 60)
             results[f"{kind}_to_action_s"] = {"median": statistics.median(times), "runs": times}
             print(f"{kind}: median {statistics.median(times):.2f} s over {len(times)} runs "
@@ -168,9 +169,9 @@ def main() -> int:
             log = Path(lab.run_dir) / "exabgp.out"
             before = log.read_text().count("event=transition")
             for t in ("t1", "t2", "t3", "t4"):
-                lab.fault("loss", t, "2")
+                faults.apply(lab, "loss", t, "2")
             time.sleep(300)
-            lab.heal()
+            faults.heal(lab)
             results["soak_false_actions"] = log.read_text().count("event=transition") - before
             print(f"soak: {results['soak_false_actions']} false actions in 5 minutes")
         if pid:

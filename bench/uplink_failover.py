@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+LAB_SITE = ROOT / "netwatch" / "lab" / "site" / "lab-site.yaml"
 RESULTS = ROOT / "bench" / "results" / "uplink_failover.json"
 FAULTS = [("link-down",), ("gateway-silent",), ("gateway-blackhole",), ("loss", "100")]
 TARGET, PORT, RATE_HZ = "203.0.113.1", 9999, 1000
@@ -182,10 +183,10 @@ def main() -> int:
     lab = "bench" + secrets.token_hex(2)
     work = Path(tempfile.mkdtemp(prefix="nwbench-"))
     site = work / "site.yaml"
-    text = (ROOT / "probes" / "lab-site.yaml").read_text()
+    text = LAB_SITE.read_text()
     site.write_text(re.sub(r"hold_down_s: \d+", f"hold_down_s: {HOLD_DOWN_S}", text))
     # The targets file is relative to the site file.
-    (work / "targets").symlink_to(ROOT / "probes" / "targets")
+    (work / "targets").symlink_to(LAB_SITE.parent / "targets")
     procs: list[subprocess.Popen] = []
     agent = None
     try:

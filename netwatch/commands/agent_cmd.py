@@ -16,6 +16,7 @@ import sys
 
 from netwatch import exitcodes
 from netwatch.commands import site_or_fail
+from netwatch.runtime.logs import kv, setup_logging
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,28 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--metrics-listen",
         metavar="ADDR",
-        help="override metrics.listen (e.g. 127.0.0.1:9110); 'none' disables",
+        help="override metrics.agent (e.g. 127.0.0.1:9110); 'none' disables",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logs")
     parser.set_defaults(func=cmd_agent)
 
 
-def _setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter(
-            "ts=%(asctime)s.%(msecs)03d level=%(levelname)s logger=%(name)s %(message)s",
-            datefmt="%Y-%m-%dT%H:%M:%S",
-        )
-    )
-    root = logging.getLogger("netwatch")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    root.propagate = False
-
-
 def cmd_agent(args: argparse.Namespace) -> int:
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose)
     log = logging.getLogger("netwatch.agent")
     site = site_or_fail(args.config, needs="agent")
     if args.netns:
@@ -66,19 +53,14 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from prometheus_client import CollectorRegistry
     from pyroute2.netlink.exceptions import NetlinkError
 
-    from netwatch.adapters.metrics_http import serve_metrics
-    from netwatch.agent import Agent, kv
+    from netwatch.agent.daemon import Agent
+    from netwatch.runtime.metrics_http import serve_metrics
 
     registry = CollectorRegistry()
-    listen = args.metrics_listen or site.metrics.listen_for("agent")
+    listen = args.metrics_listen or site.metrics.agent
     server = None
     if listen != "none":
-        try:
-            server = serve_metrics(listen, registry)
-        except OSError as exc:
-            log.error(kv("fatal", error=f"metrics listener {listen}: {exc}"))
-            return exitcodes.OSERR
-        log.info(kv("metrics", listen=listen))
+        server = serve_metrics(listen, registry, log)  # logged and carried on when it fails
     agent = Agent(site.agent, registry)
     try:
         asyncio.run(agent.run())

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_controller(args: argparse.Namespace) -> int:
     site = site_or_fail(args.config, needs="controller")
-    from netwatch.controller import run_controller
+    from netwatch.controller.daemon import run_controller
 
     try:
         return run_controller(site)

@@ -26,7 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def cmd_exabgp_config(args) -> int:
     from pathlib import Path
 
-    from netwatch.exabgp_config import render_exabgp_config
+    from netwatch.exabgp.config import render_exabgp_config
 
     site = site_or_fail(args.file, needs="controller")
     if args.process:

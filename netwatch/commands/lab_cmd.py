@@ -1,7 +1,7 @@
-"""`netwatch lab up|down|status|fault|heal|exec|announce`: the rehearsal lab.
+"""`netwatch lab up|down|status|fault|heal|exec`: the rehearsal lab.
 
 Every subcommand takes `--name` (default: the one running lab; `up` defaults to "lab").
-Errors are one line on stderr with a sysexits code (see netwatch.lab.lab.LabError).
+Errors are one line on stderr with a sysexits code (see netwatch.lab.handle.LabError).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from netwatch import exitcodes
-from netwatch.commands import site_or_fail
 from netwatch.lab.netns import NetnsError
 
 
@@ -28,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     up = named("up", "build the lab and wait until BGP converged", cmd_up)
     up.add_argument(
-        "--config", type=Path, default=None, help="site file (default: probes/lab-site.yaml)"
+        "--config", type=Path, default=None,
+        help="site file (default: the lab's own, shipped in the package)",
     )
     up.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for BGP")
     up.add_argument(
@@ -56,13 +56,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex = named("exec", "run a command in a node (birdc uses the node's socket)", cmd_exec)
     ex.add_argument("node")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
-    announce = sub.add_parser("announce", help="(ExaBGP API process) announce the site prefixes")
-    announce.add_argument("--config", type=Path, required=True)
-    announce.set_defaults(func=cmd_announce)
 
 
 def _guard(func, args) -> int:
-    from netwatch.lab.lab import LabError
+    from netwatch.lab.handle import LabError
 
     try:
         return func(args)
@@ -75,11 +72,11 @@ def _guard(func, args) -> int:
 
 
 def cmd_up(args) -> int:
-    from netwatch.lab import lab
+    from netwatch.lab import lifecycle
 
-    lab.up(
-        args.name or lab.DEFAULT_NAME,
-        args.config or lab.DEFAULT_CONFIG,
+    lifecycle.up(
+        args.name or lifecycle.DEFAULT_NAME,
+        args.config or lifecycle.DEFAULT_CONFIG,
         timeout_s=args.timeout,
         keep_on_failure=args.keep_on_failure,
     )
@@ -89,32 +86,34 @@ def cmd_up(args) -> int:
 def cmd_down(args) -> int:
     import os
 
-    from netwatch.lab import lab
+    from netwatch.lab import lifecycle
+    from netwatch.lab.handle import Lab
 
-    name = args.name or lab.resolve_name(None)
+    name = args.name or lifecycle.resolve_name(None)
     if os.geteuid() != 0:
         print("netwatch lab: the lab needs root: run it with sudo", file=sys.stderr)
         return exitcodes.NOPERM
-    if not lab.Lab(name).exists():
+    if not Lab(name).exists():
         print(f"netwatch lab: no lab named {name!r}", file=sys.stderr)
         return exitcodes.NOINPUT
-    lab.down(name)
+    lifecycle.down(name)
     return exitcodes.OK
 
 
 def _lab(args):
-    from netwatch.lab import lab
+    from netwatch.lab import lifecycle
+    from netwatch.lab.handle import Lab, LabError
 
-    handle = lab.Lab(lab.resolve_name(args.name))
+    handle = Lab(lifecycle.resolve_name(args.name))
     if not handle.site_file.exists():
-        raise lab.LabError(f"no lab named {handle.name!r} is running", exitcodes.NOINPUT)
+        raise LabError(f"no lab named {handle.name!r} is running", exitcodes.NOINPUT)
     return handle
 
 
 def cmd_status(args) -> int:
-    from netwatch.lab import lab
+    from netwatch.lab import lifecycle
 
-    report = lab.status(_lab(args))
+    report = lifecycle.status(_lab(args))
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return exitcodes.OK
@@ -151,7 +150,9 @@ def cmd_status(args) -> int:
 
 
 def cmd_fault(args) -> int:
-    record = _lab(args).fault(args.kind, args.target, *args.options)
+    from netwatch.lab import faults
+
+    record = faults.apply(_lab(args), args.kind, args.target, *args.options)
     print(
         f"fault {record['kind']} on {record['target']}"
         + (" (one-shot)" if record.get("oneshot") else " active")
@@ -163,7 +164,9 @@ def cmd_heal(args) -> int:
     if args.target and args.all:
         print("netwatch lab: give a TARGET or --all, not both", file=sys.stderr)
         return exitcodes.USAGE
-    healed = _lab(args).heal(None if args.all else args.target)
+    from netwatch.lab import faults
+
+    healed = faults.heal(_lab(args), None if args.all else args.target)
     print("healed: " + (", ".join(healed) or "nothing"))
     return exitcodes.OK
 
@@ -185,9 +188,3 @@ def cmd_exec(args) -> int:
         print(f"netwatch lab: no node {args.node!r}", file=sys.stderr)
         return exitcodes.USAGE
     return subprocess.call(handle.exec_argv(args.node, argv))
-
-
-def cmd_announce(args) -> int:
-    from netwatch.lab import announcer
-
-    return announcer.main(site_or_fail(args.config, needs="controller"))

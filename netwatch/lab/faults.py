@@ -21,8 +21,8 @@ import time
 
 from netwatch import exitcodes
 from netwatch.lab import netns
-from netwatch.lab.lab import Lab, LabError, stop_pidfile
-from netwatch.lab.topology import GATEWAYS
+from netwatch.lab.handle import Lab, LabError, stop_pidfile
+from netwatch.lab.topology import GATEWAYS, route_commands
 
 KINDS = (
     "link-down",
@@ -106,7 +106,7 @@ def _routing_node(lab: Lab, target: str) -> str:
     return node
 
 
-def apply(lab: Lab, kind: str, target: str, opts: list[str]) -> dict:
+def apply(lab: Lab, kind: str, target: str, *opts: str) -> dict:
     """Inject fault `kind` on `target`; returns its record. Raises LabError."""
     if kind in ("loss", "latency") and target.isdigit() and opts and not opts[0].isdigit():
         target, opts = opts[0], [target, *opts[1:]]  # `loss PCT NODE` and `loss NODE PCT` both
@@ -121,7 +121,7 @@ def apply(lab: Lab, kind: str, target: str, opts: list[str]) -> dict:
     fault_id = f"{kind}:{target}"
     if fault_id in state.get("faults", {}):
         raise LabError(f"fault {fault_id} is already active (heal it first)", exitcodes.USAGE)
-    record = _inject(lab, kind, target, opts)
+    record = _inject(lab, kind, target, list(opts))
     record.update(kind=kind, target=target, since=time.time())
     state = lab.read_state()
     state.setdefault("faults", {})[fault_id] = record
@@ -236,8 +236,6 @@ def _undo(lab: Lab, record: dict) -> None:
             ],
         )
         # Routes through a downed interface are flushed by the kernel: put the node's back.
-        from netwatch.lab.lab import route_commands
-
         netns.batch(lab.ns(node), route_commands(lab.topology(), node), force=True)
     elif kind == "latency":
         netns.run(
@@ -245,10 +243,8 @@ def _undo(lab: Lab, record: dict) -> None:
             check=False,
         )
     elif kind == "transit-down":
-        from netwatch.lab.lab import start_bird
-
         conf = (lab.run_dir / f"{node}.bird.conf").read_text()
-        netns.run(start_bird(lab, node, conf))
+        netns.run(lab.start_bird(node, conf))
 
 
 def heal(lab: Lab, target: str | None = None) -> list[str]:

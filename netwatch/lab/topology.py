@@ -254,3 +254,32 @@ def build_topology(site) -> Topology:
         targets=targets,
         uplinks={"primary": "gwa", "secondary": "gwb"},
     )
+def node_commands(topo: Topology, node: str) -> list[str]:
+    """iproute2 batch lines configuring `node`: addresses, links up, loopbacks."""
+    lines = ["link set lo up"]
+    for link in topo.links:
+        for end in (link.a, link.b):
+            if end.node != node:
+                continue
+            for addr in end.addrs:
+                extra = " nodad" if ":" in addr else ""
+                lines.append(f"addr add {addr} dev {end.name}{extra}")
+            lines.append(f"link set {end.name} up")
+    for addr in topo.loopbacks.get(node, []):
+        extra = " nodad" if ":" in addr else ""
+        lines.append(f"addr add {addr} dev lo{extra}")
+    return lines
+
+
+def route_commands(topo: Topology, node: str) -> list[str]:
+    """iproute2 batch lines for `node`'s static routes (`ip -batch` takes no -4/-6, so the
+    family is spelled out in the destination)."""
+    lines = []
+    for route in topo.routes[node]:
+        family, dest, *rest = route.split()
+        if dest == "default":
+            dest = "0.0.0.0/0" if family == "-4" else "::/0"
+        lines.append(" ".join(["route", "replace", dest, *rest]))
+    return lines
+
+

@@ -22,6 +22,8 @@ import time
 import pytest
 import yaml
 
+from netwatch.lab import faults
+
 pytestmark = pytest.mark.timeout(240)
 
 V4_TARGET, V6_TARGET = "203.0.113.1", "2001:db8:203::1"
@@ -153,7 +155,7 @@ def test_fault_on_primary_moves_routes_and_heal_brings_them_back(agent, lab, fau
     log_path = agent.log_path
     assert wait_for(lambda: routes_on(lab, "eth0"), 10), "not on the primary at the start"
     before = metrics(lab)
-    lab.fault(fault[0], "gwa", *fault[1:])
+    faults.apply(lab, fault[0], "gwa", *fault[1:])
     try:
         took = wait_for(lambda: routes_on(lab, "eth1"), 3)
         assert took is not None, log_path.read_text()[-3000:]
@@ -165,7 +167,7 @@ def test_fault_on_primary_moves_routes_and_heal_brings_them_back(agent, lab, fau
             key = f'netwatch_agent_failovers_total{{reason="{reason}"}}'
             assert after.get(key, 0) == before.get(key, 0) + 1
     finally:
-        lab.heal("gwa")
+        faults.heal(lab, "gwa")
     healed_at = time.monotonic()
     assert wait_for(lambda: routes_on(lab, "eth0"), 15), log_path.read_text()[-3000:]
     # Not sooner than the hold-down (5 s in the lab site) after the primary recovered.
@@ -204,8 +206,8 @@ def test_both_uplinks_dead_keeps_the_routes_and_heal_restores_service(agent, lab
     where they are and the metrics say both are down; heal brings normal service back."""
     both = "netwatch_agent_both_uplinks_down"
     assert wait_for(lambda: routes_on(lab, "eth0"), 10)
-    lab.fault("gateway-silent", "gwa")
-    lab.fault("gateway-silent", "gwb")
+    faults.apply(lab, "gateway-silent", "gwa")
+    faults.apply(lab, "gateway-silent", "gwb")
     try:
         assert wait_for(lambda: metrics(lab).get(both) == 1.0, 5), agent.tail()
         # Usually still via eth0 (the secondary was failing too when the primary went
@@ -220,8 +222,8 @@ def test_both_uplinks_dead_keeps_the_routes_and_heal_restores_service(agent, lab
         time.sleep(1.0)  # twenty more probe rounds, all lost: still the same routes
         assert routes_on(lab, dev) and metrics(lab).get(both) == 1.0
     finally:
-        lab.heal("gwa")
-        lab.heal("gwb")
+        faults.heal(lab, "gwa")
+        faults.heal(lab, "gwb")
     assert wait_for(lambda: metrics(lab).get(both) == 0.0 and routes_on(lab, "eth0"), 15), \
         agent.tail()
     assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
@@ -239,12 +241,12 @@ def test_primary_link_lost_while_secondary_silent_moves_to_the_live_link(agent, 
         metrics(lab).get(up.format(role)) == 1.0 for role in ("primary", "secondary")), 10), \
         agent.tail()
     carrier_before, failback_before = failovers(lab, "carrier"), failovers(lab, "failback")
-    lab.fault("gateway-silent", "gwb")
+    faults.apply(lab, "gateway-silent", "gwb")
     back = None
     try:
         assert wait_for(lambda: metrics(lab).get(up.format("secondary")) == 0.0, 5), agent.tail()
         assert routes_on(lab, "eth0")  # the secondary is no place to go while eth0 works
-        lab.fault("link-down", "gwa")
+        faults.apply(lab, "link-down", "gwa")
         assert wait_for(lambda: routes_on(lab, "eth1"), 3), agent.tail()
         assert wait_for(lambda: metrics(lab).get("netwatch_agent_both_uplinks_down") == 1.0,
                         3), agent.tail()
@@ -254,13 +256,13 @@ def test_primary_link_lost_while_secondary_silent_moves_to_the_live_link(agent, 
         assert failovers(lab, "carrier") == carrier_before + 1
         time.sleep(1.0)  # twenty more probe rounds, all lost: still on eth1
         assert routes_on(lab, "eth1"), agent.tail()
-        lab.heal("gwb")
+        faults.heal(lab, "gwb")
         assert wait_for(lambda: metrics(lab).get(up.format("secondary")) == 1.0, 5), agent.tail()
         assert routes_on(lab, "eth1")
         assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
     finally:
-        lab.heal("gwb")
-        lab.heal("gwa")
+        faults.heal(lab, "gwb")
+        faults.heal(lab, "gwa")
         # Waited for here too, so that a failure above leaves the next test on the primary.
         back = wait_for(lambda: routes_on(lab, "eth0"), 15)
     assert back is not None, agent.tail()
@@ -277,14 +279,14 @@ def test_icmp_gateway_probes_move_the_routes(agent, lab, tmp_path):
                    failback={"hold_down_s": 1}) as icmp:
         assert "method=icmp" in icmp.log_path.read_text()
         assert routes_on(lab, "eth0")
-        lab.fault("gateway-silent", "gwa")
+        faults.apply(lab, "gateway-silent", "gwa")
         try:
             assert wait_for(lambda: routes_on(lab, "eth1"), 3), icmp.tail()
             assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
             key = 'netwatch_agent_failovers_total{reason="gateway"}'
             assert metrics(lab).get(key) == 1.0
         finally:
-            lab.heal("gwa")
+            faults.heal(lab, "gwa")
         assert wait_for(lambda: routes_on(lab, "eth0"), 15), icmp.tail()
 
 
@@ -292,11 +294,11 @@ def test_manual_failback_waits_for_sigusr1(agent, lab, tmp_path):
     """`failback.mode: manual`: after heal the routes stay on the secondary, the primary UP
     for several hold-downs, until the operator sends SIGUSR1."""
     with own_agent(agent, lab, tmp_path, failback={"mode": "manual", "hold_down_s": 1}) as man:
-        lab.fault("gateway-silent", "gwa")
+        faults.apply(lab, "gateway-silent", "gwa")
         try:
             assert wait_for(lambda: routes_on(lab, "eth1"), 3), man.tail()
         finally:
-            lab.heal("gwa")
+            faults.heal(lab, "gwa")
         assert wait_for(lambda: metrics(lab).get('netwatch_agent_uplink_up{uplink="primary"}')
                         == 1.0, 10), man.tail()
         time.sleep(3.0)  # three hold-downs: an automatic failback would have happened

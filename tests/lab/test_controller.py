@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from netwatch.lab import faults
+
 PREFIXES = ("198.51.100.0/24", "2001:db8:100::/48")
 TRANSITS = ("t1", "t2", "t3", "t4")
 NORMAL = "64500"
@@ -46,25 +48,25 @@ def clean(lab):
     try:
         yield lab
     finally:
-        lab.heal()
+        faults.heal(lab)
         wait_for(lambda: all_normal(lab), 30)  # recovery hold 10 s + rise
 
 
 def test_blackhole_withdraws_from_that_transit_only(clean):
     lab = clean
-    lab.fault("transit-blackhole", "t2")
+    faults.apply(lab, "transit-blackhole", "t2")
     took = wait_for(lambda: held(lab, "t2") == {}, 10)
     for t in ("t1", "t3", "t4"):
         assert held(lab, t) == dict.fromkeys(PREFIXES, NORMAL)
     print(f"blackhole t2 -> withdrawn at t2 after {took:.2f} s")
-    lab.heal()
+    faults.heal(lab)
     back = wait_for(lambda: held(lab, "t2") == dict.fromkeys(PREFIXES, NORMAL), 30)
     assert back >= 10  # not before recovery_hold_s
 
 
 def test_random_loss_prepends(clean):
     lab = clean
-    lab.fault("loss", "t3", "30")
+    faults.apply(lab, "loss", "t3", "30")
     wait_for(lambda: held(lab, "t3") == dict.fromkeys(PREFIXES, PREPENDED), 15)
     for t in ("t1", "t2", "t4"):
         assert held(lab, t) == dict.fromkeys(PREFIXES, NORMAL)
@@ -73,7 +75,7 @@ def test_random_loss_prepends(clean):
 def test_three_blackholed_keep_two_announced(clean):
     lab = clean
     for t in ("t1", "t2", "t3"):
-        lab.fault("transit-blackhole", t)
+        faults.apply(lab, "transit-blackhole", t)
     wait_for(lambda: sum(bool(held(lab, t)) for t in TRANSITS) == 2, 15)
     time.sleep(2)  # and it stays so
     holding = [t for t in TRANSITS if held(lab, t)]
@@ -83,7 +85,7 @@ def test_three_blackholed_keep_two_announced(clean):
 def test_internet_unreachable_through_all_withdraws_nothing(clean):
     lab = clean
     for t in TRANSITS:
-        lab.fault("transit-blackhole", t)
+        faults.apply(lab, "transit-blackhole", t)
     time.sleep(5)  # two windows plus fall
     for t in TRANSITS:
         assert set(held(lab, t)) == set(PREFIXES)

@@ -16,7 +16,7 @@ import uuid
 import pytest
 from pyroute2 import netns
 
-from netwatch.adapters.icmp import IcmpProber
+from netwatch.adapters.probes.icmp import IcmpProber
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for netns and raw sockets")
 

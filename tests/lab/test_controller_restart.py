@@ -9,8 +9,8 @@ import subprocess
 import time
 
 from netwatch.config import load_site
-from netwatch.lab import bird
-from netwatch.lab import lab as lab_module
+from netwatch.lab import bird, faults
+from netwatch.lab import lifecycle as lab_module
 
 from .test_controller import NORMAL, PREFIXES, TRANSITS, clean, held, wait_for  # noqa: F401
 
@@ -30,7 +30,7 @@ def established(lab, node: str) -> bool:
 
 def test_exabgp_restart_keeps_the_withdrawal_from_persisted_state(clean):  # noqa: F811
     lab = clean
-    lab.fault("transit-blackhole", "t2")
+    faults.apply(lab, "transit-blackhole", "t2")
     wait_for(lambda: held(lab, "t2") == {}, 10)
     pid = int(lab.pidfile("exabgp").read_text())
     os.kill(pid, signal.SIGKILL)  # a crash: no goodbye to the peers, no state written
@@ -93,7 +93,7 @@ def test_killed_controller_keeps_the_safety_hold_where_it_was(clean):  # noqa: F
     (UNKNOWN is not down), and it restores which upstream the hold kept (no hold migration)."""
     lab = clean
     for t in ("t1", "t2", "t3"):
-        lab.fault("transit-blackhole", t)
+        faults.apply(lab, "transit-blackhole", t)
     wait_for(lambda: all(len(h) == 2 for h in holders(lab).values()), 15)
     time.sleep(1)  # settled: the hold and its state file are written
     before = holders(lab)

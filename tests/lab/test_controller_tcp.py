@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 
-from netwatch.adapters.tcp import TcpProber
+from netwatch.adapters.probes.tcp import TcpProber
 
 from .test_controller_icmp import _in_netns, _ip, pair, pytestmark  # noqa: F401
 

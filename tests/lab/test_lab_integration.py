@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 
 from netwatch import exitcodes
-from netwatch.lab import bird, netns
-from netwatch.lab import lab as lab_module
-from netwatch.lab.lab import LabError
-
-from .conftest import lab_unavailable_reason, unique_lab_name
+from netwatch.lab import bird, faults, handle, netns
+from netwatch.lab import lifecycle as lab_module
+from netwatch.lab.handle import LabError
 
 pytestmark = pytest.mark.lab
 
@@ -86,28 +84,28 @@ def test_birdc_in_exec_uses_the_nodes_socket(lab):
 
 def test_link_down_on_uplink_drops_carrier_at_srv_and_heal_restores(healed):
     lab = healed
-    lab.fault("link-down", "primary")
+    faults.apply(lab, "link-down", "primary")
     link = lab.exec("srv", "ip", "-o", "link", "show", "eth0").stdout
     assert "NO-CARRIER" in link
     assert ping(lab, "srv", "203.0.113.1") == 0
-    lab.heal("primary")
+    faults.heal(lab, "primary")
     assert eventually(lambda: ping(lab, "srv", "203.0.113.1") == 1)
     assert eventually(lambda: ping(lab, "srv", "2001:db8:203::1") == 1)
 
 
 def test_link_down_on_transit_link_and_heal(healed):
     lab = healed
-    lab.fault("link-down", "t1")
+    faults.apply(lab, "link-down", "t1")
     assert "NO-CARRIER" in lab.exec("edge", "ip", "-o", "link", "show", "t1").stdout
     assert ping(lab, "edge", "203.0.113.1", "-I", "t1") == 0
-    lab.heal("t1")
+    faults.heal(lab, "t1")
     assert eventually(lambda: ping(lab, "edge", "203.0.113.1", "-I", "t1") == 1)
     assert eventually(lambda: ping(lab, "edge", "2001:db8:203::1", "-I", "t1") == 1)
 
 
 def test_gateway_silent_answers_nothing_with_carrier_up(healed):
     lab = healed
-    lab.fault("gateway-silent", "gwa")
+    faults.apply(lab, "gateway-silent", "gwa")
     lab.exec("srv", "ip", "neigh", "flush", "dev", "eth0")
     assert "LOWER_UP" in lab.exec("srv", "ip", "-o", "link", "show", "eth0").stdout
     assert ping(lab, "srv", "100.64.1.1") == 0
@@ -115,33 +113,33 @@ def test_gateway_silent_answers_nothing_with_carrier_up(healed):
     neigh = lab.exec("srv", "ip", "neigh", "show", "100.64.1.1", "dev", "eth0").stdout
     assert "lladdr" not in neigh  # ARP went unanswered
     assert ping(lab, "srv", "100.64.2.1") == 1  # the other gateway is fine
-    lab.heal("gwa")
+    faults.heal(lab, "gwa")
     assert eventually(lambda: ping(lab, "srv", "100.64.1.1") == 1)
     assert eventually(lambda: ping(lab, "srv", "fe80::1%eth0") == 1)
 
 
 def test_gateway_blackhole_answers_but_forwards_nothing(healed):
     lab = healed
-    lab.fault("gateway-blackhole", "gwa")
+    faults.apply(lab, "gateway-blackhole", "gwa")
     assert ping(lab, "srv", "100.64.1.1") == 1
     assert ping(lab, "srv", "fe80::1%eth0") == 1
     assert ping(lab, "srv", "203.0.113.2") == 0
     assert ping(lab, "srv", "2001:db8:203::2") == 0
-    lab.heal("gwa")
+    faults.heal(lab, "gwa")
     assert ping(lab, "srv", "203.0.113.2") == 1
 
 
 def test_loss_drops_forwarded_traffic_and_keeps_bgp(healed):
     lab = healed
-    lab.fault("loss", "t2", "100")
+    faults.apply(lab, "loss", "t2", "100")
     assert ping(lab, "edge", "203.0.113.3", "-I", "t2", count=5) == 0
     assert all("Established" in p["info"] for p in sessions(lab, "t2").values())
-    lab.heal("t2")
-    lab.fault("loss", "50", "t2")  # both orders are accepted
+    faults.heal(lab, "t2")
+    faults.apply(lab, "loss", "50", "t2")  # both orders are accepted
     received = ping(lab, "edge", "203.0.113.3", "-I", "t2", count=60)
     # a reply crosses t2 twice: expected 60 * 0.25 = 15
     assert 2 <= received <= 40
-    lab.heal("t2")
+    faults.heal(lab, "t2")
     assert ping(lab, "edge", "203.0.113.3", "-I", "t2", count=5) == 5
 
 
@@ -151,7 +149,7 @@ def test_latency_is_refused_without_netem(lab):
         lab.exec("t3", "tc", "qdisc", "del", "dev", "lo", "root")
         pytest.skip("this kernel has netem; the refusal path is not reachable")
     with pytest.raises(LabError) as info:
-        lab.fault("latency", "t3", "50")
+        faults.apply(lab, "latency", "t3", "50")
     assert info.value.exit_code == exitcodes.UNAVAILABLE
     assert "netem" in str(info.value)
     assert "latency:t3" not in lab.read_state()["faults"]
@@ -159,12 +157,12 @@ def test_latency_is_refused_without_netem(lab):
 
 def test_transit_blackhole_keeps_the_session_and_drops_traffic(healed):
     lab = healed
-    lab.fault("transit-blackhole", "t3")
+    faults.apply(lab, "transit-blackhole", "t3")
     assert ping(lab, "edge", "203.0.113.4", "-I", "t3") == 0
     assert ping(lab, "edge", "2001:db8:203::4", "-I", "t3") == 0
     assert ping(lab, "edge", "203.0.113.4", "-I", "t4") == 1
     assert all("Established" in p["info"] for p in sessions(lab, "t3").values())
-    lab.heal("t3")
+    faults.heal(lab, "t3")
     assert ping(lab, "edge", "203.0.113.4", "-I", "t3") == 1
 
 
@@ -177,7 +175,7 @@ def test_session_reset_restarts_the_sessions_and_routes_return(lab):
 
     before = since()
     time.sleep(0.05)
-    lab.fault("session-reset", "t4")
+    faults.apply(lab, "session-reset", "t4")
     assert eventually(
         lambda: (
             since() != before
@@ -191,18 +189,18 @@ def test_session_reset_restarts_the_sessions_and_routes_return(lab):
 
 def test_transit_down_withdraws_at_inet_and_heal_restores(healed):
     lab = healed
-    lab.fault("transit-down", "t2")
+    faults.apply(lab, "transit-down", "t2")
     assert lab.exec("t2", "birdc", "show", "status").returncode != 0
     for prefix in PREFIXES:
         assert eventually(lambda p=prefix: "64502 64500" not in inet_paths(lab, p))
-    lab.heal("t2")
+    faults.heal(lab, "t2")
     for prefix in PREFIXES:
         assert eventually(lambda p=prefix: "64502 64500" in inet_paths(lab, p), timeout_s=30)
 
 
 def test_status_reports_sessions_routes_and_faults(healed):
     lab = healed
-    lab.fault("transit-blackhole", "t1")
+    faults.apply(lab, "transit-blackhole", "t1")
     report = lab_module.status(lab)
     assert report["exabgp_running"]
     assert report["faults"]["transit-blackhole:t1"]["node"] == "t1"
@@ -218,8 +216,8 @@ def test_up_refuses_a_lab_that_exists(lab):
 
 def _leftovers(name: str) -> list[str]:
     found = netns.list_namespaces(f"nw-{name}-")
-    if (lab_module.RUN_ROOT / name).exists():
-        found.append(str(lab_module.RUN_ROOT / name))
+    if (handle.RUN_ROOT / name).exists():
+        found.append(str(handle.RUN_ROOT / name))
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
@@ -231,37 +229,34 @@ def _leftovers(name: str) -> list[str]:
     return found
 
 
-def test_down_leaves_nothing_even_after_a_half_finished_up():
-    reason = lab_unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    name = unique_lab_name()
-    handle = lab_module.Lab(name)
+def test_down_leaves_nothing_even_after_a_half_finished_up(new_lab_name):
+    name = new_lab_name()
+    crashed = handle.Lab(name)
     # A crashed `up`: two namespaces with a veth between them and a run dir, no processes.
-    handle.run_dir.mkdir(parents=True)
-    (handle.run_dir / "t1.pid").write_text("1\n")  # PID 1 is not ours: must not be signalled
-    netns.add_namespace(handle.ns("srv"))
-    netns.add_namespace(handle.ns("gwa"))
+    crashed.run_dir.mkdir(parents=True)
+    (crashed.run_dir / "t1.pid").write_text("1\n")  # PID 1 is not ours: must not be signalled
+    netns.add_namespace(crashed.ns("srv"))
+    netns.add_namespace(crashed.ns("gwa"))
     netns.batch(
         None,
         [
-            f"link add eth0 netns {handle.ns('srv')} type veth peer name srv "
-            f"netns {handle.ns('gwa')}"
+            f"link add eth0 netns {crashed.ns('srv')} type veth peer name srv "
+            f"netns {crashed.ns('gwa')}"
         ],
     )
     assert lab_module.down(name, quiet=True) == 2
     assert _leftovers(name) == []
 
 
-def test_a_second_lab_comes_up_beside_and_down_removes_it_all(lab):
-    name = unique_lab_name()
+def test_a_second_lab_comes_up_beside_and_down_removes_it_all(lab, new_lab_name):
+    name = new_lab_name()
     try:
         lab_module.up(name, lab_module.DEFAULT_CONFIG, out=io.StringIO())
         assert _leftovers(name)
-        second = lab_module.Lab(name)
+        second = handle.Lab(name)
         assert ping(second, "srv", "203.0.113.1") == 1
         # ExaBGP pin: when it stops, its sessions close and every transit withdraws our routes.
-        assert lab_module.stop_pidfile(second.pidfile("exabgp"), "exabgp")
+        assert handle.stop_pidfile(second.pidfile("exabgp"), "exabgp")
         for transit in ("t1", "t2", "t3", "t4"):
             assert eventually(
                 lambda t=transit: not bird.parse_routes(second.birdc(t, "show route all"))

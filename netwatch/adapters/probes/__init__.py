@@ -1,0 +1,1 @@
+"""Probes over raw sockets: batched ARP, ND and ICMP echo (`raw`), async ICMP (`icmp`), TCP."""

@@ -1,0 +1,1 @@
+"""The uplink agent: one per server. `decision` (pure) decides, `daemon` gathers and acts."""

@@ -1,0 +1,80 @@
+"""The controller's Prometheus metrics, on a registry the caller passes in."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from netwatch.controller.params import TransitState
+from netwatch.controller.plan import AnnouncementMode
+
+
+class ControllerMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.state = Gauge(
+            "netwatch_transit_state", "1 for the upstream's current state",
+            ["upstream", "state"], registry=registry,
+        )
+        self.loss = Gauge(
+            "netwatch_transit_loss_ratio", "Probe loss through the upstream over the window",
+            ["upstream"], registry=registry,
+        )
+        self.loss_excess = Gauge(
+            "netwatch_transit_loss_excess_ratio",
+            "Loss above the median of the other upstreams (the verdict's input)",
+            ["upstream"], registry=registry,
+        )
+        self.rtt = Gauge(
+            "netwatch_transit_rtt_seconds", "Median probe RTT through the upstream",
+            ["upstream"], registry=registry,
+        )
+        self.probed = Gauge(
+            "netwatch_transit_probed",
+            "1 when the upstream is probed (a probe path and a working prober for at least one"
+            " family); 0: judged by nothing, left out of the all-bad guard",
+            ["upstream"], registry=registry,
+        )
+        self.reachable = Gauge(
+            "netwatch_transit_target_reachable",
+            "1 when the target answers through the upstream (loss below 50 %)",
+            ["upstream", "target"], registry=registry,
+        )
+        self.session = Gauge(
+            "netwatch_bgp_session_up", "1 when the BGP session is established",
+            ["upstream", "family"], registry=registry,
+        )
+        self.mode = Gauge(
+            "netwatch_announcement_mode", "1 for how the prefix is announced to the upstream",
+            ["upstream", "prefix", "mode"], registry=registry,
+        )
+        self.actions = Counter(
+            "netwatch_transit_actions", "Automatic actions by kind", ["kind"], registry=registry
+        )
+        self.safety_hold = Gauge(
+            "netwatch_transit_safety_hold",
+            "1 while the interlock keeps an upstream announced against its verdict",
+            ["family"], registry=registry,
+        )
+        self.local_fault = Gauge(
+            "netwatch_transit_local_fault",
+            "1 while every upstream looks bad at once (no BGP action taken)", registry=registry,
+        )
+        self.budget_exhausted = Gauge(
+            "netwatch_transit_action_budget_exhausted",
+            "1 while max_actions_per_hour holds back an action", registry=registry,
+        )
+        self.rejected = Counter(
+            "netwatch_exabgp_commands_rejected", "Commands ExaBGP answered with error",
+            registry=registry,
+        )
+        self.errors = Counter(
+            "netwatch_controller_errors", "Errors survived (bad event, failing probe)",
+            ["where"], registry=registry,
+        )
+
+    def set_state(self, upstream: str, state: TransitState) -> None:
+        for s in TransitState:
+            self.state.labels(upstream, s.value).set(1 if s is state else 0)
+
+    def set_mode(self, upstream: str, prefix: str, mode: AnnouncementMode) -> None:
+        for m in AnnouncementMode:
+            self.mode.labels(upstream, prefix, m.value).set(1 if m is mode else 0)

@@ -1,0 +1,160 @@
+"""The announcement plan: how each session announces our prefixes, interlock applied. Pure.
+
+The plan maps each (upstream, family) to an `Announcement` (or None: withdrawn), from the
+upstreams' states and the site's treatments (announce, prepend, tag with communities,
+withdraw). The safety interlock keeps every family announced through at least
+`min_announcing_upstreams` upstreams whose session of that family is up, re-announcing the
+least bad ones (with the degraded treatment) and reporting a `SafetyHold` when it has to. A
+session whose state is not known yet (UNKNOWN: a controller that has just started) is
+*possibly up*: the interlock holds both when it is up and when it is down, and an UNKNOWN
+session never loses an announcement it had (no withdrawal on a guess).
+
+All prefixes of one family go to the same sessions, so the interlock per family *is* the
+interlock per prefix.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from netwatch.controller.params import (
+    Params,
+    SessionState,
+    TransitState,
+    Treatment,
+    TreatmentAction,
+    UpstreamParams,
+)
+from netwatch.core.vocabulary import Family
+
+
+class AnnouncementMode(enum.Enum):
+    """How a prefix is announced to an upstream, as the metrics and `status` name it."""
+
+    NORMAL = "normal"
+    PREPEND = "prepend"
+    COMMUNITIES = "communities"
+    WITHDRAWN = "withdrawn"
+
+
+@dataclass(frozen=True, order=True)
+class Announcement:
+    """How one session announces our prefixes of its family. None (elsewhere) = withdrawn."""
+
+    as_path: tuple[int, ...] = ()  # empty: ExaBGP's default, our ASN once
+    communities: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SafetyHold:
+    family: Family
+    kept: tuple[str, ...]  # upstreams re-announced against their verdict
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Desired announcement per (upstream, family); the interlock has been applied."""
+
+    desired: Mapping[tuple[str, Family], Announcement | None]
+    holds: tuple[SafetyHold, ...] = ()
+
+    def announcing(self, family: Family) -> list[str]:
+        return sorted(u for (u, f), a in self.desired.items() if f == family and a is not None)
+
+
+def _treat(params: Params, up: UpstreamParams, treatment: Treatment | None) -> Announcement | None:
+    base = tuple(up.communities)
+    if treatment is None or treatment.action is TreatmentAction.ANNOUNCE:
+        return Announcement((), base)
+    if treatment.action is TreatmentAction.WITHDRAW:
+        return None
+    extra = tuple(c for c in treatment.communities if c not in base)
+    if treatment.action is TreatmentAction.PREPEND:
+        return Announcement((params.asn,) * (1 + treatment.prepend), base + extra)
+    return Announcement((), base + extra)  # TreatmentAction.COMMUNITIES
+
+
+def make_plan(
+    params: Params,
+    levels: Mapping[str, TransitState],
+    loss_excess: Mapping[str, float],
+    sessions: Mapping[tuple[str, Family], SessionState],
+    before_plan: Plan | None,
+) -> Plan:
+    """Desired announcements from the upstream states, with the safety interlock applied.
+
+    `levels` is each upstream's state, `loss_excess` its last measured excess loss (the least
+    bad are kept first), `sessions` every session's state, `before_plan` the last plan.
+
+    Per family, with m = min_announcing_upstreams: at least m (or all of them, when fewer) of
+    the sessions that are UP announce, and at least m (or all) of the sessions that are UP or
+    UNKNOWN announce: the interlock holds whether an UNKNOWN session turns out up or down.
+    An UNKNOWN session keeps whatever the previous plan announced through it.
+    """
+    desired: dict[tuple[str, Family], Announcement | None] = {}
+    for up in params.upstreams:
+        level = levels[up.name]
+        treatment = {
+            TransitState.HEALTHY: None,
+            TransitState.DEGRADED: params.degraded,
+            TransitState.FAILED: params.failed,
+        }[level]
+        for fam in up.families:
+            desired[(up.name, fam)] = _treat(params, up, treatment)
+    before = before_plan.desired if before_plan is not None else {}
+    holds = []
+    for fam in Family:
+        carriers = [u for u in params.upstreams if fam in u.families]
+        session = {u.name: sessions.get((u.name, fam), SessionState.UNKNOWN)
+                   for u in carriers}
+        announcing = [u.name for u in carriers if desired[(u.name, fam)] is not None]
+        need_up = params.min_announcing_upstreams - sum(
+            1 for n in announcing if session[n] is SessionState.UP)
+        need_maybe_up = params.min_announcing_upstreams - sum(
+            1 for n in announcing if session[n] is not SessionState.DOWN)
+        # Withdrawn by their verdict, session up or unknown. The ones the last plan announced
+        # come first (a hold does not move from one upstream to another while it lasts: that
+        # would be a flap), then sessions known to be up, then the least bad: by state, by
+        # measured excess loss, by name (stable).
+        candidates = sorted(
+            (u for u in carriers
+             if desired[(u.name, fam)] is None and session[u.name] is not SessionState.DOWN),
+            key=lambda u: (
+                before.get((u.name, fam)) is None,
+                session[u.name] is not SessionState.UP,
+                levels[u.name].severity,
+                loss_excess.get(u.name, 0.0),
+                u.name,
+            ),
+        )
+        kept = []
+        for u in candidates:
+            is_up = session[u.name] is SessionState.UP
+            # An UNKNOWN session may be up and carrying our traffic: never withdraw on a guess.
+            unknown_had_it = (session[u.name] is SessionState.UNKNOWN
+                              and before.get((u.name, fam)) is not None)
+            if not (unknown_had_it or need_maybe_up > 0 or (is_up and need_up > 0)):
+                continue
+            desired[(u.name, fam)] = _treat(params, u, params.degraded) or _treat(params, u, None)
+            kept.append(u.name)
+            need_maybe_up -= 1
+            if is_up:
+                need_up -= 1
+        if kept:
+            holds.append(SafetyHold(fam, tuple(kept)))
+    return Plan(desired, tuple(holds))
+
+
+
+def mode_of(params: Params, upstream: str, announcement: Announcement | None) -> AnnouncementMode:
+    """The mode of one session's announcement: withdrawn, prepended, tagged with communities
+    beyond the upstream's own (`upstreams[].communities`, always sent), or normal."""
+    if announcement is None:
+        return AnnouncementMode.WITHDRAWN
+    if announcement.as_path:
+        return AnnouncementMode.PREPEND
+    if set(announcement.communities) - set(params.upstream(upstream).communities):
+        return AnnouncementMode.COMMUNITIES
+    return AnnouncementMode.NORMAL

@@ -1,0 +1,167 @@
+"""The verdict on one probe window: how bad each upstream looks against the others. Pure.
+
+* `ProbeWindow` keeps every probe's result per (upstream, target) for `window_s`; its
+  `stats(now)` are the observation the decision takes (`ProbeStats`).
+* `assess` gives each upstream a raw level (HEALTHY, DEGRADED, FAILED) before hysteresis. A
+  target counts against an upstream only when at least one *other* upstream reaches it (a dead
+  target is not a dead provider), and the upstream is compared with the median of the other
+  upstreams that reach that target (so three blackholed providers out of four do not become
+  "the norm"). At least `min_targets` such targets are needed for a verdict (quorum).
+* DEGRADED is judged on the whole window (loss and RTT excess). FAILED is judged on the most
+  recent probes: the last `Params.recent_probes` (max(fall, 5)) probes of each path, compared
+  like the window with the other upstreams' last probes. That look-back of consecutive probes
+  *is* the fall hysteresis of FAILED. With the lab policy (interval 200 ms, failed_loss 0.8) a
+  blackhole is FAILED once 4 probes per path were lost, ~1.0 s. A path losing 51 % of its
+  probes (the lab's `loss 30`, both ways) reaches 0.8 over 20 targets x 5 probes with
+  p ~ 1e-9 per judgement: it stays DEGRADED.
+* `is_local_fault`: every upstream with samples (at least 2 of them) loses at least the
+  degraded loss: the fault is ours, and the decision freezes.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from netwatch.controller.params import Params, TransitState
+
+REACHABLE_LOSS = 0.5  # a target "is reachable" through an upstream below this loss ratio
+MIN_SAMPLES = 3  # samples per (upstream, target) in the window before the pair counts
+
+
+@dataclass(frozen=True)
+class PathStats:
+    """One (upstream, target) over the window: probes answered or lost, median RTT."""
+
+    sent: int
+    lost: int
+    rtt_s: float | None  # median RTT of the answered probes, None when none answered
+    recent_sent: int = 0  # the path's latest probes (Params.recent_probes); 0: use the window
+    recent_lost: int = 0
+
+    @property
+    def loss(self) -> float:
+        return self.lost / self.sent if self.sent else 1.0
+
+    @property
+    def recent_loss(self) -> float:
+        if not self.recent_sent:
+            return self.loss
+        return self.recent_lost / self.recent_sent
+
+
+@dataclass(frozen=True)
+class ProbeStats:
+    """The window's statistics: {(upstream name, target label): PathStats}."""
+
+    paths: Mapping[tuple[str, str], PathStats]
+
+
+class ProbeWindow:
+    """Rolling window of probe results per (upstream, target). Pure: `now` is passed in.
+
+    `recent` is how many of each path's latest results `PathStats.recent_*` count (in the
+    order they were recorded: a lost probe is recorded when its timeout expires).
+    """
+
+    def __init__(self, window_s: float, recent: int = MIN_SAMPLES):
+        if recent < 1:
+            raise ValueError(f"recent must be >= 1, got {recent}")
+        self.window_s = window_s
+        self.recent = recent
+        self._samples: dict[tuple[str, str], deque[tuple[float, float | None]]] = {}
+
+    def record(self, upstream: str, target: str, sent_at: float, rtt_s: float | None) -> None:
+        self._samples.setdefault((upstream, target), deque()).append((sent_at, rtt_s))
+
+    def stats(self, now: float) -> ProbeStats:
+        paths = {}
+        for key, samples in self._samples.items():
+            while samples and now - samples[0][0] > self.window_s:
+                samples.popleft()
+            if not samples:
+                continue
+            rtts = [r for _, r in samples if r is not None]
+            latest = list(samples)[-self.recent :]
+            paths[key] = PathStats(
+                len(samples), len(samples) - len(rtts), statistics.median(rtts) if rtts else None,
+                len(latest), sum(1 for _, r in latest if r is None),
+            )
+        return ProbeStats(paths)
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """One upstream's raw verdict on one window, before hysteresis."""
+
+    level: TransitState | None  # None: no quorum of usable targets
+    loss_excess: float = 0.0
+    rtt_excess_s: float | None = None
+    targets: int = 0
+    loss: float = 0.0  # absolute, over every target with samples
+    recent_loss_excess: float = 0.0  # over each path's latest probes (FAILED's input)
+
+
+def assess(params: Params, stats: ProbeStats) -> dict[str, Assessment]:
+    """The raw verdict of every upstream on one window (see the module docstring)."""
+    names = [u.name for u in params.upstreams]
+    by_target: dict[str, dict[str, PathStats]] = {}
+    for (up, target), ps in stats.paths.items():
+        if up in names and ps.sent >= MIN_SAMPLES:
+            by_target.setdefault(target, {})[up] = ps
+    result = {}
+    for name in names:
+        losses, recent, rtt_deltas, absolute = [], [], [], []
+        for per_up in by_target.values():
+            mine = per_up.get(name)
+            if mine is None:
+                continue
+            absolute.append(mine.loss)
+            others = [ps for up, ps in per_up.items() if up != name and ps.loss < REACHABLE_LOSS]
+            if not others:
+                continue  # a dead target, or one only we reach: says nothing against us
+            losses.append(mine.loss - statistics.median(ps.loss for ps in others))
+            recent.append(mine.recent_loss - statistics.median(ps.recent_loss for ps in others))
+            other_rtts = [ps.rtt_s for ps in others if ps.rtt_s is not None]
+            if mine.rtt_s is not None and other_rtts:
+                rtt_deltas.append(mine.rtt_s - statistics.median(other_rtts))
+        loss_abs = statistics.fmean(absolute) if absolute else 0.0
+        if len(losses) < params.min_targets:
+            result[name] = Assessment(None, targets=len(losses), loss=loss_abs)
+            continue
+        loss_excess = statistics.fmean(losses)
+        recent_excess = statistics.fmean(recent)
+        rtt_excess = statistics.median(rtt_deltas) if rtt_deltas else None
+        level = _level(params, loss_excess, recent_excess, rtt_excess)
+        result[name] = Assessment(
+            level, loss_excess, rtt_excess, len(losses), loss_abs, recent_excess
+        )
+    return result
+
+
+def _level(params: Params, loss: float, recent: float, rtt_s: float | None) -> TransitState:
+    def over(limit: float | None, value: float | None) -> bool:
+        # 1e-9: a mean of 4/5 losses is 0.7999999999999999, and it is meant to reach 0.8
+        return limit is not None and value is not None and value >= limit - 1e-9
+
+    failed = over(params.failed_loss, recent) or over(params.failed_loss, loss)
+    if failed or over(params.failed_latency_s, rtt_s):
+        return TransitState.FAILED
+    if over(params.degraded_loss, loss) or over(params.degraded_latency_s, rtt_s):
+        return TransitState.DEGRADED
+    return TransitState.HEALTHY
+
+
+def is_local_fault(
+    params: Params, assessments: Mapping[str, Assessment], stats: ProbeStats
+) -> bool:
+    """Every upstream with samples (at least 2 of them) loses at least `degraded_loss` of its
+    probes: it is us. Upstreams without samples are left out, not counted as good: one that is
+    not probed (found in review: no `interface`, or its prober failed) made the guard
+    impossible, and three probed upstreams all losing 30-60 % were judged against each other."""
+    seen = {up for (up, _), ps in stats.paths.items() if ps.sent >= MIN_SAMPLES}
+    judged = [a for name, a in assessments.items() if name in seen]
+    return len(judged) >= 2 and all(a.loss >= params.degraded_loss for a in judged)
+

@@ -1,0 +1,367 @@
+"""The lab's lifecycle: `up`, `down`, `status`, `exec` and the handle tests use (`Lab`).
+
+A lab named NAME lives in namespaces `nw-NAME-<node>` and the run directory
+/run/netwatch/lab/NAME/ (BIRD configs, control sockets, pidfiles, ExaBGP config/env/log,
+`state.json` with the active faults, `site.yaml`: the site file rendered for this lab).
+`down` works from the namespace names and pidfiles alone, so it also cleans up after a crash
+or a half-finished `up`; it signals only PIDs read from the lab's own pidfiles.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from netwatch import exitcodes
+from netwatch.config import ConfigError, load_site
+from netwatch.exabgp.config import exabgp_environment, render_exabgp_config
+from netwatch.lab import bird, netns
+from netwatch.lab.handle import RUN_ROOT, Lab, LabError, check_name, is_running, stop_pidfile
+from netwatch.lab.topology import Topology, build_topology, node_commands, route_commands
+
+# The lab's site file ships inside the package, so `netwatch lab up` works from an installed
+# wheel as well as from a checkout; `--config FILE` takes any other.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "site" / "lab-site.yaml"
+DEFAULT_NAME = "lab"
+UP_TIMEOUT_S = 60.0
+
+
+def running_labs(run_root: Path = RUN_ROOT) -> list[str]:
+    """Names of the labs with a run directory."""
+    if not run_root.is_dir():
+        return []
+    return sorted(p.name for p in run_root.iterdir() if (p / "state.json").exists())
+
+
+def resolve_name(name: str | None, run_root: Path = RUN_ROOT) -> str:
+    """`name`, or the one running lab. Raises LabError when there is none or several, or when
+    the name is not a valid lab name."""
+    if name:
+        return check_name(name)
+    labs = running_labs(run_root)
+    if len(labs) == 1:
+        return labs[0]
+    if not labs:
+        raise LabError("no lab is running (start one with `netwatch lab up`)", exitcodes.NOINPUT)
+    raise LabError(f"several labs are running ({', '.join(labs)}): pass --name", exitcodes.USAGE)
+
+
+def exabgp_program() -> str | None:
+    beside = Path(sys.executable).parent / "exabgp"
+    return str(beside) if beside.exists() else shutil.which("exabgp")
+
+
+def preflight(name: str) -> None:
+    """Raise LabError when the lab cannot be built here (root, bird2, exabgp, name)."""
+    check_name(name)
+    if os.geteuid() != 0:
+        raise LabError(
+            "the lab needs root (network namespaces): run it with sudo", exitcodes.NOPERM
+        )
+    for prog in ("ip", "nft"):
+        if not shutil.which(prog):
+            raise LabError(
+                f"{prog} not found: install iproute2 and nftables", exitcodes.UNAVAILABLE
+            )
+    if not (shutil.which("bird") and shutil.which("birdc")):
+        raise LabError(
+            "BIRD 2 not found: install it (apt-get install bird2)", exitcodes.UNAVAILABLE
+        )
+    if not exabgp_program():
+        raise LabError(
+            "exabgp not found: install it (pip install 'exabgp>=5.0.15,<5.1')",
+            exitcodes.UNAVAILABLE,
+        )
+
+
+def render_site_file(lab: Lab, config: Path) -> None:
+    """Write the lab's own copy of the site file: state and control socket inside the run dir,
+    the targets file by absolute path."""
+    raw = yaml.safe_load(config.read_text())  # validated by the caller
+    raw["state_dir"] = str(lab.run_dir / "state")
+    control = raw.setdefault("control", {})
+    control["agent"] = str(lab.run_dir / "agent.sock")
+    control["controller"] = str(lab.run_dir / "controller.sock")
+    probe = raw.get("controller", {}).get("probe", {})
+    if probe.get("targets_file"):
+        probe["targets_file"] = str((config.parent / probe["targets_file"]).resolve())
+    lab.site_file.write_text(
+        f"# netwatch lab {lab.name}: rendered from {config.resolve()}\n"
+        + yaml.safe_dump(raw, sort_keys=False)
+    )
+
+
+def _sysctls(routing: bool) -> dict[str, str]:
+    values = {
+        "net.ipv6.conf.all.accept_dad": "0",
+        "net.ipv6.conf.default.accept_dad": "0",
+        # a link-down fault must not flush the IPv6 addresses heal expects to find again
+        "net.ipv6.conf.all.keep_addr_on_down": "1",
+        "net.ipv6.conf.default.keep_addr_on_down": "1",
+        "net.ipv4.conf.all.rp_filter": "0",
+        "net.ipv4.conf.default.rp_filter": "0",
+    }
+    if routing:
+        values["net.ipv4.ip_forward"] = "1"
+        values["net.ipv6.conf.all.forwarding"] = "1"
+        values["net.ipv6.conf.default.forwarding"] = "1"
+    return values
+
+
+def _parallel(argvs: list[list[str]]) -> None:
+    procs = [
+        subprocess.Popen(a, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for a in argvs
+    ]
+    for argv, proc in zip(argvs, procs, strict=True):
+        _, err = proc.communicate(timeout=30)
+        if proc.returncode != 0:
+            raise LabError(f"{' '.join(argv[-4:])}: {err.strip()}", exitcodes.OSERR)
+
+
+def start_exabgp(lab: Lab, site) -> None:
+    """Render ExaBGP's config and environment and start it in edge; pidfile edge-exabgp.pid."""
+    announcer = [
+        sys.executable,
+        "-m",
+        "netwatch.cli",
+        "controller",
+        "--config",
+        str(lab.site_file),
+    ]
+    conf = lab.run_dir / "exabgp.conf"
+    conf.write_text(render_exabgp_config(site, announcer))
+    env_vars = exabgp_environment(lab.run_dir / "exabgp.log")
+    (lab.run_dir / "exabgp.env").write_text(
+        "".join(f"{k}={v}\n" for k, v in sorted(env_vars.items()))
+    )
+    with open(lab.run_dir / "exabgp.out", "ab") as out:
+        proc = subprocess.Popen(
+            netns.exec_argv(lab.ns("edge"), [exabgp_program(), str(conf)]),
+            env={**os.environ, **env_vars},
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=lab.run_dir,
+        )
+    # `ip netns exec` execs the program, so this PID is ExaBGP's own.
+    lab.pidfile("exabgp").write_text(f"{proc.pid}\n")
+
+
+def transit_ready(lab: Lab, topo: Topology, node: str) -> bool:
+    """Both edge sessions of `node` Established and both our prefixes held with AS path ASN."""
+    try:
+        protocols = bird.parse_protocols(lab.birdc(node, "show protocols"))
+        routes = bird.parse_routes(lab.birdc(node, "show route all"))
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return False
+    if any(p["proto"] == "BGP" and "Established" not in p["info"] for p in protocols.values()):
+        return False
+    return all(
+        any(path["as_path"] == str(topo.asn) for path in routes.get(prefix, []))
+        for prefix in topo.prefixes
+    )
+
+
+def wait_converged(lab: Lab, topo: Topology, timeout_s: float) -> None:
+    """Poll birdc until every BIRD is ready; raise LabError(TEMPFAIL) after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    pending = set(topo.bird_nodes())
+    while pending:
+        for node in sorted(pending):
+            ok = inet_ready(lab, topo) if node == "inet" else transit_ready(lab, topo, node)
+            if ok:
+                pending.discard(node)
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(
+                f"lab {lab.name} did not converge in {timeout_s:.0f} s "
+                f"(waiting for {', '.join(sorted(pending))}; "
+                f"see {lab.run_dir}/*.log)",
+                exitcodes.TEMPFAIL,
+            )
+        time.sleep(0.1)
+
+
+def inet_ready(lab: Lab, topo: Topology) -> bool:
+    try:
+        protocols = bird.parse_protocols(lab.birdc("inet", "show protocols"))
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        return False
+    bgp = [p for p in protocols.values() if p["proto"] == "BGP"]
+    return bool(bgp) and all("Established" in p["info"] for p in bgp)
+
+
+def up(
+    name: str,
+    config: Path,
+    *,
+    timeout_s: float = UP_TIMEOUT_S,
+    keep_on_failure: bool = False,
+    out=sys.stdout,
+) -> Lab:
+    """Build lab `name` from `config` and wait until it converged. Raises LabError; a failed
+    `up` removes what it built."""
+    preflight(name)
+    lab = Lab(name)
+    if lab.exists():
+        raise LabError(
+            f"a lab named {name!r} exists: `netwatch lab down --name {name}` first",
+            exitcodes.CANTCREAT,
+        )
+    if not config.exists():
+        raise LabError(f"{config}: no such site file", exitcodes.NOINPUT)
+    started = time.monotonic()
+    lab.run_dir.mkdir(parents=True)
+    (lab.run_dir / "state").mkdir()
+    lab.write_state(
+        {"name": name, "config": str(config.resolve()), "phase": "building", "faults": {}}
+    )
+    try:
+        load_site(config)  # errors name the user's file and lines, not the rendered copy
+        render_site_file(lab, config)
+        site = load_site(lab.site_file)
+        topo = build_topology(site)
+        _build(lab, site, topo)
+        wait_converged(lab, topo, timeout_s)
+    except BaseException as exc:
+        if not keep_on_failure:
+            down(name, quiet=True)
+        if isinstance(exc, ConfigError):
+            missing = all(p.message == "no such file" for p in exc.problems)
+            code = exitcodes.NOINPUT if missing else exitcodes.DATAERR
+            raise LabError("\n".join(exc.errors), code) from None
+        if isinstance(exc, netns.NetnsError):
+            raise LabError(str(exc), exitcodes.OSERR) from exc
+        raise
+    elapsed = time.monotonic() - started
+    state = lab.read_state()
+    state.update(phase="up", up_seconds=round(elapsed, 2))
+    lab.write_state(state)
+    print(
+        f"lab {name} up in {elapsed:.1f} s: {len(topo.nodes)} namespaces, "
+        f"{len(topo.links)} links, {2 * len(topo.transits)} eBGP sessions from edge, "
+        f"prefixes {', '.join(topo.prefixes)} held by {', '.join(t.name for t in topo.transits)}"
+        f"\n  run dir {lab.run_dir}; site file {lab.site_file}",
+        file=out,
+    )
+    return lab
+
+
+def _build(lab: Lab, site, topo: Topology) -> None:
+    for node in topo.nodes:
+        netns.add_namespace(lab.ns(node))
+    _parallel(
+        [
+            netns.exec_argv(
+                lab.ns(n),
+                [
+                    "sh",
+                    "-c",
+                    "; ".join(
+                        f"echo {v} > /proc/sys/{k.replace('.', '/')}"
+                        for k, v in _sysctls(n in topo.routing_nodes).items()
+                    ),
+                ],
+            )
+            for n in topo.nodes
+        ]
+    )
+    netns.batch(
+        None,
+        [
+            f"link add {link.a.name} netns {lab.ns(link.a.node)} type veth "
+            f"peer name {link.b.name} netns {lab.ns(link.b.node)}"
+            for link in topo.links
+        ],
+    )
+    for node in topo.nodes:
+        netns.batch(lab.ns(node), node_commands(topo, node) + route_commands(topo, node))
+    birds = [
+        lab.start_bird(t.name, bird.transit_config(topo, t, lab.run_dir / f"{t.name}.log"))
+        for t in topo.transits
+    ]
+    birds.append(lab.start_bird("inet", bird.inet_config(topo, lab.run_dir / "inet.log")))
+    _parallel(birds)
+    start_exabgp(lab, site)
+
+
+def down(name: str, *, quiet: bool = False, out=sys.stdout) -> int:
+    """Remove every process (from the lab's pidfiles), namespace and file of lab `name`.
+    Returns the number of namespaces removed."""
+    lab = Lab(name)
+    if lab.run_dir.is_dir():
+        for pidfile in sorted(lab.run_dir.glob("*.pid")):
+            expect = "exabgp" if pidfile.stem == "exabgp" else "bird"
+            stop_pidfile(pidfile, expect)
+    namespaces = netns.list_namespaces(lab.ns_prefix())
+    for ns in namespaces:
+        netns.delete_namespace(ns)
+    shutil.rmtree(lab.run_dir, ignore_errors=True)
+    if not quiet:
+        print(f"lab {name} down: removed {len(namespaces)} namespaces", file=out)
+    return len(namespaces)
+
+
+def status(lab: Lab) -> dict:
+    """What the lab holds now: nodes, links, sessions, our prefixes per transit, faults."""
+    topo = lab.topology()
+    present = set(netns.list_namespaces(lab.ns_prefix()))
+    links_by_ns = {
+        n: {li["ifname"]: li for li in netns.link_state(lab.ns(n))}
+        for n in topo.nodes
+        if lab.ns(n) in present
+    }
+    nodes = {n: {"namespace": lab.ns(n), "present": lab.ns(n) in present} for n in topo.nodes}
+    links = []
+    for link in topo.links:
+        ends = []
+        for end in (link.a, link.b):
+            info = links_by_ns.get(end.node, {}).get(end.name, {})
+            ends.append(
+                {
+                    "node": end.node,
+                    "ifname": end.name,
+                    "state": info.get("operstate", "ABSENT"),
+                    "admin_up": "UP" in info.get("flags", []),
+                }
+            )
+        links.append({"name": link.name, "kind": link.kind, "ends": ends})
+    sessions, transits = [], {}
+    for node in topo.bird_nodes():
+        try:
+            protocols = bird.parse_protocols(lab.birdc(node, "show protocols"))
+            routes = bird.parse_routes(lab.birdc(node, "show route all"))
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+            sessions.append({"node": node, "protocol": "*", "state": "bird not running"})
+            continue
+        for pname, p in protocols.items():
+            if p["proto"] == "BGP":
+                sessions.append(
+                    {"node": node, "protocol": pname, "state": p["state"], "info": p["info"]}
+                )
+        transits[node] = {prefix: routes.get(prefix, []) for prefix in topo.prefixes}
+    state = lab.read_state()
+    return {
+        "name": lab.name,
+        "run_dir": str(lab.run_dir),
+        "phase": state.get("phase"),
+        "exabgp_running": _exabgp_alive(lab),
+        "nodes": nodes,
+        "links": links,
+        "sessions": sessions,
+        "routes": transits,
+        "faults": state.get("faults", {}),
+    }
+
+
+def _exabgp_alive(lab: Lab) -> bool:
+    return is_running(lab.pidfile("exabgp"), "exabgp")

@@ -1,0 +1,404 @@
+"""The agent daemon without a kernel: its settings from the site file, its metrics, and how it
+survives (or stops on) errors, driven through a fake netlink and fake probers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import signal
+import socket
+import time
+from ipaddress import IPv4Address, IPv6Address
+
+import pytest
+from prometheus_client import CollectorRegistry
+from pyroute2.netlink.exceptions import NetlinkError
+
+from netwatch.adapters.netlink import DefaultRoute, Event, LinkState
+from netwatch.agent import daemon as agent_module
+from netwatch.agent.daemon import Agent, AgentFailed, settings_of
+from netwatch.agent.decision import ProbeKind
+from netwatch.agent.metrics import AgentMetrics
+from netwatch.config import AgentSection
+from netwatch.core.vocabulary import Family, Health, UplinkRole
+
+P, S = UplinkRole.PRIMARY, UplinkRole.SECONDARY
+
+
+def agent_config(failback: str = "auto", **probe) -> AgentSection:
+    return AgentSection.model_validate({
+        "uplinks": {
+            "primary": {"interface": "eth0", "gateway": "100.64.1.1", "gateway6": "fe80::1",
+                        "source": "198.51.100.10"},
+            "secondary": {"interface": "eth1", "gateway": "100.64.2.1", "gateway6": "fe80::1",
+                          "source": "198.51.100.20"},
+        },
+        "probe": {"interval_ms": 20, "fall": 3, "rise": 2, **probe},
+        "failback": {"mode": failback, "hold_down_s": 0.2},
+    })
+
+
+def test_settings_probe_what_the_site_file_names():
+    both = settings_of(agent_config(beyond=["203.0.113.1", "2001:db8:203::1"]))
+    assert both.kinds == (ProbeKind.GATEWAY, ProbeKind.GATEWAY6, ProbeKind.BEYOND4,
+                          ProbeKind.BEYOND6)
+    assert both.families == (Family.V4, Family.V6)
+    v4_beyond = settings_of(agent_config(beyond=["203.0.113.1"]))
+    assert v4_beyond.kinds == (ProbeKind.GATEWAY, ProbeKind.GATEWAY6, ProbeKind.BEYOND4)
+
+
+def test_probe_metrics_keep_the_kind_labels_dashboards_read():
+    registry = CollectorRegistry()
+    metrics = AgentMetrics(registry)
+    metrics.probe(P, ProbeKind.GATEWAY6, None)
+    metrics.stream(S, ProbeKind.BEYOND4).count(0.002)
+    metrics.update_loss()
+
+    def sample(name, **labels):
+        return registry.get_sample_value(name, labels)
+
+    assert sample("netwatch_agent_probes_total", uplink="primary", kind="gateway6",
+                  result="lost") == 1
+    assert sample("netwatch_agent_probe_loss_ratio", uplink="primary", kind="gateway6") == 1
+    assert sample("netwatch_agent_probes_total", uplink="secondary", kind="beyond4",
+                  result="ok") == 1
+    assert sample("netwatch_agent_probe_rtt_seconds_count", uplink="secondary",
+                  kind="beyond4") == 1
+
+
+# ------------------------------------------------------------------ the daemon, with fakes
+
+
+class FakeKernel:
+    """Links always up, one default route per family, writes recorded; errors scripted:
+    `write_errors` / `dump_errors` raise once each (in order), `events_error` on every read
+    of the event socket."""
+
+    GATEWAYS = {("eth0", socket.AF_INET): IPv4Address("100.64.1.1"),
+                ("eth1", socket.AF_INET): IPv4Address("100.64.2.1"),
+                ("eth0", socket.AF_INET6): IPv6Address("fe80::1"),
+                ("eth1", socket.AF_INET6): IPv6Address("fe80::1")}
+
+    def __init__(self):
+        self.routes = {socket.AF_INET: "eth0", socket.AF_INET6: "eth0"}
+        self.writes: list[tuple[int, str]] = []
+        self.write_errors: list[BaseException] = []
+        self.dump_errors: list[BaseException] = []
+        self.events_error: BaseException | None = None
+        self.reopened = self.link_reads = 0
+        self.queue: asyncio.Queue | None = None
+
+    async def open(self):
+        self.queue = asyncio.Queue()
+
+    def close(self):
+        pass
+
+    async def links(self, ifnames):
+        self.link_reads += 1
+        return {name: LinkState(name, True, True, True) for name in ifnames}
+
+    async def events(self):
+        while True:
+            if self.events_error is not None:
+                raise self.events_error
+            item = await self.queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if item is None:
+                return
+            yield item
+
+    async def reopen_events(self):
+        self.reopened += 1
+
+    async def default_routes(self, family):
+        if self.dump_errors:
+            raise self.dump_errors.pop(0)
+        ifname = self.routes[family]
+        return [DefaultRoute(family, ifname, self.GATEWAYS[ifname, family], 0, 252)]
+
+    async def replace_default(self, family, ifname, gateway, source, metric=None):
+        if self.write_errors:
+            raise self.write_errors.pop(0)
+        self.routes[family] = ifname
+        self.writes.append((family, ifname))
+        self.queue.put_nowait(Event("route"))  # as the kernel announces it
+
+    async def ensure_probe_path(self, path):
+        return False
+
+    async def address_towards(self, ifname, gateway):
+        return None
+
+    def on(self, ifname: str) -> bool:
+        return self.routes == {socket.AF_INET: ifname, socket.AF_INET6: ifname}
+
+
+class FakeProbers:
+    """Every stream of an uplink answers while `alive[uplink]`; `make` is the agent's factory."""
+
+    def __init__(self):
+        self.alive = {P: True, S: True}
+
+    async def make(self, role, kind):
+        probers = self
+
+        class Prober:
+            def send(self):
+                return True
+
+            def result(self, timeout_s):
+                return 0.0005 if probers.alive[role] else None
+
+            def close(self):
+                pass
+
+        return Prober(), f"{role.value}-{kind.value}"
+
+
+class FakeClock:
+    """Monotonic seconds that move only when told (decisions must read this, nothing else)."""
+
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+async def until(check, timeout_s: float = 10.0) -> None:
+    """Wait (generously) until check() holds; fail the test otherwise."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def run_agent(scenario, *, clock=None, kernel=None, probers=None, failback="auto"):
+    """Run an Agent with fakes and `await scenario(agent, kernel, probers, task)`; return
+    (registry, the agent task's exception or None)."""
+    kernel = kernel or FakeKernel()
+    probers = probers or FakeProbers()
+    registry = CollectorRegistry()
+    extra = {"clock": clock} if clock is not None else {}
+    agent = Agent(agent_config(failback, beyond=["203.0.113.1"]), registry, kernel=kernel,
+                  probers=probers.make, **extra)
+
+    async def main():
+        task = asyncio.create_task(agent.run())
+        try:
+            await until(lambda: task.done() or (agent.state.health(P) is Health.UP
+                                                and agent.state.health(S) is Health.UP))
+            await scenario(agent, kernel, probers, task)
+        finally:
+            agent.stop()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(task), 10)
+        return task.exception()
+
+    return registry, asyncio.run(main())
+
+
+@pytest.fixture
+def fast(monkeypatch):
+    """Resync and netlink retries in milliseconds, so the tests wait little."""
+    monkeypatch.setattr(agent_module, "RESYNC_INTERVAL_S", 0.02)
+    monkeypatch.setattr(agent_module, "NETLINK_RETRY_S", 0.001)
+
+
+def sample(registry, name, **labels):
+    return registry.get_sample_value(name, labels) or 0.0
+
+
+def test_decisions_read_the_injected_monotonic_clock(fast):
+    """Failback waits for hold_down_s on the agent's clock: with the clock held still, the
+    routes stay on the secondary however long the loop runs; moving it fails back."""
+    clock = FakeClock()
+
+    async def scenario(agent, kernel, probers, task):
+        probers.alive[P] = False
+        await until(lambda: kernel.on("eth1"))
+        probers.alive[P] = True
+        await until(lambda: agent.state.health(P) is Health.UP)
+        await asyncio.sleep(0.5)  # 2.5 hold-downs of real time, none on the agent's clock
+        assert kernel.on("eth1")
+        clock.now += 0.25
+        await until(lambda: kernel.on("eth0"))
+
+    registry, error = run_agent(scenario, clock=clock)
+    assert error is None
+    assert sample(registry, "netwatch_agent_failovers_total", reason="failback") == 1
+
+
+def test_lost_netlink_events_are_logged_and_the_state_re_read(fast, caplog):
+    """ENOBUFS on the event socket: counted, logged, the socket reopened, the links and routes
+    read again; the agent goes on repairing routes."""
+
+    async def scenario(agent, kernel, probers, task):
+        reads = kernel.link_reads
+        kernel.queue.put_nowait(NetlinkError(errno.ENOBUFS, "No buffer space available"))
+        await until(lambda: kernel.reopened == 1 and kernel.link_reads == reads + 1)
+        kernel.routes[socket.AF_INET] = "eth1"  # an operator's `ip route replace`
+        kernel.queue.put_nowait(Event("route"))
+        await until(lambda: kernel.on("eth0"))
+        assert not task.done()
+
+    registry, error = run_agent(scenario)
+    assert error is None
+    assert sample(registry, "netwatch_agent_netlink_errors_total", op="events") == 1
+    assert "event=netlink_error op=events" in caplog.text and "errno=ENOBUFS" in caplog.text
+
+
+def test_a_broken_event_socket_stops_the_agent_and_leaves_the_routes(fast):
+    async def scenario(agent, kernel, probers, task):
+        kernel.events_error = NetlinkError(errno.ECONNRESET, "reset")
+        kernel.queue.put_nowait(Event("route"))
+        await until(task.done)
+
+    kernel = FakeKernel()
+    _, error = run_agent(scenario, kernel=kernel)
+    assert isinstance(error, NetlinkError)
+    assert kernel.reopened == agent_module.NETLINK_ATTEMPTS - 1
+    assert kernel.on("eth0") and kernel.writes == []
+
+
+def test_a_failed_route_read_is_retried_then_fatal_when_it_persists(fast):
+    async def scenario(agent, kernel, probers, task):
+        kernel.dump_errors = [OSError(errno.EBUSY, "busy")]
+        await until(lambda: not kernel.dump_errors)
+        kernel.routes[socket.AF_INET6] = "eth1"  # still repaired afterwards
+        await until(lambda: kernel.on("eth0"))
+        assert not task.done()
+        kernel.dump_errors = [OSError(errno.EBUSY, "busy")] * agent_module.NETLINK_ATTEMPTS
+        await until(task.done)
+
+    registry, error = run_agent(scenario)
+    assert isinstance(error, OSError) and error.errno == errno.EBUSY
+    assert sample(registry, "netwatch_agent_netlink_errors_total", op="snapshot") == (
+        1 + agent_module.NETLINK_ATTEMPTS)
+
+
+def test_a_refused_route_write_is_retried_by_the_next_snapshot(fast):
+    async def scenario(agent, kernel, probers, task):
+        kernel.write_errors = [NetlinkError(errno.ENETUNREACH, "Network is unreachable")]
+        probers.alive[P] = False
+        await until(lambda: kernel.on("eth1"))
+        assert not task.done()
+
+    registry, error = run_agent(scenario)
+    assert error is None
+    assert sample(registry, "netwatch_agent_route_errors_total", family="ipv4") == 1
+    assert sample(registry, "netwatch_agent_route_changes_total", family="ipv4",
+                  cause="repair") == 1
+
+
+def test_a_bug_in_route_repair_stops_the_agent_and_leaves_the_routes(fast):
+    async def scenario(agent, kernel, probers, task):
+        kernel.write_errors = [TypeError("a bug")]
+        probers.alive[P] = False
+        await until(task.done)
+
+    kernel = FakeKernel()
+    _, error = run_agent(scenario, kernel=kernel)
+    assert isinstance(error, TypeError)
+    assert kernel.on("eth0") and kernel.writes == []
+
+
+def test_an_exception_in_a_probe_callback_stops_the_agent(fast):
+    """A reply handler (a loop reader callback, as the raw-socket probers use) that raises
+    would otherwise be logged by asyncio and forgotten, its prober deaf for ever."""
+    sockets = socket.socketpair()
+
+    async def scenario(agent, kernel, probers, task):
+        def handler():
+            sockets[0].recv(16)
+            raise ValueError("cannot parse the reply")
+
+        asyncio.get_running_loop().add_reader(sockets[0].fileno(), handler)
+        sockets[1].send(b"reply")
+        await until(task.done)
+
+    kernel = FakeKernel()
+    try:
+        _, error = run_agent(scenario, kernel=kernel)
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert isinstance(error, ValueError)
+    assert kernel.on("eth0") and kernel.writes == []
+
+
+def test_an_operator_request_that_fails_stops_the_agent(fast):
+    async def scenario(agent, kernel, probers, task):
+        def broken(role, reason):
+            raise RuntimeError("a bug in the request path")
+
+        agent.request = broken
+        os.kill(os.getpid(), signal.SIGUSR2)
+        await until(task.done)
+
+    _, error = run_agent(scenario)
+    assert isinstance(error, RuntimeError) and "request path" in str(error)
+
+
+def test_a_worker_that_returns_stops_the_agent(fast):
+    async def scenario(agent, kernel, probers, task):
+        kernel.queue.put_nowait(None)  # the event stream ends
+        await until(task.done)
+
+    _, error = run_agent(scenario)
+    assert isinstance(error, AgentFailed)
+
+
+def test_manual_failback_waits_for_sigusr1(fast):
+    """failback.mode manual: the primary healthy for ever (on the agent's clock) does not
+    bring the routes back; SIGUSR1 does."""
+    clock = FakeClock()
+
+    async def scenario(agent, kernel, probers, task):
+        probers.alive[P] = False
+        await until(lambda: kernel.on("eth1"))
+        probers.alive[P] = True
+        await until(lambda: agent.state.health(P) is Health.UP)
+        clock.now += 3600
+        await asyncio.sleep(0.2)  # ten probe rounds on a clock an hour later
+        assert kernel.on("eth1")
+        os.kill(os.getpid(), signal.SIGUSR1)
+        await until(lambda: kernel.on("eth0"))
+
+    registry, error = run_agent(scenario, clock=clock, failback="manual")
+    assert error is None
+    assert sample(registry, "netwatch_agent_failovers_total", reason="operator") == 1
+    assert sample(registry, "netwatch_agent_failovers_total", reason="failback") == 0
+
+
+@pytest.mark.parametrize("error, code", [
+    (NetlinkError(errno.ECONNRESET, "reset"), 71),  # the kernel, after the retries: EX_OSERR
+    (OSError(errno.ENOBUFS, "No buffer space available"), 71),
+    (AgentFailed("worker probes returned"), 70),  # a bug: EX_SOFTWARE
+])
+def test_a_fatal_error_exits_non_zero_for_systemd(monkeypatch, lab_site, error, code):
+    import argparse
+    import logging
+
+    from netwatch.commands.agent_cmd import cmd_agent
+
+    class Dying:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        async def run(self):
+            raise error
+
+    monkeypatch.setattr(agent_module, "Agent", Dying)
+    root = logging.getLogger("netwatch")
+    saved = root.handlers[:], root.level, root.propagate
+    try:
+        args = argparse.Namespace(config=str(lab_site), netns=None,
+                                  metrics_listen="none", verbose=False)
+        assert cmd_agent(args) == code
+    finally:
+        root.handlers[:], root.level, root.propagate = saved

@@ -1,0 +1,374 @@
+"""The site file loader: valid files load, every mistake is reported with file, line, path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from netwatch.config import ConfigError, Site, load_site, load_targets
+
+REPO = Path(__file__).resolve().parents[3]
+PROBES = REPO / "probes"
+LAB_SITE_DIR = REPO / "netwatch" / "lab" / "site"
+SITE_FILES = sorted([*PROBES.glob("*.yaml"), *LAB_SITE_DIR.glob("*.yaml")])
+CATALOGUES = sorted(
+    [*(PROBES / "targets").glob("*.yaml"), *(LAB_SITE_DIR / "targets").glob("*.yaml")]
+)
+
+MINIMAL = """\
+site: t
+asn: 64500
+prefixes: [198.51.100.0/24, "2001:db8:100::/48"]
+controller:
+  upstreams:
+    - {name: a, asn: 64501, neighbor: 192.0.2.1, local_address: 192.0.2.2,
+       neighbor6: "2001:db8::1", local_address6: "2001:db8::2"}
+    - {name: b, asn: 64502, neighbor: 192.0.2.5, local_address: 192.0.2.6}
+    - {name: c, asn: 64503, neighbor: 192.0.2.9, local_address: 192.0.2.10}
+  probe:
+    targets: [203.0.113.1, 203.0.113.2, 203.0.113.3]
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "site.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def errors_of(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_site(path)
+    return caught.value.errors
+
+
+@pytest.mark.parametrize("path", SITE_FILES, ids=lambda p: p.name)
+def test_every_shipped_site_file_loads(path: Path) -> None:
+    site = load_site(path)
+    assert site.prefixes
+
+
+@pytest.mark.parametrize("path", CATALOGUES, ids=lambda p: p.name)
+def test_every_shipped_target_catalogue_loads(path: Path) -> None:
+    assert len(load_targets(path)) >= 3
+
+
+def test_defaults_are_filled_in(tmp_path: Path) -> None:
+    site = load_site(write(tmp_path, MINIMAL))
+    policy = site.controller.policy
+    assert policy.min_announcing_upstreams == 2
+    assert policy.degraded.action == "prepend" and policy.failed.action == "withdraw"
+    assert site.metrics.controller == "127.0.0.1:9111"
+    assert site.metrics.agent == "127.0.0.1:9110"
+    assert site.control.agent != site.control.controller
+    assert [str(t.address) for t in site.controller.probe.targets] == [
+        "203.0.113.1",
+        "203.0.113.2",
+        "203.0.113.3",
+    ]
+    assert site.controller.upstreams[0].probe_nexthop6 is not None
+
+
+def test_targets_file_is_read_relative_to_the_site_file(tmp_path: Path) -> None:
+    (tmp_path / "targets").mkdir()
+    write(tmp_path, "targets: [203.0.113.7, {address: '2001:db8::7', name: x}]\n", "targets/t.yaml")
+    text = MINIMAL.replace(
+        "targets: [203.0.113.1, 203.0.113.2, 203.0.113.3]", "targets_file: targets/t.yaml"
+    )
+    site = load_site(write(tmp_path, text))
+    assert [t.label for t in site.controller.probe.targets] == ["203.0.113.7", "x"]
+
+
+# Each case: a change to MINIMAL, and the exact error it must produce.
+INVALID = [
+    (
+        ('neighbor6: "2001:db8::1"', 'neighbor6: "fe80::1%eth0 announce route 2001:db8::/32"'),
+        "site.yaml:7: controller.upstreams[0].neighbor6: 'fe80::1%eth0 announce route "
+        "2001:db8::/32': no scope ID (%...) here; the interface has its own key",
+    ),
+    (
+        ("{name: b, asn: 64502", '{communities: ["64500:1\\n"], name: b, asn: 64502'),
+        "site.yaml:8: controller.upstreams[1].communities[0]: '64500:1\\n' is not a BGP "
+        "community (expected A:B or A:B:C)",
+    ),
+    (
+        (
+            "{name: c, asn: 64503, neighbor: 192.0.2.9, local_address: 192.0.2.10}",
+            "{name: c, asn: 64503, neighbor: 192.0.2.9, local_address: 192.0.2.10, "
+            'neighbor6: "2001:db8::1", local_address6: "2001:db8::3"}',
+        ),
+        "site.yaml:9: controller.upstreams[2].neighbor6: '2001:db8::1' is already used by "
+        "upstreams[0]",
+    ),
+    (
+        ("neighbor: 192.0.2.5,", "neighbor: 192.0.2.300,"),
+        "site.yaml:8: controller.upstreams[1].neighbor: '192.0.2.300' is not an IP address",
+    ),
+    (
+        ("prefixes: [198.51.100.0/24", "prefixes: [198.51.100.1/24"),
+        "site.yaml:3: prefixes[0]: '198.51.100.1/24' has host bits set",
+    ),
+    (
+        ("{name: b, asn: 64502", "{name: a, asn: 64502"),
+        "site.yaml:8: controller.upstreams[1].name: 'a' is already used by upstreams[0]",
+    ),
+    (
+        ("name: c, asn: 64503", "name: c, asn: 64502"),
+        "site.yaml:9: controller.upstreams[2].asn: '64502' is already used by upstreams[1]",
+    ),
+    (
+        ("neighbor: 192.0.2.9,", "neighbor: 192.0.2.5,"),
+        "site.yaml:9: controller.upstreams[2].neighbor: '192.0.2.5' is already used by "
+        "upstreams[1]",
+    ),
+    (
+        ("local_address: 192.0.2.10}", 'local_address: "2001:db8::10"}'),
+        "site.yaml:9: controller.upstreams[2].local_address: '2001:db8::10' is IPv6 but neighbor "
+        "is IPv4",
+    ),
+    (
+        ('local_address6: "2001:db8::2"', 'local_address6: "192.0.2.99"'),
+        "site.yaml:7: controller.upstreams[0].local_address6: '192.0.2.99' is not an IPv6 address",
+    ),
+    (
+        ("  probe:\n", "  policy: {min_announcing_upstreams: 3}\n  probe:\n"),
+        "site.yaml:10: controller.policy.min_announcing_upstreams: 3 must be below the number of "
+        "upstreams (3)",
+    ),
+    (
+        (
+            "  probe:\n",
+            "  policy:\n    degraded: {loss_ratio: 0.9, action: prepend, prepend: 2}\n  probe:\n",
+        ),
+        "site.yaml:11: controller.policy.degraded.loss_ratio: 0.9 must be below "
+        "failed.loss_ratio (0.8)",
+    ),
+    (
+        ("  probe:\n", "  probes:\n"),
+        "site.yaml:10: controller.probes: unknown key (did you mean 'probe'?)",
+    ),
+    (
+        ("asn: 64500", "asn: lots"),
+        "site.yaml:2: asn: 'lots' is not a whole number",
+    ),
+    (
+        ("{name: b,", "{name: B!,"),
+        "site.yaml:8: controller.upstreams[1].name: 'B!' is not a valid name (lower-case "
+        "letters, digits, - and _; 1-32)",
+    ),
+]
+
+
+@pytest.mark.parametrize(("change", "expected"), INVALID, ids=lambda v: str(v)[:40])
+def test_each_mistake_has_its_exact_message(tmp_path: Path, change, expected) -> None:
+    old, new = change
+    assert old in MINIMAL
+    path = write(tmp_path, MINIMAL.replace(old, new, 1))
+    assert errors_of(path) == [expected.replace("site.yaml", str(path))]
+
+
+def test_missing_key_points_at_the_parent(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace("local_address: 192.0.2.6}", "}"))
+    assert errors_of(path) == [
+        f"{path}:8: controller.upstreams[1].local_address: required key is missing"
+    ]
+
+
+# A negative ASN, a neighbor that is not an address, a misspelt key: lines 2, 8 and 10.
+THREE_MISTAKES = (
+    MINIMAL.replace("asn: 64500", "asn: -1")
+    .replace("neighbor: 192.0.2.5,", "neighbor: nowhere,")
+    .replace("  probe:\n", "  prob:\n")
+)
+
+
+def test_every_error_is_reported_at_once(tmp_path: Path) -> None:
+    path = write(tmp_path, THREE_MISTAKES)
+    errors = errors_of(path)
+    assert len(errors) == 3
+    assert [e.split(": ")[0] for e in errors] == [f"{path}:2", f"{path}:8", f"{path}:10"]
+
+
+def test_duplicate_keys_are_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "asn: 64999\n")
+    assert errors_of(path) == [f"{path}:12: asn: duplicate key"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "the file is empty"),
+        ("# only a comment\n", "the file is empty"),
+        ("- a\n- b\n", "1: expected a mapping of keys, got a list"),
+        ("just words\n", "1: expected a mapping of keys, got a str"),
+        ("site: [unclosed\n", "2: YAML syntax error: expected ',' or ']', but got '<stream end>'"),
+        (
+            "a: 1\n\tb: 2\n",
+            "2: YAML syntax error: found character '\\t' that cannot start any token",
+        ),
+    ],
+)
+def test_unusable_files_get_one_clear_line(tmp_path: Path, text: str, message: str) -> None:
+    path = write(tmp_path, text)
+    sep = ":" if message[0].isdigit() else ": "
+    assert errors_of(path) == [f"{path}{sep}{message}"]
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert errors_of(tmp_path / "nope.yaml") == [f"{tmp_path / 'nope.yaml'}: no such file"]
+
+
+def test_missing_targets_file_names_the_key(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        "targets: [203.0.113.1, 203.0.113.2, 203.0.113.3]", "targets_file: gone.yaml"
+    )
+    path = write(tmp_path, text)
+    assert errors_of(path) == [
+        f"{path}:11: controller.probe.targets_file: '{tmp_path / 'gone.yaml'}' does not exist"
+    ]
+
+
+# --- properties: the loader returns a Site or raises ConfigError, nothing else ------------
+
+yaml_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.sampled_from(["192.0.2.1", "2001:db8::1", "198.51.100.0/24", "eth0", "64500:1", "0660"]),
+)
+yaml_values = st.recursive(
+    yaml_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
+KEYS = ["site", "asn", "prefixes", "agent", "controller", "metrics", "control", "state_dir"]
+
+
+def _assert_loads_or_config_error(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(text)
+    try:
+        site = load_site(path)
+    except ConfigError as exc:
+        assert exc.errors and all(line.startswith(str(path)) for line in exc.errors)
+    else:
+        assert isinstance(site, Site)
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), yaml_values, max_size=8))
+def test_random_documents_never_crash_the_loader(tmp_path: Path, doc) -> None:
+    _assert_loads_or_config_error(tmp_path, yaml.safe_dump(doc))
+
+
+@settings(max_examples=150, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_valid_configs_never_crash_the_loader(tmp_path: Path, data) -> None:
+    doc = yaml.safe_load((PROBES / "example-site.yaml").read_text())
+    doc["controller"]["probe"] = {"targets": ["203.0.113.1", "203.0.113.2", "203.0.113.3"]}
+    # Walk to a random node and replace it with a random value (or delete it).
+    node, key = doc, None
+    for _ in range(data.draw(st.integers(1, 4))):
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        if not keys:
+            break
+        key = data.draw(st.sampled_from(keys))
+        if isinstance(node[key], dict | list) and data.draw(st.booleans()):
+            node = node[key]
+            key = None
+        else:
+            break
+    if key is not None:
+        if data.draw(st.booleans()):
+            node[key] = data.draw(yaml_values)
+        else:
+            del node[key]
+    _assert_loads_or_config_error(tmp_path, yaml.safe_dump(doc))
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=200))
+def test_random_text_never_crashes_the_loader(tmp_path: Path, text: str) -> None:
+    _assert_loads_or_config_error(tmp_path, text)
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def netwatch(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "netwatch.cli", *args], capture_output=True, text=True, cwd=REPO
+    )
+
+
+def test_validate_accepts_every_shipped_file() -> None:
+    files = [str(p) for p in sorted(PROBES.glob("*.yaml")) + sorted(PROBES.glob("targets/*.yaml"))]
+    result = netwatch("config", "validate", *files)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok (") == len(files)
+
+
+def test_validate_prints_three_mistakes_and_exits_65(tmp_path: Path) -> None:
+    path = write(tmp_path, THREE_MISTAKES)
+    good = LAB_SITE_DIR / "lab-site.yaml"
+    result = netwatch("config", "validate", str(good), str(path))
+    assert result.returncode == 65
+    assert result.stderr.splitlines() == [
+        f"{path}:2: asn: -1: input should be greater than or equal to 1",
+        f"{path}:8: controller.upstreams[1].neighbor: 'nowhere' is not an IP address",
+        f"{path}:10: controller.prob: unknown key (did you mean 'probe'?)",
+    ]
+    assert f"{good}: ok" in result.stdout
+
+
+def test_validate_missing_file_exits_66(tmp_path: Path) -> None:
+    result = netwatch("config", "validate", str(tmp_path / "nope.yaml"))
+    assert result.returncode == 66
+    assert result.stderr.strip() == f"{tmp_path / 'nope.yaml'}: no such file"
+    assert "Traceback" not in result.stderr
+
+
+def test_show_json_fills_defaults() -> None:
+    result = netwatch("config", "show", str(LAB_SITE_DIR / "lab-site.yaml"), "--json")
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["controller"]["policy"]["min_announcing_upstreams"] == 2
+    assert shown["agent"]["probe"]["method"] == "arp"
+    assert shown["control"]["mode"] == "0660"
+
+
+def test_help_and_version() -> None:
+    assert netwatch("--help").returncode == 0
+    version = netwatch("--version")
+    assert version.returncode == 0 and version.stdout.startswith("netwatch ")
+    assert netwatch().returncode == 64
+
+
+def test_tcp_probes_need_a_port_inline_and_in_a_catalogue(tmp_path: Path) -> None:
+    inline = MINIMAL.replace("  probe:\n", "  probe:\n    method: tcp\n")
+    path = write(tmp_path, inline)
+    assert errors_of(path)[0] == (
+        f"{path}:12: controller.probe.targets[0].port: required when method is tcp"
+    )
+    (tmp_path / "t.yaml").write_text(
+        "targets:\n  - {address: 203.0.113.1, port: 443}\n  - 203.0.113.2\n"
+    )
+    text = inline.replace(
+        "targets: [203.0.113.1, 203.0.113.2, 203.0.113.3]", "targets_file: t.yaml"
+    )
+    path = write(tmp_path, text)
+    assert errors_of(path) == [
+        f"{tmp_path / 't.yaml'}:3: targets[1].port: required when controller.probe.method is tcp"
+    ]

@@ -1,0 +1,448 @@
+"""The transit verdict, plan and interlock with a fake clock; properties over random histories."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netwatch.controller.decision import (
+    BudgetExhausted,
+    SessionChange,
+    SessionSummary,
+    State,
+    plan_of,
+    step,
+)
+from netwatch.controller.params import (
+    Params,
+    SessionState,
+    TransitState,
+    Treatment,
+    TreatmentAction,
+    UpstreamParams,
+)
+from netwatch.controller.persistence import restore, to_json
+from netwatch.controller.plan import Announcement, Plan, SafetyHold
+from netwatch.controller.verdict import PathStats, ProbeStats, ProbeWindow, assess, is_local_fault
+from netwatch.core.vocabulary import Family
+from netwatch.exabgp import protocol as exabgp
+
+NAMES = ("t1", "t2", "t3", "t4")
+TARGETS = tuple(f"inet-{i}" for i in range(10))
+
+
+def params(**over) -> Params:
+    base = dict(
+        asn=64500,
+        upstreams=tuple(
+            UpstreamParams(n, frozenset({Family.V4, Family.V6}), ("64500:1",))
+            for n in NAMES
+        ),
+        degraded_loss=0.15, degraded_latency_s=0.08, failed_loss=0.6, failed_latency_s=None,
+        degraded=Treatment(TreatmentAction.PREPEND, 3),
+        failed=Treatment(TreatmentAction.WITHDRAW),
+        fall=3, rise=5, min_announcing_upstreams=2, recovery_hold_s=10.0,
+        max_actions_per_hour=30, min_targets=3,
+    )
+    base.update(over)
+    return Params(**base)
+
+
+def stats(loss: dict[str, float], rtt_s: float = 0.01, dead: tuple[str, ...] = ()) -> ProbeStats:
+    paths = {}
+    for name in NAMES:
+        for t in TARGETS:
+            lost = 10 if t in dead else round(10 * loss.get(name, 0.0))
+            paths[(name, t)] = PathStats(10, lost, rtt_s if lost < 10 else None)
+    return ProbeStats(paths)
+
+
+def up_everywhere(state: State) -> State:
+    for n in NAMES:
+        for f in Family:
+            state, _ = step(state, SessionChange(n, f, True), 0.0)
+    return state
+
+
+def run(state, observation, times):
+    for now in times:
+        state, _ = step(state, observation, now)
+    return state
+
+
+def test_blackhole_withdraws_after_fall_and_returns_after_recovery_hold():
+    s = up_everywhere(restore(params()))
+    s = run(s, stats({"t2": 1.0}), [1.4])  # every probe of the window lost: > fall of them
+    assert s.upstreams["t2"].state is TransitState.FAILED
+    assert s.plan.desired[("t2", Family.V4)] is None
+    assert s.plan.announcing(Family.V6) == ["t1", "t3", "t4"]
+    s = run(s, stats({}), [2.0 + 0.2 * i for i in range(5)])  # rise = 5 ...
+    assert s.upstreams["t2"].state is TransitState.FAILED  # ... but the recovery hold is 10 s
+    s = run(s, stats({}), [11.0])
+    assert s.upstreams["t2"].state is TransitState.FAILED
+    s = run(s, stats({}), [12.9])
+    assert s.upstreams["t2"].state is TransitState.HEALTHY
+    assert s.plan.desired[("t2", Family.V4)] == Announcement((), ("64500:1",))
+
+
+def test_loss_30_prepends():
+    s = up_everywhere(restore(params()))
+    s = run(s, stats({"t3": 0.3}), [1, 2, 3])
+    assert s.upstreams["t3"].state is TransitState.DEGRADED
+    assert s.plan.desired[("t3", Family.V4)] == Announcement((64500,) * 4, ("64500:1",))
+
+
+def test_latency_degrades():
+    s = up_everywhere(restore(params()))
+    slow = stats({})
+    paths = dict(slow.paths)
+    for t in TARGETS:
+        paths[("t1", t)] = PathStats(10, 0, 0.2)
+    s = run(s, ProbeStats(paths), [1, 2, 3])
+    assert s.upstreams["t1"].state is TransitState.DEGRADED
+
+
+def test_three_blackholed_keep_two_announced_with_safety_hold():
+    s = up_everywhere(restore(params()))
+    actions = []
+    for now in (1, 2, 3):
+        s, actions = step(s, stats({"t1": 1.0, "t2": 1.0, "t3": 1.0}), now)
+    assert {n for n in NAMES if s.upstreams[n].state is TransitState.FAILED} == {"t1", "t2", "t3"}
+    assert s.plan.announcing(Family.V4) == ["t1", "t4"]
+    assert any(isinstance(a, SafetyHold) for a in actions)
+
+
+def test_dead_targets_and_everything_down_take_no_action():
+    s = up_everywhere(restore(params()))
+    s = run(s, stats({}, dead=TARGETS[:8]), [1, 2, 3, 4])  # dead targets are no verdict
+    assert all(u.state is TransitState.HEALTHY for u in s.upstreams.values())
+    s = run(s, stats({n: 1.0 for n in NAMES}), [5, 6, 7, 8])
+    assert s.local_fault
+    assert all(u.state is TransitState.HEALTHY for u in s.upstreams.values())
+
+
+def test_an_unprobed_upstream_does_not_disable_the_all_bad_guard():
+    """t3 has no probe path (no interface, or its prober failed at start): no sample at all.
+    t1, t2 at 30 % loss and t4 at 60 % is every *probed* upstream bad at once: our fault, and
+    no verdict moves, as with all four probed."""
+    p = params()
+    bad = stats({"t1": 0.3, "t2": 0.3, "t3": 0.3, "t4": 0.6})
+    partial = ProbeStats({k: v for k, v in bad.paths.items() if k[0] != "t3"})
+    for picture in (bad, partial):
+        assert is_local_fault(p, assess(p, picture), picture)
+        s = up_everywhere(restore(p))
+        s = run(s, picture, [1, 2, 3, 4])
+        assert s.local_fault
+        assert all(u.state is TransitState.HEALTHY for u in s.upstreams.values())
+
+
+def test_the_all_bad_guard_needs_two_probed_upstreams():
+    p = params()
+    only_t1 = ProbeStats({k: v for k, v in stats({"t1": 0.5}).paths.items() if k[0] == "t1"})
+    assert not is_local_fault(p, assess(p, only_t1), only_t1)
+
+
+def test_action_budget_holds_and_says_so_once_per_episode():
+    s = up_everywhere(restore(params(max_actions_per_hour=1)))
+    reported = []
+    for now in range(1, 11):
+        s, actions = step(s, stats({"t1": 1.0, "t2": 1.0}), now)
+        reported += [a for a in actions if isinstance(a, BudgetExhausted)]
+    failed = [n for n in NAMES if s.upstreams[n].state is TransitState.FAILED]
+    assert failed == ["t1"] and s.budget_exhausted
+    assert reported == [BudgetExhausted("t2", TransitState.FAILED)]  # not one per judgement
+    s = run(s, stats({"t1": 1.0}), [11 + 0.2 * i for i in range(5)])  # t2 is fine again (rise)
+    assert not s.budget_exhausted  # the episode is over ...
+    s, actions = step(s, stats({"t1": 1.0, "t2": 1.0}), 13)
+    assert BudgetExhausted("t2", TransitState.FAILED) in actions  # ... a new one is reported
+
+
+def test_restart_keeps_failed_state():
+    s = up_everywhere(restore(params()))
+    s = run(s, stats({"t2": 1.0}), [1, 2, 3])
+    again = restore(params(), to_json(s))
+    assert again.upstreams["t2"].state is TransitState.FAILED
+
+
+def three_failed() -> State:
+    s = up_everywhere(restore(params()))
+    s = run(s, stats({"t1": 1.0, "t2": 1.0, "t3": 1.0}), [1, 2, 3])
+    assert [h.kept for h in s.plan.holds] == [("t1",), ("t1",)]
+    return s
+
+
+def test_a_restart_keeps_the_hold_on_the_same_upstream():
+    """The incident: three FAILED, t4 and the held t1 announced. A restarted controller knows
+    no session (UNKNOWN): it must not count them as down and drop the hold, nor move it."""
+    s = three_failed()
+    again = restore(params(), to_json(s))
+    assert all(v is SessionState.UNKNOWN for v in again.sessions.values())
+    assert again.plan == s.plan
+    known = {k: v is SessionState.UP for k, v in s.sessions.items()}
+    again, _ = step(again, SessionSummary(known), 4)
+    assert again.plan == s.plan
+
+
+def test_a_released_hold_is_announced_elsewhere_before_it_is_withdrawn():
+    """t2 held for the interlock while t2-t4 are FAILED; t3 recovers and the hold on t2 is
+    released in the same plan: t3's announcement goes out before t2's withdrawal, so at no
+    moment does only t1 announce."""
+    sessions = {(n, int(f)): f"192.0.2.{4 * i + 1}" if f == Family.V4
+                else f"2001:db8:ffff:{i + 1}::1"
+                for i, n in enumerate(NAMES) for f in Family}
+    prefixes = ["198.51.100.0/24", "2001:db8:100::/48"]
+    s = up_everywhere(restore(params(), {
+        "upstreams": {n: {"state": "failed"} for n in ("t2", "t3", "t4")}}))
+    assert s.plan.announcing(Family.V4) == ["t1", "t2"]
+    known = exabgp.expand(s.plan.desired, sessions, prefixes)
+    u = s.upstreams["t3"]
+    s = dataclasses.replace(s, upstreams={
+        **s.upstreams, "t3": dataclasses.replace(u, state=TransitState.HEALTHY)})
+    new = plan_of(s)
+    assert new.announcing(Family.V4) == ["t1", "t3"]
+    lines = [c.line for c in exabgp.diff(exabgp.expand(new.desired, sessions, prefixes), known)]
+    kinds = [line.split()[2] for line in lines]
+    assert kinds == ["announce", "announce", "withdraw", "withdraw"], lines
+
+
+def test_a_hold_is_kept_where_it_was_even_if_another_looks_better_now():
+    s = three_failed()
+    persisted = to_json(s)
+    persisted["holds"] = {"ipv4": ["t3"], "ipv6": ["t3"]}  # say the hold had been on t3
+    again = restore(params(), persisted)
+    known = {k: v is SessionState.UP for k, v in s.sessions.items()}
+    again, _ = step(again, SessionSummary(known), 4)
+    assert again.plan.announcing(Family.V4) == ["t3", "t4"]
+
+
+def test_unknown_sessions_are_possibly_up():
+    """Before the first session is known, the interlock counts announcements through sessions
+    that may be up: two of them, not zero and not all four."""
+    p = params()
+    persisted = {"upstreams": {n: {"state": "failed"} for n in ("t1", "t2", "t3")}}
+    s = restore(p, persisted)
+    assert s.plan.announcing(Family.V4) == ["t1", "t4"]
+    # A session that turns out down is not counted; one that is up is kept.
+    s, _ = step(s, SessionChange("t4", Family.V4, False), 1)
+    s, _ = step(s, SessionChange("t1", Family.V4, True), 1)
+    assert s.plan.announcing(Family.V4) == ["t1", "t2", "t4"]  # t4 down, t2 possibly up
+
+
+def test_an_event_wins_over_the_summary_that_follows_it():
+    s = restore(params())
+    s, _ = step(s, SessionChange("t1", Family.V4, True), 1)
+    s, _ = step(s, SessionSummary({("t1", Family.V4): False,
+                                         ("t2", Family.V4): True}), 1)
+    assert s.sessions[("t1", Family.V4)] is SessionState.UP
+    assert s.sessions[("t2", Family.V4)] is SessionState.UP
+    assert s.sessions[("t3", Family.V4)] is SessionState.UNKNOWN
+
+
+def test_persisted_times_are_wall_clock_and_converted_both_ways():
+    p = params(max_actions_per_hour=5)
+    s = up_everywhere(restore(p))
+    s = run(s, stats({"t2": 1.0}), [100.0])  # FAILED at monotonic 100
+    s = run(s, stats({}), [101.0 + 0.2 * i for i in range(5)])  # rise: hold since 101.8
+    saved = to_json(s, wall_offset_s=1.7e9)  # wall = monotonic + 1.7e9
+    t2 = saved["upstreams"]["t2"]
+    assert t2["changed_at"] == pytest.approx(1.7e9 + 100)
+    assert t2["recovery_since"] == pytest.approx(1.7e9 + 101.8)
+    assert saved["action_times"] == [pytest.approx(1.7e9 + 100)]
+    # Restarted on a new monotonic origin (a reboot) 3 s of wall time later.
+    again = restore(p, saved, now=5.0, wall_offset_s=1.7e9 + 106.8 - 5.0)
+    assert again.upstreams["t2"].recovery.since == pytest.approx(0.0)
+    assert again.upstreams["t2"].changed_at == pytest.approx(-1.8)
+    assert again.budget.times == (pytest.approx(-1.8),)
+    # A wall clock stepped back since: times "in the future" count as now (never shorter).
+    back = restore(p, saved, now=5.0, wall_offset_s=1.7e9)
+    assert back.upstreams["t2"].recovery.since == 5.0 and back.budget.times == (5.0,)
+
+
+def test_a_recovery_hold_in_progress_survives_a_restart():
+    p = params()
+    s = up_everywhere(restore(p))
+    s = run(s, stats({"t2": 1.0}), [1.0])
+    s = run(s, stats({}), [2.0 + 0.2 * i for i in range(5)])  # hold since 2.8, ends 12.8
+    again = up_everywhere(restore(p, to_json(s), now=8.0))
+    again = run(again, stats({}), [12.7])
+    assert again.upstreams["t2"].state is TransitState.FAILED
+    again = run(again, stats({}), [12.9])
+    assert again.upstreams["t2"].state is TransitState.HEALTHY  # not at 8 + 10 + rise
+
+
+@pytest.mark.parametrize(
+    ("persisted", "field"),
+    [
+        ({"upstreams": {"t1": {"state": "bogus"}}}, "upstreams.t1.state"),
+        ({"upstreams": {"t1": {}}}, "upstreams.t1.state"),
+        ({"upstreams": []}, "upstreams"),
+        ({"upstreams": {"t1": ["failed"]}}, "upstreams.t1"),
+        ({"upstreams": {"t1": {"state": "failed", "candidate": 2}}}, "upstreams.t1.candidate"),
+        ({"upstreams": {"t1": {"state": "failed", "changed_at": "1"}}}, "upstreams.t1.changed_at"),
+        ({"upstreams": {"t1": {"state": "failed", "recovery_since": float("nan")}}},
+         "upstreams.t1.recovery_since"),
+        ({"action_times": ["1"]}, "action_times[0]"),
+        ({"action_times": [1.0, None]}, "action_times[1]"),
+        ({"action_times": 3}, "action_times"),
+        ({"holds": {"ipv4": "t1"}}, "holds.ipv4"),
+        ({"holds": {"4": ["t1"]}}, "holds.4"),
+    ],
+)
+def test_a_persisted_state_of_the_wrong_shape_is_refused_with_the_field(persisted, field):
+    with pytest.raises(ValueError, match=re.escape(field)):
+        restore(params(), persisted)
+
+
+def test_a_persisted_state_from_another_site_file_is_read_for_what_still_applies():
+    s = restore(params(), {
+        "upstreams": {"t9": {"state": "failed"}, "t2": {"state": "degraded"}},
+        "holds": {"ipv4": ["t9"]},
+    })  # t9 is gone from the site file; an old file has no candidate
+    assert s.upstreams["t2"].state is TransitState.DEGRADED and "t9" not in s.upstreams
+
+
+# --- properties -----------------------------------------------------------------------------
+
+loss_values = st.sampled_from([0.0, 0.02, 0.1, 0.3, 0.5, 0.8, 1.0])
+events = st.one_of(
+    st.tuples(st.just("probe"), st.fixed_dictionaries({n: loss_values for n in NAMES})),
+    st.tuples(st.just("session"), st.tuples(st.sampled_from(NAMES), st.sampled_from(Family),
+                                            st.booleans())),
+    # the controller restarts; True: ExaBGP's answer (the sessions as they were) comes at once
+    st.tuples(st.just("restart"), st.booleans()),
+)
+
+
+def holds_of(plan: Plan) -> dict:
+    return {h.family: set(h.kept) for h in plan.holds}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(events, min_size=1, max_size=60))
+def test_properties_over_random_histories(history):
+    p = params(max_actions_per_hour=1000)
+    s = restore(p)
+    now = 0.0
+    for kind, value in history:
+        now += 0.5
+        before = {n: (u.state, u.changed_at) for n, u in s.upstreams.items()}
+        was_announced = dict(s.plan.desired)
+        if kind == "restart":
+            old = s
+            s = restore(p, to_json(old), now=now)
+            # knowing the same sessions again, the restarted controller plans what it planned
+            known = {k: v is SessionState.UP for k, v in old.sessions.items()
+                     if v is not SessionState.UNKNOWN}
+            learnt, _ = step(s, SessionSummary(known), now)
+            assert learnt.plan.desired == old.plan.desired
+            assert holds_of(learnt.plan) == holds_of(old.plan)  # no hold migration
+            if value:
+                s = learnt
+        else:
+            obs = SessionChange(*value) if kind == "session" else stats(value)
+            s, _ = step(s, obs, now)
+        all_bad = kind == "probe" and all(v >= p.degraded_loss for v in value.values())
+        for fam in Family:
+            session = {n: s.sessions[(n, fam)] for n in NAMES}
+            announced = {n for n in NAMES if s.plan.desired[(n, fam)] is not None}
+            # The interlock holds whether the UNKNOWN sessions turn out down ...
+            up = {n for n in NAMES if session[n] is SessionState.UP}
+            assert len(up & announced) >= min(p.min_announcing_upstreams, len(up))
+            # ... or up,
+            maybe = {n for n in NAMES if session[n] is not SessionState.DOWN}
+            assert len(maybe & announced) >= min(p.min_announcing_upstreams, len(maybe))
+            for n in NAMES:
+                # and an UNKNOWN session never loses an announcement (not through a restart
+                # either): no withdrawal on a guess.
+                if session[n] is SessionState.UNKNOWN and was_announced[(n, fam)] is not None:
+                    assert n in announced
+                if all_bad and was_announced[(n, fam)] is not None:
+                    # an all-bad picture never withdraws anything new
+                    assert n in announced or session[n] is not SessionState.UP
+        for n, u in s.upstreams.items():
+            old_state, worse_since = before[n]
+            if u.state.severity < old_state.severity:  # recovery never before the hold
+                assert now - worse_since >= p.recovery_hold_s
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.fixed_dictionaries({n: loss_values for n in NAMES}), min_size=1, max_size=20))
+def test_applying_a_plan_twice_sends_nothing(history):
+    s = up_everywhere(restore(params()))
+    sessions = {(n, f): f"192.0.2.{i * 4 + f}" for i, n in enumerate(NAMES) for f in (4, 6)}
+    known = {}
+    for i, losses in enumerate(history):
+        s, _ = step(s, stats(losses), float(i))
+        desired = exabgp.expand(s.plan.desired, {k: v for k, v in sessions.items() if k[1] == 4},
+                                ["198.51.100.0/24"])
+        for c in exabgp.diff(desired, known):
+            known.update(c.effect)
+        assert exabgp.diff(desired, known) == []
+
+
+# --- probe-level simulation: the look-back of FAILED ----------------------------------------
+
+INTERVAL_S = 0.2  # the lab's policy: 200 ms probes, 2 s window, fall 3, failed 0.8
+
+
+def simulate(p: Params, loss_of, seconds: float, seed: int):
+    """Probe every target through every upstream each INTERVAL_S with `loss_of(upstream, t)`
+    as the loss probability, judge after each round; yield (time, state) after each judgement.
+    """
+    import random
+
+    rng = random.Random(seed)
+    targets = TARGETS + tuple(f"inet6-{i}" for i in range(10))  # the lab's 20
+    window = ProbeWindow(2.0, p.recent_probes)
+    s = up_everywhere(restore(p))
+    now = 0.0
+    while now < seconds:
+        for name in NAMES:
+            for target in targets:
+                lost = rng.random() < loss_of(name, now)
+                window.record(name, target, now, None if lost else 0.01)
+        now = round(now + INTERVAL_S, 6)
+        if now >= 2.0:  # one full window first, as the controller does
+            s, _ = step(s, window.stats(now), now)
+            yield now, s
+
+
+LAB = dict(failed_loss=0.8, degraded_latency_s=None)
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32), st.floats(0.0, 0.05))
+def test_noise_never_acts(seed, noise):
+    """2-5 % random loss on every upstream for a minute: no state change at all."""
+    for _, s in simulate(params(**LAB), lambda n, t: noise, 60.0, seed):
+        assert all(u.state is TransitState.HEALTHY for u in s.upstreams.values())
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32))
+def test_51_percent_loss_degrades_and_never_fails(seed):
+    """The lab's `loss 30` (30 % each way, ~51 % of probes): prepend, never withdraw."""
+    hit = lambda n, t: 0.51 if n == "t3" and t >= 3.0 else 0.02  # noqa: E731
+    states = [s.upstreams["t3"].state for _, s in simulate(params(**LAB), hit, 30.0, seed)]
+    assert TransitState.FAILED not in states
+    assert states[-1] is TransitState.DEGRADED
+
+
+@settings(max_examples=40, deadline=None, derandomize=True)
+@given(st.integers(0, 2**32), st.floats(3.0, 3.2))
+def test_blackhole_fails_after_fall_probes(seed, start):
+    """A blackhole is FAILED (withdrawn) once 4 of the last 5 probes per path were lost: the
+    first lost probe within one interval of the fault, 4 x 200 ms, plus the round that records
+    the last loss (1.2 s at most); the others stay announced."""
+    hit = lambda n, t: 1.0 if n == "t2" and t >= start else 0.02  # noqa: E731
+    p = params(**LAB)
+    for now, s in simulate(p, hit, 6.0, seed):
+        if s.upstreams["t2"].state is TransitState.FAILED:
+            assert now - start <= 6 * INTERVAL_S + 1e-9
+            assert s.plan.announcing(Family.V4) == ["t1", "t3", "t4"]
+            return
+    raise AssertionError("a blackhole was never judged FAILED")

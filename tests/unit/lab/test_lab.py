@@ -1,0 +1,160 @@
+"""Unit tests of the lab's pure parts: topology, BIRD and ExaBGP config rendering, parsing."""
+
+from __future__ import annotations
+
+from netwatch.config import load_site
+from netwatch.exabgp.config import exabgp_environment, render_exabgp_config
+from netwatch.lab import bird
+from netwatch.lab.lifecycle import DEFAULT_CONFIG
+from netwatch.lab.topology import build_topology, route_commands
+
+
+def _site():
+    return load_site(DEFAULT_CONFIG)
+
+
+def test_topology_has_every_node_and_dual_stack_links():
+    topo = build_topology(_site())
+    assert topo.nodes == ["srv", "gwa", "gwb", "edge", "t1", "t2", "t3", "t4", "inet"]
+    for link in topo.links:
+        for end in (link.a, link.b):
+            assert any(":" in a for a in end.addrs) and any("." in a for a in end.addrs), end
+    assert topo.link("primary").b.addrs[-1] == "fe80::1/64"
+    assert topo.link("t2").a.addrs == ("192.0.2.6/30", "2001:db8:ffff:2::2/64")
+    assert len(topo.loopbacks["inet"]) == 20
+
+
+def test_route_commands_spell_out_the_family_of_defaults():
+    topo = build_topology(_site())
+    lines = route_commands(topo, "srv")
+    assert "route replace 0.0.0.0/0 via 100.64.1.1 dev eth0 src 198.51.100.10" in lines
+    assert "route replace ::/0 via fe80::1 dev eth0 src 2001:db8:100:1::10" in lines
+
+
+def test_exabgp_config_has_a_json_process_and_a_neighbor_per_family():
+    text = render_exabgp_config(_site(), ["/usr/bin/netwatch", "controller", "--config", "/x"])
+    assert "run /usr/bin/netwatch controller --config /x;" in text
+    assert "encoder json;" in text
+    assert text.count("neighbor ") == 8
+    assert "neighbor 2001:db8:ffff:3::1 {" in text
+    assert "local-as 64500;" in text and "hold-time 9;" in text
+    assert "neighbor-changes;" in text
+
+
+def test_exabgp_config_refuses_unsafe_argv():
+    import pytest
+
+    with pytest.raises(ValueError):
+        render_exabgp_config(_site(), ["/bin/x", "a;\nprocess evil"])
+    with pytest.raises(ValueError):
+        render_exabgp_config(_site(), ["relative"])
+
+
+def test_exabgp_environment_keeps_the_pid_ours():
+    env = exabgp_environment()
+    assert env["exabgp_daemon_daemonize"] == "false"
+    assert env["exabgp_daemon_user"] == "root"
+    assert env["exabgp_api_ack"] == "true"
+
+
+def test_bird_configs_filter_explicitly():
+    topo = build_topology(_site())
+    conf = bird.transit_config(topo, topo.transits[0], "/tmp/x.log")
+    assert "protocol device" in conf
+    assert "import all; export none;" in conf
+    assert "198.51.100.0/24+" in conf
+    assert "neighbor 192.0.2.2 as 64500" in conf
+
+
+def test_parse_routes_reads_as_path_of_every_path():
+    output = """BIRD 2.0.12 ready.
+Table master4:
+198.51.100.0/24      unicast [t1_4 16:15:55.226] * (100) [AS64500i]
+\tvia 100.64.101.1 on t1
+\tType: BGP univ
+\tBGP.as_path: 64501 64500
+\tBGP.community: (65535,0)
+                     unicast [t2_4 16:15:55.226] (100) [AS64500i]
+\tvia 100.64.102.1 on t2
+\tBGP.as_path: 64502 64500 64500
+"""
+    routes = bird.parse_routes(output)
+    paths = routes["198.51.100.0/24"]
+    assert [p["as_path"] for p in paths] == ["64501 64500", "64502 64500 64500"]
+    assert paths[0]["communities"] == "(65535,0)"
+
+
+def test_preflight_errors_are_one_clear_line(monkeypatch):
+    import pytest
+
+    from netwatch import exitcodes
+    from netwatch.lab import lifecycle as lab_module
+
+    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 1000)
+    with pytest.raises(lab_module.LabError) as info:
+        lab_module.preflight("x1")
+    assert info.value.exit_code == exitcodes.NOPERM and "root" in str(info.value)
+    monkeypatch.setattr(lab_module.os, "geteuid", lambda: 0)
+    real_which = lab_module.shutil.which
+    monkeypatch.setattr(
+        lab_module.shutil, "which", lambda p: None if p in ("bird", "birdc") else real_which(p)
+    )
+    with pytest.raises(lab_module.LabError) as info:
+        lab_module.preflight("x1")
+    assert info.value.exit_code == exitcodes.UNAVAILABLE and "apt-get install bird2" in str(
+        info.value
+    )
+    with pytest.raises(lab_module.LabError) as info:
+        lab_module.preflight("bad-name")
+    assert info.value.exit_code == exitcodes.USAGE
+
+
+def test_exabgp_config_command_prints_the_config(capsys):
+    from netwatch.cli import main
+
+    assert main(["exabgp-config", str(DEFAULT_CONFIG)]) == 0
+    out = capsys.readouterr().out
+    assert f"--config {DEFAULT_CONFIG}" in out and "encoder json;" in out
+
+
+def test_a_lab_name_can_never_reach_outside_the_run_root(tmp_path):
+    import pytest
+
+    from netwatch import exitcodes
+    from netwatch.lab.handle import Lab, LabError
+    from netwatch.lab.lifecycle import resolve_name
+
+    for name in ("../..", "..", "a/b", "", "UPPER", "x" * 11):
+        with pytest.raises(LabError) as caught:
+            Lab(name, run_root=tmp_path)
+        assert caught.value.exit_code == exitcodes.USAGE
+        if name:
+            with pytest.raises(LabError):
+                resolve_name(name, run_root=tmp_path)
+
+
+def test_cli_refuses_a_traversing_name_before_touching_anything():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run(
+        [sys.executable, "-m", "netwatch.cli", "lab", "down", "--name", "../.."],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 64, result.stderr
+    assert "lab name '../..'" in result.stderr
+    assert Path("/run").is_dir()
+
+
+def test_only_processes_started_from_the_labs_run_dir_are_ours(tmp_path):
+    import os
+    import sys
+
+    from netwatch.lab.handle import _is_ours
+
+    me = os.getpid()  # a python process whose command line names neither program nor run dir
+    assert not _is_ours(me, "bird", tmp_path)
+    assert not _is_ours(me, os.path.basename(sys.executable), tmp_path)
+    assert not _is_ours(2**22 + 1, "bird", tmp_path)  # no such PID
