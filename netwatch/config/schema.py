@@ -182,8 +182,8 @@ class Verdict(_Strict):
 
 class Policy(_Strict):
     degraded: Verdict = Verdict(loss_ratio=0.05, latency_ms=80, action="prepend", prepend=3)
-    # FAILED is judged on the last max(fall, 5) probes per path (netwatch/controller/verdict.py): at 0.5 a
-    # provider at 30-40 % loss (already prepended) would be withdrawn after a few unlucky
+    # FAILED is judged on the last max(fall, 5) probes per path (controller/verdict.py): at
+    # 0.5 a provider at 30-40 % loss (already prepended) would be withdrawn after a few unlucky
     # probes; 0.8 sits ~6 standard deviations above 51 % round-trip loss (docs/controller.md).
     failed: Verdict = Verdict(loss_ratio=0.8, action="withdraw")
     fall: Annotated[int, Field(ge=1, le=100)] = 3
