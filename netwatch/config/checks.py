@@ -17,6 +17,11 @@ def cross_checks(site: Site) -> list[tuple[Loc, str]]:
         if prefix in seen_prefix:
             found.append((("prefixes", i), f"'{prefix}' is listed twice"))
         seen_prefix[prefix] = i
+    # One site file serves both daemons on one host: they must not share a port or a socket.
+    if site.metrics.agent == site.metrics.controller:
+        found.append((("metrics", "controller"), "must differ from metrics.agent (one per daemon)"))
+    if site.control.agent == site.control.controller:
+        found.append((("control", "controller"), "must differ from control.agent (one per daemon)"))
     if site.agent is not None:
         up = site.agent.uplinks
         if up.primary.interface == up.secondary.interface:

@@ -372,3 +372,18 @@ def test_tcp_probes_need_a_port_inline_and_in_a_catalogue(tmp_path: Path) -> Non
     assert errors_of(path) == [
         f"{tmp_path / 't.yaml'}:3: targets[1].port: required when controller.probe.method is tcp"
     ]
+
+
+def test_one_site_file_serves_both_daemons_on_one_host(tmp_path: Path) -> None:
+    site = load_site(write(tmp_path, MINIMAL))
+    assert site.metrics.agent != site.metrics.controller
+    assert site.control.agent != site.control.controller
+    shared = MINIMAL + 'metrics: {agent: "127.0.0.1:9110", controller: "127.0.0.1:9110"}\n'
+    assert errors_of(write(tmp_path, shared)) == [
+        f"{tmp_path}/site.yaml:12: metrics.controller: "
+        "must differ from metrics.agent (one per daemon)"
+    ]
+    old = MINIMAL + 'metrics: {listen: "127.0.0.1:9110"}\n'
+    assert errors_of(write(tmp_path, old)) == [
+        f"{tmp_path}/site.yaml:12: metrics.listen: unknown key (known keys: agent, controller)"
+    ]
