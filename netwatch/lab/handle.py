@@ -88,6 +88,43 @@ class Lab:
         """birdc output of `command` on `node`'s BIRD. Raises CalledProcessError."""
         return bird.birdc(self.ns(node), self.bird_socket(node), command)
 
+    # --- what the lab's nodes see: for `lab status`, the tests, the demo and the benchmarks
+
+    def routes(self, node: str) -> dict[str, list[dict[str, str]]]:
+        """The routes `node`'s BIRD holds: {prefix: [{as_path, communities, ...}]}."""
+        return bird.parse_routes(self.birdc(node, "show route all"))
+
+    def bgp_sessions(self, node: str) -> dict[str, dict[str, str]]:
+        """`node`'s BGP protocols: {name: {proto, state, info}} ("Established" in info)."""
+        protocols = bird.parse_protocols(self.birdc(node, "show protocols"))
+        return {name: p for name, p in protocols.items() if p["proto"] == "BGP"}
+
+    def ping(self, node: str, target: str, *opts: str, count: int = 1) -> int:
+        """Replies received by `count` pings from `node` to `target` (1 s wait each)."""
+        argv = ["ping", "-n", "-q", "-c", str(count), "-W", "1", *opts, target]
+        if count > 1:
+            argv[5:5] = ["-i", "0.01"]
+        for line in self.exec(node, *argv).stdout.splitlines():
+            if "received" in line:
+                return int(line.split(",")[1].split()[0])
+        return 0
+
+    def default_dev(self, node: str, family: int) -> str | None:
+        """The interface of `node`'s default route of IP version `family`, or None."""
+        out = self.exec(node, "ip", f"-{family}", "route", "show", "default").stdout
+        found = re.search(r"dev (\S+)", out)
+        return found.group(1) if found else None
+
+    def metrics(self, node: str, listen: str) -> dict[str, float]:
+        """{sample with labels: value} from the /metrics at `listen` (ADDRESS:PORT) in `node`."""
+        text = self.exec(node, "curl", "-sf", f"http://{listen}/metrics").stdout
+        values = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
     def read_state(self) -> dict:
         try:
             return json.loads(self.state_file.read_text())
