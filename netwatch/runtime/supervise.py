@@ -37,8 +37,15 @@ async def supervise(workers: Mapping[str, Coroutine[Any, Any, Any]], stop: async
     async def guarded(name: str, coroutine: Coroutine[Any, Any, Any]) -> None:
         try:
             await coroutine
-        except asyncio.CancelledError:
-            raise
+        except asyncio.CancelledError as exc:
+            # Cancelled by the group (another worker died, or stop): ends quietly. A worker
+            # that dies of a CancelledError of its own (a future it awaited was cancelled by
+            # someone else) would otherwise count as cancelled, which a TaskGroup ignores:
+            # the daemon would run on without it.
+            task = asyncio.current_task()
+            if stop.is_set() or (task is not None and task.cancelling()):
+                raise
+            raise WorkerDied(name, exc) from exc
         except Exception as exc:
             if stop.is_set():
                 return
