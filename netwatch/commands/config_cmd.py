@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import yaml
 
 from netwatch import exitcodes
 from netwatch.commands import site_or_fail
 from netwatch.config import ConfigError, load_site, load_targets
+from netwatch.config.yamldoc import read_yaml
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,11 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _is_catalogue(path: str) -> bool:
     """A target catalogue is a file whose only top-level key is `targets`."""
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = read_yaml(Path(path), path).data  # the same guarded reader as load_site
+    except ConfigError:
         return False  # load_site reports it properly
-    return isinstance(data, dict) and set(data) == {"targets"}
+    return set(data) == {"targets"}
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -49,6 +49,13 @@ def _check_listen(value: str) -> str:
     return value
 
 
+def _absolute_path(value: str) -> str:
+    # '' or a relative path would land wherever the daemon happens to be started from
+    if not value.startswith("/") or "\0" in value:
+        raise ValueError(f"{value!r} is not an absolute path")
+    return value
+
+
 def _check_mode(value: Any) -> str:
     text = str(value)
     if not re.fullmatch(r"0?[0-7]{3}", text):
@@ -127,6 +134,11 @@ class Upstream(_Strict):
     nexthop6: IPv6 | None = None  # default: neighbor6
     interface: IfName | None = None
     communities: list[Community] = []
+    # TCP-MD5 (RFC 2385) on both sessions to this provider: the path of a file that holds the
+    # password (relative to the site file). The secret itself never enters the site file; it
+    # is read only when the ExaBGP config is rendered (netwatch.config.secrets).
+    md5_password_file: Annotated[str, Field(min_length=1)] | None = None
+    ttl_security: bool = False  # GTSM (RFC 5082): send with TTL 255, accept only TTL 255
 
     @property
     def probe_nexthop(self) -> IPAddress:
@@ -195,6 +207,10 @@ class Policy(_Strict):
 
 class Bgp(_Strict):
     hold_time_s: Annotated[int, Field(ge=3, le=65535)] = 90
+    # RFC 4724 restart time: how long the peers keep our routes while ExaBGP restarts. 0
+    # turns graceful restart off. At most 4095: the capability carries 12 bits, and ExaBGP
+    # 5.0.15 silently masks a larger value (4096 would advertise 0).
+    graceful_restart_s: Annotated[int, Field(ge=0, le=4095)] = 120
     router_id: IPv4 | None = None  # default: the first upstream's IPv4 local_address
 
 
@@ -235,5 +251,5 @@ class Site(_Strict):
     controller: ControllerSection | None = None
     metrics: Metrics = Metrics()
     control: Control = Control()
-    state_dir: str = "/var/lib/netwatch"
+    state_dir: Annotated[str, AfterValidator(_absolute_path)] = "/var/lib/netwatch"
 

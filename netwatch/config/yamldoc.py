@@ -2,6 +2,12 @@
 
 `read_yaml(path, shown)` parses one file with PyYAML's safe loader and records where each key
 and list item starts, so every later error can name its line.
+
+Hostile files get a ConfigError within a second, never a traceback: a file over MAX_BYTES, an
+alias that refers to the node it is inside (recursive: PyYAML builds a cycle that everything
+walking the data would follow forever), a document that aliases expand beyond MAX_NODES nodes
+(a 389-byte "billion laughs" expands to 10^9: the line index and the schema walk every copy),
+and a value PyYAML cannot build (an integer of more than 4,300 digits).
 """
 
 from __future__ import annotations
@@ -13,6 +19,67 @@ from typing import Any
 import yaml
 
 from netwatch.config.errors import ConfigError, Loc, Problem, dotted
+
+MAX_BYTES = 1024 * 1024  # a site file is a few kB; targets catalogues a few hundred
+MAX_NODES = 100_000  # nodes after alias expansion; the largest shipped file has ~300
+
+
+class _Refused(Exception):
+    def __init__(self, line: int | None, message: str):
+        self.line, self.message = line, message
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader that refuses an alias to a node still being composed (an
+    ancestor: a recursive structure)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._open: set[str] = set()
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            if event.anchor in self._open:
+                raise _Refused(event.start_mark.line + 1,
+                               f"alias *{event.anchor} refers to a node it is inside (recursive)")
+        return super().compose_node(parent, index)
+
+    def compose_sequence_node(self, anchor):
+        return self._composing(anchor, super().compose_sequence_node)
+
+    def compose_mapping_node(self, anchor):
+        return self._composing(anchor, super().compose_mapping_node)
+
+    def _composing(self, anchor, compose):
+        if anchor is None:
+            return compose(anchor)
+        self._open.add(anchor)
+        try:
+            return compose(anchor)
+        finally:
+            self._open.discard(anchor)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """Nodes in the document once every alias is expanded (each shared node counted as often
+    as it is reached), computed once per distinct node."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        if isinstance(node, yaml.MappingNode):
+            total = 1 + sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total = 1 + sum(size(item) for item in node.value)
+        else:
+            total = 1
+        sizes[id(node)] = total
+        return total
+
+    return size(root)
 
 
 @dataclass
@@ -33,6 +100,8 @@ class Document:
 def read_yaml(path: Path, shown: str) -> Document:
     """Parse one YAML file, recording the line of every key. Raises ConfigError."""
     try:
+        if path.stat().st_size > MAX_BYTES:
+            raise ConfigError([Problem(shown, None, "", f"larger than {MAX_BYTES} bytes")])
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError([Problem(shown, None, "", "no such file")]) from None
@@ -40,12 +109,18 @@ def read_yaml(path: Path, shown: str) -> Document:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError([Problem(shown, None, "", f"cannot read: {reason}")]) from None
     try:
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         try:
             node = loader.get_single_node()
+            if node is not None and _expanded_size(node) > MAX_NODES:
+                raise _Refused(None, f"aliases expand the document beyond {MAX_NODES} nodes")
             data = loader.construct_document(node) if node is not None else None
         finally:
             loader.dispose()
+    except _Refused as exc:
+        raise ConfigError([Problem(shown, exc.line, "", exc.message)]) from None
+    except (ValueError, OverflowError, RecursionError) as exc:  # a value PyYAML cannot build
+        raise ConfigError([Problem(shown, None, "", f"a value cannot be read: {exc}")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
