@@ -156,7 +156,11 @@ def _transit_state(value: object, where: str) -> TransitState:
 def _time(value: object, where: str, optional: bool = False) -> float | None:
     if value is None and optional:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{where}: {value!r} is not a time in seconds")
+    try:
+        ok = not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+    except OverflowError:  # an integer of hundreds of digits
+        ok = False
+    if not ok:
+        raise ValueError(f"{where}: {str(value)[:40]!r} is not a time in seconds")
     return float(value)
 

@@ -3,8 +3,9 @@
 `save` writes a temporary file in the same directory, fsyncs it, renames it over the old one
 and fsyncs the directory, so a crash leaves either the old or the new state, never half of
 one, and a power cut after `save` returned does not bring the old one back. `load` returns
-None when there is no state yet and raises ValueError for a file that cannot be read or is
-not a JSON object (what is inside is the caller's to check).
+None when there is no state yet and raises ValueError, and nothing else, for a file that
+cannot be read, is larger than MAX_BYTES, nests too deeply or is not a JSON object (what is
+inside is the caller's to check), so a damaged file can never stop a daemon from starting.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import os
 import tempfile
 from pathlib import Path
 
+MAX_BYTES = 16 * 1024 * 1024  # the controller's state is a few kB; leases and holds as well
+
 
 class StateStore:
     def __init__(self, path: str | Path):
@@ -24,6 +27,9 @@ class StateStore:
         """The stored object, or None when there is none. Raises ValueError (with the reason)
         for an unreadable file (permissions, a directory, bad UTF-8) or one that is not a JSON
         object."""
+        with contextlib.suppress(OSError):  # the read below reports a missing file
+            if self.path.stat().st_size > MAX_BYTES:
+                raise ValueError(f"{self.path}: larger than {MAX_BYTES} bytes")
         try:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -34,6 +40,8 @@ class StateStore:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{self.path}: not valid JSON: {exc}") from None
+        except RecursionError:  # 100,000 nested brackets
+            raise ValueError(f"{self.path}: nested too deeply to be ours") from None
         if not isinstance(data, dict):
             raise ValueError(f"{self.path}: expected a JSON object")
         return data

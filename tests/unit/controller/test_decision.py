@@ -446,3 +446,13 @@ def test_blackhole_fails_after_fall_probes(seed, start):
             assert s.plan.announcing(Family.V4) == ["t1", "t3", "t4"]
             return
     raise AssertionError("a blackhole was never judged FAILED")
+
+
+@pytest.mark.parametrize("persisted", [
+    {"action_times": [10**400]},  # OverflowError inside float() before
+    {"upstreams": {"t1": {"state": "failed", "recovery_since": -(10**400)}}},
+    {"upstreams": {"t1": {"state": "failed", "changed_at": float("nan")}}},
+])
+def test_a_damaged_state_is_a_value_error_naming_the_field(persisted):
+    with pytest.raises(ValueError, match=r"action_times\[0\]|recovery_since|changed_at"):
+        restore(params(), persisted, now=1000.0)

@@ -60,3 +60,23 @@ def test_an_unreadable_file_is_a_value_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "read_text", refuse)  # root reads any mode: refuse outright
     with pytest.raises(ValueError, match="Permission denied"):
         StateStore(tmp_path / "state.json").load()
+
+
+@pytest.mark.parametrize("content", [
+    "[" * 100_000,  # RecursionError inside json
+    '{"a": ' * 50_000 + "1" + "}" * 50_000,
+    "\xff\xfe not utf-8",
+])
+def test_a_damaged_file_is_a_value_error_and_nothing_else(tmp_path, content):
+    path = tmp_path / "state.json"
+    path.write_bytes(content.encode("latin-1"))
+    with pytest.raises(ValueError):
+        StateStore(path).load()
+
+
+def test_a_huge_file_is_refused_before_it_is_read(tmp_path):
+    path = tmp_path / "state.json"
+    with open(path, "wb") as handle:
+        handle.truncate(17 * 1024 * 1024)  # sparse: costs no disk
+    with pytest.raises(ValueError, match="larger than"):
+        StateStore(path).load()
