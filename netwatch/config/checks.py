@@ -7,7 +7,7 @@ docs/config.md lists every rule.
 from __future__ import annotations
 
 from netwatch.config.errors import Loc
-from netwatch.config.schema import ControllerSection, Site
+from netwatch.config.schema import AgentSection, ControllerSection, Site
 
 
 def cross_checks(site: Site) -> list[tuple[Loc, str]]:
@@ -28,8 +28,73 @@ def cross_checks(site: Site) -> list[tuple[Loc, str]]:
             found.append(
                 (("agent", "uplinks", "secondary", "interface"), "must differ from the primary's")
             )
+        found += _agent_checks(site.agent)
     if site.controller is not None:
         found += _controller_checks(site, site.controller)
+    return found
+
+
+# Routing tables the kernel reserves: 0 (unspec), 253 (default), 254 (main), 255 (local). A
+# probe table there would put the probe route into a real table (main: the default route).
+RESERVED_TABLES = frozenset({0, 253, 254, 255})
+
+
+def _tables(base: int, count: int, where: Loc, what: str) -> list[tuple[Loc, str]]:
+    clash = sorted(RESERVED_TABLES & set(range(base, base + count)))
+    if clash:
+        return [(where, f"{base}..{base + count - 1} ({what}) includes the kernel's reserved "
+                        f"table {clash[0]} (0, 253-255): pick another base")]
+    return []
+
+
+def _agent_checks(agent: AgentSection) -> list[tuple[Loc, str]]:
+    """Settings that would leave the agent unable to protect something it is told to."""
+    found: list[tuple[Loc, str]] = []
+    up = agent.uplinks
+    base = ("agent",)
+    if (up.primary.gateway6 is None) != (up.secondary.gateway6 is None):
+        missing = "secondary" if up.secondary.gateway6 is None else "primary"
+        found.append(((*base, "uplinks", missing, "gateway6"),
+                      "required when the other uplink has one: the IPv6 default route is "
+                      "managed only when both uplinks have an IPv6 gateway"))
+    elif up.primary.gateway6 is None:
+        for i, target in enumerate(agent.probe.beyond):
+            if target.version == 6:
+                found.append(((*base, "probe", "beyond", i),
+                              f"'{target}' is IPv6 but the uplinks have no gateway6: it would "
+                              "be probed through the main table on both, so both look alike"))
+    probe = agent.probe
+    if probe.timeout_ms is not None and probe.timeout_ms > probe.interval_ms:
+        found.append(((*base, "probe", "timeout_ms"),
+                      f"{probe.timeout_ms} ms is longer than interval_ms ({probe.interval_ms}): "
+                      "one probe in flight per path at a time"))
+    found += _tables(agent.route_table_base, 2, (*base, "route_table_base"), "one per uplink")
+    return found
+
+
+def probe_checks(site: Site) -> list[tuple[Loc, str]]:
+    """Checks that need the controller's targets (from `targets_file` too): every session of
+    every upstream can be judged, and a lost probe is counted inside the window."""
+    ctl = site.controller
+    if ctl is None:
+        return []
+    found: list[tuple[Loc, str]] = []
+    probe = ctl.probe
+    per_family = {v: sum(1 for t in probe.targets if t.address.version == v) for v in (4, 6)}
+    announced = {p.version for p in site.prefixes}
+    for i, upstream in enumerate(ctl.upstreams):
+        families = {upstream.neighbor.version} | ({6} if upstream.neighbor6 else set())
+        for version in sorted(families & announced):
+            if per_family[version] < probe.min_targets:
+                found.append((("controller", "upstreams", i, "name"),
+                              f"{upstream.name} has an IPv{version} session but there are "
+                              f"{per_family[version]} IPv{version} targets, fewer than "
+                              f"min_targets ({probe.min_targets}): it could never be judged"))
+    timeout_ms = probe.timeout_ms or probe.interval_ms
+    if timeout_ms >= probe.window_s * 1000:
+        found.append((("controller", "probe", "timeout_ms" if probe.timeout_ms else "window_s"),
+                      f"a probe times out after {timeout_ms} ms, not within window_s "
+                      f"({probe.window_s} s): a lost probe would never be counted"))
     return found
 
 
@@ -103,14 +168,18 @@ def _controller_checks(site: Site, ctl: ControllerSection) -> list[tuple[Loc, st
                     "required when action is communities",
                 )
             )
-    if policy.min_announcing_upstreams >= len(ctl.upstreams):
-        found.append(
-            (
-                ("controller", "policy", "min_announcing_upstreams"),
-                f"{policy.min_announcing_upstreams} must be below the number of upstreams "
-                f"({len(ctl.upstreams)})",
-            )
-        )
+    # Per family: with 4 upstreams of which 2 have IPv6 and a minimum of 2, a failed IPv6
+    # upstream could never be withdrawn (a permanent safety hold).
+    for version in sorted({p.version for p in site.prefixes}):
+        carriers = sum(1 for u in ctl.upstreams
+                       if u.neighbor.version == version or (version == 6 and u.neighbor6))
+        if carriers and policy.min_announcing_upstreams >= carriers:
+            found.append((("controller", "policy", "min_announcing_upstreams"),
+                          f"{policy.min_announcing_upstreams} must be below the number of "
+                          f"upstreams with an IPv{version} session ({carriers}), or a failed "
+                          "one could never be withdrawn"))
+    found += _tables(ctl.route_table_base, 2 * len(ctl.upstreams),
+                     ("controller", "route_table_base"), "two per upstream")
     probe = ctl.probe
     if bool(probe.targets) == (probe.targets_file is not None):
         found.append(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from netwatch.config.checks import cross_checks
+from netwatch.config.checks import cross_checks, probe_checks
 from netwatch.config.errors import ConfigError, Problem, dotted
 from netwatch.config.messages import problems_from
 from netwatch.config.schema import Site, Target, TargetCatalogue
@@ -39,6 +39,11 @@ def load_site(path: str | Path) -> Site:
         )
         probe = ctl.probe.model_copy(update={"targets": targets})
         site = site.model_copy(update={"controller": ctl.model_copy(update={"probe": probe})})
+    problems = [
+        Problem(doc.file, doc.line(loc), dotted(loc), msg) for loc, msg in probe_checks(site)
+    ]
+    if problems:
+        raise ConfigError(problems)
     return site
 
 

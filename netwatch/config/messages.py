@@ -65,6 +65,8 @@ def _message(error: dict, root: type[BaseModel]) -> str:
         return f"expected a list, got {value!r}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         return f"expected a mapping, got {value!r}"
+    if kind == "finite_number":
+        return f"{value!r} is not a finite number"
     if kind.startswith(("greater_than", "less_than")):
         return f"{value!r}: {error['msg'].lower()}"
     if kind == "too_short":

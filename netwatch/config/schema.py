@@ -79,7 +79,8 @@ Ratio = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # allow_inf_nan=False: `recovery_hold_s: .inf` would hold a recovered provider forever
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
 
 # --- the agent ----------------------------------------------------------------------------

@@ -23,10 +23,12 @@ CATALOGUES = sorted(
     [*(PROBES / "targets").glob("*.yaml"), *(LAB_SITE_DIR / "targets").glob("*.yaml")]
 )
 
+# IPv4 prefixes only: one IPv6 session among three upstreams could never carry an IPv6 prefix
+# under min_announcing_upstreams 2 (refused, see test_protection_settings_are_refused).
 MINIMAL = """\
 site: t
 asn: 64500
-prefixes: [198.51.100.0/24, "2001:db8:100::/48"]
+prefixes: [198.51.100.0/24]
 controller:
   upstreams:
     - {name: a, asn: 64501, neighbor: 192.0.2.1, local_address: 192.0.2.2,
@@ -79,12 +81,14 @@ def test_defaults_are_filled_in(tmp_path: Path) -> None:
 
 def test_targets_file_is_read_relative_to_the_site_file(tmp_path: Path) -> None:
     (tmp_path / "targets").mkdir()
-    write(tmp_path, "targets: [203.0.113.7, {address: '2001:db8::7', name: x}]\n", "targets/t.yaml")
+    write(tmp_path, "targets: [203.0.113.7, 203.0.113.8, 203.0.113.9, "
+                    "{address: '2001:db8::7', name: x}]\n", "targets/t.yaml")
     text = MINIMAL.replace(
         "targets: [203.0.113.1, 203.0.113.2, 203.0.113.3]", "targets_file: targets/t.yaml"
     )
     site = load_site(write(tmp_path, text))
-    assert [t.label for t in site.controller.probe.targets] == ["203.0.113.7", "x"]
+    labels = [t.label for t in site.controller.probe.targets]
+    assert labels == ["203.0.113.7", "203.0.113.8", "203.0.113.9", "x"]
 
 
 # Each case: a change to MINIMAL, and the exact error it must produce.
@@ -141,7 +145,7 @@ INVALID = [
     (
         ("  probe:\n", "  policy: {min_announcing_upstreams: 3}\n  probe:\n"),
         "site.yaml:10: controller.policy.min_announcing_upstreams: 3 must be below the number of "
-        "upstreams (3)",
+        "upstreams with an IPv4 session (3), or a failed one could never be withdrawn",
     ),
     (
         (
@@ -387,3 +391,67 @@ def test_one_site_file_serves_both_daemons_on_one_host(tmp_path: Path) -> None:
     assert errors_of(write(tmp_path, old)) == [
         f"{tmp_path}/site.yaml:12: metrics.listen: unknown key (known keys: agent, controller)"
     ]
+
+
+# Settings that would leave a daemon unable to protect something: each refused with its line.
+PROTECTION = [
+    (  # IPv6 prefix, 4 upstreams of which 2 with IPv6, minimum 2: IPv6 never withdrawn
+        "prefixes: [198.51.100.0/24]", 'prefixes: [198.51.100.0/24, "2001:db8:100::/48"]',
+        "controller.policy.min_announcing_upstreams: 2 must be below the number of upstreams "
+        "with an IPv6 session (1)",
+    ),
+    (  # three targets, a quorum of four: no verdict ever
+        "  probe:\n", "  probe:\n    min_targets: 4\n",
+        "controller.upstreams[0].name: a has an IPv4 session but there are 3 IPv4 targets, "
+        "fewer than min_targets (4)",
+    ),
+    (  # a lost probe recorded after the window: a blackhole never FAILED
+        "  probe:\n", "  probe:\n    interval_ms: 1000\n    timeout_ms: 2000\n    window_s: 2\n",
+        "controller.probe.timeout_ms: a probe times out after 2000 ms, not within window_s",
+    ),
+    (
+        "  probe:\n", "  policy: {recovery_hold_s: .inf}\n  probe:\n",
+        "controller.policy.recovery_hold_s: inf is not a finite number",
+    ),
+    (
+        "  probe:\n", "  route_table_base: 250\n  probe:\n",
+        "controller.route_table_base: 250..255 (two per upstream) includes the kernel's reserved "
+        "table 253",
+    ),
+]
+
+AGENT = """\
+agent:
+  uplinks:
+    primary:   {interface: eth0, gateway: 100.64.1.1, gateway6: "fe80::1"}
+    secondary: {interface: eth1, gateway: 100.64.2.1, gateway6: "fe80::1"}
+  probe: {beyond: [203.0.113.9, "2001:db8:9::9"]}
+"""
+AGENT_PROTECTION = [
+    (
+        ', gateway6: "fe80::1"}\n  probe', "}\n  probe",
+        "agent.uplinks.secondary.gateway6: required when the other uplink has one",
+    ),
+    (
+        'gateway6: "fe80::1"', "gateway6: null",
+        "agent.probe.beyond[1]: '2001:db8:9::9' is IPv6 but the uplinks have no gateway6",
+    ),
+    (
+        "  probe: {", "  probe: {interval_ms: 50, timeout_ms: 80, ",
+        "agent.probe.timeout_ms: 80 ms is longer than interval_ms (50)",
+    ),
+    (
+        "  probe: {", "  route_table_base: 254\n  probe: {",
+        "agent.route_table_base: 254..255 (one per uplink) includes the kernel's reserved table",
+    ),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "expected"), PROTECTION + [
+    (old, new, expected) for old, new, expected in AGENT_PROTECTION
+])
+def test_protection_settings_are_refused(tmp_path: Path, old: str, new: str, expected: str):
+    base = MINIMAL + AGENT
+    assert old in base
+    errors = errors_of(write(tmp_path, base.replace(old, new)))
+    assert any(expected in e for e in errors), errors
