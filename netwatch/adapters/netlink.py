@@ -15,6 +15,7 @@ Facts that shape the callers, measured on the dev machine:
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 import socket
 from collections.abc import AsyncIterator
@@ -63,11 +64,16 @@ class DefaultRoute:
         return self.proto == RTPROT_NETWATCH
 
 
+class EventKind(enum.Enum):
+    LINK = "link"  # a link appeared, changed or vanished: the event carries its new state
+    ROUTE = "route"  # a route was added or deleted (in any table): re-read the defaults
+
+
 @dataclass(frozen=True)
 class Event:
-    """A change worth re-reading the state for: a link (with its new state) or a route."""
+    """A change worth re-reading the state for. `link` is set for LINK events only."""
 
-    kind: str  # "link" or "route"
+    kind: EventKind
     link: LinkState | None = None
 
 
@@ -141,9 +147,9 @@ class Netlink:
                         self._names[msg["index"]] = state.ifname
                     else:
                         self._names.pop(msg["index"], None)
-                    yield Event("link", state)
+                    yield Event(EventKind.LINK, state)
                 elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
-                    yield Event("route")
+                    yield Event(EventKind.ROUTE)
 
     async def default_routes(self, family: int) -> list[DefaultRoute]:
         """The main table's default routes of `family`, best (lowest metric) first."""

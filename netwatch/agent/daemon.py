@@ -40,7 +40,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 from pyroute2.netlink.exceptions import NetlinkError
 
-from netwatch.adapters.netlink import DefaultRoute, Event, LinkState, Netlink
+from netwatch.adapters.netlink import DefaultRoute, Event, EventKind, LinkState, Netlink
 from netwatch.adapters.policy_routing import ProbePath
 from netwatch.adapters.probes.raw import ArpProber, EchoProber, NdProber
 from netwatch.agent import decision as core
@@ -230,7 +230,7 @@ class Agent:
         if isinstance(action, core.SetDefaultRoute):
             await self._set_route(action)
         elif isinstance(action, core.Failover):
-            self.metrics.failovers.labels(action.cause).inc()
+            self.metrics.failovers.labels(action.cause.value).inc()
             self.metrics.last_failover.set(time.time())
             log.warning(kv("failover", uplink=action.to_uplink, previous=action.from_uplink,
                            cause=action.cause, reason=action.reason))
@@ -329,7 +329,7 @@ class Agent:
                     self._resync_wanted.set()
                 async for event in self.netlink.events():
                     failures = 0
-                    if event.kind == "link" and event.link.ifname in self.by_ifname:
+                    if event.kind is EventKind.LINK and event.link.ifname in self.by_ifname:
                         role = self.by_ifname[event.link.ifname]
                         self.feed(core.CarrierChange(role, carrier_of(event.link)))
                     self._resync_wanted.set()

@@ -93,6 +93,17 @@ _TRANSITIONS: dict[Mode, frozenset[Mode]] = {
 }
 
 
+class FailoverCause(enum.Enum):
+    """Why the active uplink changed. The value is the `reason` label of
+    netwatch_agent_failovers_total, which dashboards and alerts read."""
+
+    CARRIER = "carrier"  # the active uplink's link is gone (carrier, admin down, vanished)
+    GATEWAY = "gateway"  # its gateway stopped answering (a gray failure)
+    BEYOND = "beyond"  # its gateway answers, the targets beyond it do not
+    FAILBACK = "failback"  # the primary has been stable for the hold-down
+    OPERATOR = "operator"  # an operator's UseUplink
+
+
 class Carrier(enum.Enum):
     UP = "up"
     NO_CARRIER = "carrier lost"
@@ -180,12 +191,11 @@ class UplinkHealthChanged:
 
 @dataclass(frozen=True)
 class Failover:
-    """The active uplink changed. `cause` is a short label for metrics: carrier, gateway,
-    beyond, failback, operator."""
+    """The active uplink changed, for `cause`; `reason` says what happened, for the log."""
 
     from_uplink: UplinkRole | None
     to_uplink: UplinkRole
-    cause: str
+    cause: FailoverCause
     reason: str
 
 
@@ -302,7 +312,7 @@ def step(state: State, obs: Observation, now: float) -> tuple[State, list[Action
             state = _transition(state, Mode.using(adopted))
     elif isinstance(obs, UseUplink):
         if state.mode is not Mode.STARTING and obs.uplink is not state.active:
-            state = _switch(state, obs.uplink, "operator", obs.reason, actions)
+            state = _switch(state, obs.uplink, FailoverCause.OPERATOR, obs.reason, actions)
     else:
         raise TypeError(f"not an observation: {obs!r}")
     state = _decide(state, now, actions)
@@ -397,11 +407,13 @@ def _set_view(
     return state
 
 
-def _cause(view: UplinkView) -> str:
+def _cause(view: UplinkView) -> FailoverCause:
     if view.carrier is not None and view.carrier is not Carrier.UP:
-        return "carrier"
+        return FailoverCause.CARRIER
     down = [k for k, h in view.probes if h.health is Health.DOWN]
-    return "beyond" if down and all(k.beyond for k in down) else "gateway"
+    if down and all(k.beyond for k in down):
+        return FailoverCause.BEYOND
+    return FailoverCause.GATEWAY
 
 
 def _failing_now(view: UplinkView) -> bool:
@@ -426,12 +438,13 @@ def _decide(state: State, now: float, actions: list[Action]) -> State:
     if _link_lost(state.uplinks[active]) and state.uplinks[other].carrier is Carrier.UP:
         # Checked before the health rule: an UP other that is failing now, or one DOWN or
         # still UNKNOWN on its probes, is a worse place than usual but still better than no
-        # route at all (the review's case: secondary's gateway silent, then the primary set
-        # admin-down; the agent kept re-adding a route the kernel refused, for ever). It
+        # route at all (with the secondary's gateway silent and the primary set admin-down,
+        # keeping the primary meant re-adding a route the kernel refuses, for ever). It
         # cannot flap: the new active's carrier is up, so this rule needs another carrier
         # event to fire again, and going back through the health rule needs the old active
         # UP, `rise` good probes after its carrier returned (and failback its hold-down).
-        state = _switch(state, other, "carrier", _link_lost_reason(state, active), actions)
+        state = _switch(state, other, FailoverCause.CARRIER, _link_lost_reason(state, active),
+                        actions)
     elif a is Health.DOWN and o is Health.UP and _failing_now(state.uplinks[other]) is False:
         view = state.uplinks[active]
         state = _switch(state, other, _cause(view), f"{active.value}: {view.reason}", actions)
@@ -442,7 +455,7 @@ def _decide(state: State, now: float, actions: list[Action]) -> State:
     ):
         held = now - (state.primary_stable.since or now)
         reason = f"primary stable for {held:.1f} s (hold-down {state.settings.hold_down_s:g} s)"
-        state = _switch(state, UplinkRole.PRIMARY, "failback", reason, actions)
+        state = _switch(state, UplinkRole.PRIMARY, FailoverCause.FAILBACK, reason, actions)
 
     both = all(v.health is Health.DOWN for v in state.uplinks.values())
     if both and not state.both_down:
@@ -467,7 +480,7 @@ def _link_lost_reason(state: State, active: UplinkRole) -> str:
 
 
 def _switch(
-    state: State, to: UplinkRole, cause: str, reason: str, actions: list[Action]
+    state: State, to: UplinkRole, cause: FailoverCause, reason: str, actions: list[Action]
 ) -> State:
     previous = state.active
     state = _transition(state, Mode.using(to))

@@ -16,7 +16,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from pyroute2.netlink.exceptions import NetlinkError
 
-from netwatch.adapters.netlink import DefaultRoute, Event, LinkState
+from netwatch.adapters.netlink import DefaultRoute, Event, EventKind, LinkState
 from netwatch.agent import daemon as agent_module
 from netwatch.agent.daemon import Agent, AgentFailed, settings_of
 from netwatch.agent.decision import ProbeKind
@@ -125,7 +125,7 @@ class FakeKernel:
             raise self.write_errors.pop(0)
         self.routes[family] = ifname
         self.writes.append((family, ifname))
-        self.queue.put_nowait(Event("route"))  # as the kernel announces it
+        self.queue.put_nowait(Event(EventKind.ROUTE))  # as the kernel announces it
 
     async def ensure_probe_path(self, path):
         return False
@@ -242,7 +242,7 @@ def test_lost_netlink_events_are_logged_and_the_state_re_read(fast, caplog):
         kernel.queue.put_nowait(NetlinkError(errno.ENOBUFS, "No buffer space available"))
         await until(lambda: kernel.reopened == 1 and kernel.link_reads == reads + 1)
         kernel.routes[socket.AF_INET] = "eth1"  # an operator's `ip route replace`
-        kernel.queue.put_nowait(Event("route"))
+        kernel.queue.put_nowait(Event(EventKind.ROUTE))
         await until(lambda: kernel.on("eth0"))
         assert not task.done()
 
@@ -255,7 +255,7 @@ def test_lost_netlink_events_are_logged_and_the_state_re_read(fast, caplog):
 def test_a_broken_event_socket_stops_the_agent_and_leaves_the_routes(fast):
     async def scenario(agent, kernel, probers, task):
         kernel.events_error = NetlinkError(errno.ECONNRESET, "reset")
-        kernel.queue.put_nowait(Event("route"))
+        kernel.queue.put_nowait(Event(EventKind.ROUTE))
         await until(task.done)
 
     kernel = FakeKernel()

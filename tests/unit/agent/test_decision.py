@@ -11,6 +11,7 @@ from netwatch.agent.decision import (
     Carrier,
     CarrierChange,
     Failover,
+    FailoverCause,
     Mode,
     ProbeKind,
     ProbeResult,
@@ -32,6 +33,8 @@ P, S = UplinkRole.PRIMARY, UplinkRole.SECONDARY
 FALL, RISE, HOLD = 3, 5, 5.0
 TICK = 0.05
 KINDS = (ProbeKind.GATEWAY, ProbeKind.BEYOND4)
+CARRIER, GATEWAY, BEYOND = FailoverCause.CARRIER, FailoverCause.GATEWAY, FailoverCause.BEYOND
+FAILBACK, OPERATOR = FailoverCause.FAILBACK, FailoverCause.OPERATOR
 
 
 def make(auto: bool = True, families=(Family.V4, Family.V6)):
@@ -154,7 +157,7 @@ def test_failover_reason_names_the_gateway_and_duration():
     d.tick(True, True, 10)
     d.tick(False, True, FALL)
     (failover,) = d.failovers()
-    assert failover.cause == "gateway"
+    assert failover.cause is GATEWAY
     assert "silent: 3 probes, 150 ms" in failover.reason
 
 
@@ -170,14 +173,13 @@ def test_blackholing_gateway_fails_over_as_beyond():
         for kind in KINDS:
             d.feed(ProbeResult(S, kind, 0.001, "x", TICK))
     (failover,) = d.failovers()
-    assert failover.cause == "beyond"
+    assert failover.cause is BEYOND
     assert "beyond target 203.0.113.1 silent: 3 probes" in failover.reason
     assert d.routes == {Family.V4: S, Family.V6: S}
 
 
 def test_a_probe_kind_must_be_declared():
-    """A bare string (the old spelling) or an undeclared kind fails loudly, never silently
-    counts for nothing."""
+    """A bare string or an undeclared kind fails loudly, never silently counts for nothing."""
     with pytest.raises(TypeError):
         Settings(kinds=("gateway",))
     with pytest.raises(KeyError):
@@ -188,7 +190,7 @@ def test_carrier_loss_fails_over_at_once():
     d = Driver()
     d.tick(True, True, 10)
     actions = d.link(P, Carrier.NO_CARRIER)
-    assert d.routes[Family.V4] is S and d.failovers()[0].cause == "carrier"
+    assert d.routes[Family.V4] is S and d.failovers()[0].cause is CARRIER
     assert any(isinstance(a, SetDefaultRoute) for a in actions)
 
 
@@ -221,7 +223,7 @@ def test_manual_failback_waits_for_the_operator():
     assert d.routes[Family.V4] is S
     d.feed(UseUplink(P, "change 1234"))
     assert d.routes == {Family.V4: P, Family.V6: P}
-    assert d.failovers()[-1].cause == "operator"
+    assert d.failovers()[-1].cause is OPERATOR
 
 
 def test_operator_route_change_is_repaired():
@@ -247,44 +249,44 @@ HELD = int(HOLD / TICK)
         # (primary ok, secondary ok, rounds) or (uplink, carrier); the routes expected in
         # the kernel (None: no default route), the causes of the failovers in order.
         ("secondary silent, primary admin down: the secondary beats no route",
-         [HEALTHY, SECONDARY_SILENT, (P, Carrier.ADMIN_DOWN)], S, ["carrier"]),
+         [HEALTHY, SECONDARY_SILENT, (P, Carrier.ADMIN_DOWN)], S, [CARRIER]),
         ("secondary silent, primary carrier lost", [HEALTHY, SECONDARY_SILENT,
-                                                    (P, Carrier.NO_CARRIER)], S, ["carrier"]),
+                                                    (P, Carrier.NO_CARRIER)], S, [CARRIER]),
         ("secondary silent, primary vanished", [HEALTHY, SECONDARY_SILENT,
-                                                (P, Carrier.VANISHED)], S, ["carrier"]),
+                                                (P, Carrier.VANISHED)], S, [CARRIER]),
         ("it stays there while the primary's link is gone", [
             HEALTHY, SECONDARY_SILENT, (P, Carrier.ADMIN_DOWN), (False, False, 200)],
-         S, ["carrier"]),
+         S, [CARRIER]),
         ("secondary still unknown (its carrier just back), primary carrier lost", [
             HEALTHY, (S, Carrier.NO_CARRIER), (True, True, 5), (S, Carrier.UP),
-            (True, True, RISE - 1), (P, Carrier.NO_CARRIER)], S, ["carrier"]),
+            (True, True, RISE - 1), (P, Carrier.NO_CARRIER)], S, [CARRIER]),
         ("secondary up but failing now, primary carrier lost", [
-            HEALTHY, (True, False, FALL - 1), (P, Carrier.NO_CARRIER)], S, ["carrier"]),
+            HEALTHY, (True, False, FALL - 1), (P, Carrier.NO_CARRIER)], S, [CARRIER]),
         ("both links gone: nothing to move to", [
             HEALTHY, (S, Carrier.NO_CARRIER), (P, Carrier.ADMIN_DOWN)], None, []),
         ("both links gone, then the secondary's returns: routes go there at once", [
             HEALTHY, (S, Carrier.NO_CARRIER), (P, Carrier.ADMIN_DOWN), (S, Carrier.UP)],
-         S, ["carrier"]),
+         S, [CARRIER]),
         ("both links gone, then the active's returns: its routes are put back", [
             HEALTHY, (S, Carrier.ADMIN_DOWN), (P, Carrier.ADMIN_DOWN), (P, Carrier.UP)], P, []),
         ("primary's link back, secondary still silent: rise probes, no hold-down", [
             HEALTHY, SECONDARY_SILENT, (P, Carrier.ADMIN_DOWN), (False, False, 10),
-            (P, Carrier.UP), (True, False, RISE)], P, ["carrier", "gateway"]),
+            (P, Carrier.UP), (True, False, RISE)], P, [CARRIER, GATEWAY]),
         ("primary's link back: not before rise probes", [
             HEALTHY, SECONDARY_SILENT, (P, Carrier.ADMIN_DOWN), (False, False, 10),
-            (P, Carrier.UP), (True, False, RISE - 1)], S, ["carrier"]),
+            (P, Carrier.UP), (True, False, RISE - 1)], S, [CARRIER]),
         ("secondary heals first: the primary only after its hold-down", [
             HEALTHY, SECONDARY_SILENT, (P, Carrier.ADMIN_DOWN), (False, True, RISE),
-            (P, Carrier.UP), (True, True, RISE + HELD - 2)], S, ["carrier"]),
+            (P, Carrier.UP), (True, True, RISE + HELD - 2)], S, [CARRIER]),
         ("secondary heals first, hold-down over: failback", [
             HEALTHY, SECONDARY_SILENT, (P, Carrier.ADMIN_DOWN), (False, True, RISE),
-            (P, Carrier.UP), (True, True, RISE + HELD + 2)], P, ["carrier", "failback"]),
+            (P, Carrier.UP), (True, True, RISE + HELD + 2)], P, [CARRIER, FAILBACK]),
         ("on the secondary, primary silent, secondary's link lost: back to the primary", [
-            HEALTHY, PRIMARY_SILENT, (S, Carrier.NO_CARRIER)], P, ["gateway", "carrier"]),
+            HEALTHY, PRIMARY_SILENT, (S, Carrier.NO_CARRIER)], P, [GATEWAY, CARRIER]),
         ("a flapping primary link while the secondary is dead: never a dead link's route", [
             HEALTHY, SECONDARY_SILENT]
          + [(P, Carrier.NO_CARRIER), (False, False, 3), (P, Carrier.UP), (True, False, 2)] * 5,
-         S, ["carrier"]),
+         S, [CARRIER]),
     ],
 )
 def test_active_link_lost(name, script, expect_routes, expect_causes):
@@ -321,7 +323,7 @@ def test_an_operator_cannot_put_the_routes_on_a_dead_link():
     d.run([HEALTHY, SECONDARY_SILENT, (P, Carrier.ADMIN_DOWN)])
     d.feed(UseUplink(P, "SIGUSR1"))
     assert d.routes == {Family.V4: S, Family.V6: S} and d.state.active is S
-    assert [f.cause for f in d.failovers()] == ["carrier", "operator", "carrier"]
+    assert [f.cause for f in d.failovers()] == [CARRIER, OPERATOR, CARRIER]
 
 
 def test_start_on_a_dead_link_moves_to_the_live_one():
@@ -376,10 +378,10 @@ def test_properties_over_random_probe_and_link_sequences(seq, auto):
         new = d.failovers()[n_before:]
         assert len(new) <= 1
         for f in new:
-            if f.cause == "failback":
+            if f.cause is FAILBACK:
                 assert d.now - up_since >= HOLD - 1e-9
             elif is_link:
-                assert f.cause == "carrier"
+                assert f.cause is CARRIER
                 assert f.from_uplink is active_before
                 assert d.carrier[f.from_uplink] is not Carrier.UP
                 assert d.carrier[f.to_uplink] is Carrier.UP
