@@ -62,15 +62,22 @@ class ProbeStats:
 class ProbeWindow:
     """Rolling window of probe results per (upstream, target). Pure: `now` is passed in.
 
-    `recent` is how many of each path's latest results `PathStats.recent_*` count (in the
-    order they were recorded: a lost probe is recorded when its timeout expires).
+    Only probes whose fate is known count: those sent at least `settle_s` (the probe timeout)
+    ago, over the `window_s` before that. An answered probe is recorded at once but a lost one
+    only when its timeout expires, so a window that ended at `now` held the recent answers but
+    not the recent losses: loss was under-counted by about timeout/window (a 1 s timeout in a
+    2 s window halved it). `recent` is how many of each path's latest settled probes (by send
+    time) `PathStats.recent_*` count.
     """
 
-    def __init__(self, window_s: float, recent: int = MIN_SAMPLES):
+    def __init__(self, window_s: float, recent: int = MIN_SAMPLES, settle_s: float = 0.0):
         if recent < 1:
             raise ValueError(f"recent must be >= 1, got {recent}")
+        if not 0 <= settle_s < window_s:
+            raise ValueError(f"settle_s must be in [0, window_s), got {settle_s}")
         self.window_s = window_s
         self.recent = recent
+        self.settle_s = settle_s
         self._samples: dict[tuple[str, str], deque[tuple[float, float | None]]] = {}
 
     def record(self, upstream: str, target: str, sent_at: float, rtt_s: float | None) -> None:
@@ -78,15 +85,21 @@ class ProbeWindow:
 
     def stats(self, now: float) -> ProbeStats:
         paths = {}
+        settled_at = now - self.settle_s
         for key, samples in self._samples.items():
-            while samples and now - samples[0][0] > self.window_s:
+            # Recorded in order of fate, not of sending: drop the head only when it is old.
+            while samples and settled_at - samples[0][0] > self.window_s:
                 samples.popleft()
-            if not samples:
+            settled = sorted(
+                (s for s in samples if 0 <= settled_at - s[0] <= self.window_s),
+                key=lambda s: s[0],
+            )
+            if not settled:
                 continue
-            rtts = [r for _, r in samples if r is not None]
-            latest = list(samples)[-self.recent :]
+            rtts = [r for _, r in settled if r is not None]
+            latest = settled[-self.recent :]
             paths[key] = PathStats(
-                len(samples), len(samples) - len(rtts), statistics.median(rtts) if rtts else None,
+                len(settled), len(settled) - len(rtts), statistics.median(rtts) if rtts else None,
                 len(latest), sum(1 for _, r in latest if r is None),
             )
         return ProbeStats(paths)

@@ -456,3 +456,33 @@ def test_blackhole_fails_after_fall_probes(seed, start):
 def test_a_damaged_state_is_a_value_error_naming_the_field(persisted):
     with pytest.raises(ValueError, match=r"action_times\[0\]|recovery_since|changed_at"):
         restore(params(), persisted, now=1000.0)
+
+
+def test_the_window_counts_a_loss_as_soon_as_its_answer_would_have():
+    """Interval 0.2 s, timeout 1 s, window 2 s, every probe lost: recorded at sent + 1 s.
+    Without settling, the answers of the last second would be in the window and the losses
+    not: here nothing answers, so compare with a path that answers everything."""
+    window = ProbeWindow(2.0, settle_s=1.0)
+    for i in range(30):  # 6 s of probes, every 0.2 s
+        sent = i * 0.2
+        window.record("t1", "x", sent, 0.01)  # answered at once
+        if sent + 1.0 <= 6.0:
+            window.record("t2", "x", sent, None)  # lost: known at sent + 1 s
+    stats = window.stats(6.0).paths
+    assert stats[("t1", "x")].sent == stats[("t2", "x")].sent  # the same probes count
+    assert stats[("t2", "x")].loss == 1.0
+
+
+def test_an_unsettled_window_under_counted_loss():
+    """The same probes, half of them lost, judged the old way (settle 0) and the new way."""
+    old, new = ProbeWindow(2.0), ProbeWindow(2.0, settle_s=1.0)
+    for window in (old, new):
+        for i in range(30):
+            sent = i * 0.2
+            if i % 2:
+                window.record("t1", "x", sent, 0.01)
+            elif sent + 1.0 <= 6.0:
+                window.record("t1", "x", sent, None)
+    assert old.stats(6.0).paths[("t1", "x")].loss < 0.4  # ~1/3: the last second's losses missing
+    settled = new.stats(6.0).paths[("t1", "x")]
+    assert (settled.sent, settled.lost) == (11, 5)  # every probe sent in [3.0, 5.0]: exact
