@@ -1,20 +1,23 @@
-"""The uplink agent: one asyncio loop feeding netlink events and probes into `uplink.step`.
+"""The uplink agent: one asyncio loop feeding netlink events and probes into `decision.step`.
 
 The loop gathers observations (carrier from netlink events, gateway probes over ARP/ND or
 ICMP, beyond-the-gateway probes through each uplink's own routing table, and snapshots of
-the kernel's real default routes), passes each one to the pure decision `uplink.step`, and
+the kernel's real default routes), passes each one to the pure decision `decision.step`, and
 carries out the actions in order on one worker: replace default routes, log, update metrics.
 
 Contract:
 - `Agent(agent_config, registry, ...)`, then `await agent.run()`; it returns when `stop()` is
-  called (SIGTERM/SIGINT) and raises when a worker dies (the command exits non-zero so
-  systemd restarts it). On exit, whatever the cause, the routes are left as they are.
-- A worker dies on any error that is not a known transient one: an exception in any task, in
-  a probe's socket callback or in a signal handler (through the loop's exception handler),
-  or a worker that returns. Transient netlink errors (a refused route write, ENOBUFS on the
-  event socket, a failed dump) are logged, counted in netwatch_agent_netlink_errors_total or
-  netwatch_agent_route_errors_total, and retried; NETLINK_ATTEMPTS failures in a row of the
-  event socket or of the route snapshot make it fatal (a restart reopens everything).
+  called (SIGTERM/SIGINT) and raises `WorkerDied` (netwatch.runtime.supervise) when a worker
+  dies: `.error` is what killed it, None when it returned. An error while starting (opening
+  netlink, the first reads) is raised as it is. The command exits non-zero either way, so
+  systemd restarts it. On exit, whatever the cause, the routes are left as they are.
+- A worker dies on any error that is not a known transient one: an exception in any worker,
+  in a probe's socket callback or in a signal handler (through the loop's exception handler,
+  which hands it to the `callbacks` worker), or a worker that returns. Transient netlink
+  errors (a refused route write, ENOBUFS on the event socket, a failed dump) are logged,
+  counted in netwatch_agent_netlink_errors_total or netwatch_agent_route_errors_total, and
+  retried; NETLINK_ATTEMPTS failures in a row of the event socket or of the route snapshot
+  make it fatal (a restart reopens everything).
 - Time: every decision reads `clock` (time.monotonic unless injected), never the wall clock;
   scheduling uses time.monotonic. The one wall-clock read is the Unix time exported in
   netwatch_agent_last_failover_timestamp_seconds, which is a timestamp by definition.
@@ -47,6 +50,8 @@ from netwatch.agent import decision as core
 from netwatch.agent.metrics import AgentMetrics, StreamMetrics
 from netwatch.config import AgentSection
 from netwatch.core.vocabulary import Health, UplinkRole
+from netwatch.runtime.logs import kv
+from netwatch.runtime.supervise import WorkerDied, supervise
 
 log = logging.getLogger("netwatch.agent")
 
@@ -93,27 +98,14 @@ class Kernel(Protocol):
 
 
 class Prober(Protocol):
-    """A batched prober (netwatch.adapters.arp): one probe in flight, judged a tick later."""
+    """A batched prober (netwatch.adapters.probes.raw): one probe in flight, judged a tick
+    later."""
 
     def send(self) -> bool: ...
 
     def result(self, timeout_s: float) -> float | None: ...
 
     def close(self) -> None: ...
-
-
-def kv(event: str, **fields) -> str:
-    """`event=failover uplink=primary reason="gateway 100.64.1.1 silent"`: one log line."""
-    parts = [f"event={event}"]
-    for key, value in fields.items():
-        if value is None:
-            continue
-        text = value.value if hasattr(value, "value") and not isinstance(value, int) else value
-        text = str(text)
-        if not text or any(c in text for c in ' "=') or not text.isprintable():
-            text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        parts.append(f"{key}={text}")
-    return " ".join(parts)
 
 
 def carrier_of(link: LinkState) -> core.Carrier:
@@ -158,14 +150,11 @@ class Stream:
 ProberFactory = Callable[[UplinkRole, core.ProbeKind], Awaitable[tuple[Prober, str]]]
 
 
-class AgentFailed(RuntimeError):
-    """A worker of the agent ended: it returned, which none of them should."""
-
-
 class Agent:
     """The daemon. `clock` is monotonic seconds; `kernel` and `probers` (an async
     `(uplink, kind) -> (prober, target label)`) default to the real adapters. All three are
-    injected by the unit tests."""
+    injected by the unit tests, and so are the resync interval and the first netlink retry
+    delay (RESYNC_INTERVAL_S, NETLINK_RETRY_S by default)."""
 
     def __init__(
         self,
@@ -174,6 +163,9 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         kernel: Kernel | None = None,
         probers: ProberFactory | None = None,
+        *,
+        resync_interval_s: float = RESYNC_INTERVAL_S,
+        netlink_retry_s: float = NETLINK_RETRY_S,
     ):
         self.cfg = cfg
         self.clock = clock
@@ -185,7 +177,7 @@ class Agent:
         self.by_ifname = {u.interface: role for role, u in self.uplinks.items()}
         self.netlink: Kernel = kernel if kernel is not None else Netlink()
         self._make_prober: ProberFactory = probers or self._real_prober
-        self._fatal: BaseException | None = None
+        self._callback_failed: asyncio.Future[BaseException] | None = None
         self._actions: asyncio.Queue = asyncio.Queue()
         self._resync_wanted = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -194,6 +186,8 @@ class Agent:
         interval = cfg.probe.interval_ms / 1000
         self.interval_s = interval
         self.timeout_s = min((cfg.probe.timeout_ms or cfg.probe.interval_ms) / 1000, interval)
+        self.resync_interval_s = resync_interval_s
+        self.netlink_retry_s = netlink_retry_s
 
     # ---------------------------------------------------------------------------- decisions
 
@@ -256,14 +250,14 @@ class Agent:
             await self.netlink.replace_default(family, up.interface, gateway, source, metric)
         except (NetlinkError, OSError) as exc:
             # ENETUNREACH while the link is down: the next snapshot retries.
-            self.metrics.route_errors.labels(f"ipv{action.family.value}").inc()
-            log.error(kv("route_error", uplink=action.uplink, family=f"ipv{action.family.value}",
+            self.metrics.route_errors.labels(action.family.label).inc()
+            log.error(kv("route_error", uplink=action.uplink, family=action.family.label,
                          error=exc, reason=action.reason))
             return
         took_ms = (time.monotonic() - started) * 1000
         cause = "failover" if action.failover else "repair"
-        self.metrics.route_changes.labels(f"ipv{action.family.value}", cause).inc()
-        log.info(kv("route", uplink=action.uplink, family=f"ipv{action.family.value}",
+        self.metrics.route_changes.labels(action.family.label, cause).inc()
+        log.info(kv("route", uplink=action.uplink, family=action.family.label,
                     via=gateway, dev=up.interface, src=source, cause=cause,
                     took_ms=f"{took_ms:.1f}", reason=action.reason))
 
@@ -287,7 +281,7 @@ class Agent:
 
     async def _resync_loop(self) -> None:
         """Re-read the kernel's default routes after each route event, and every
-        RESYNC_INTERVAL_S. A failed read is retried on the next round."""
+        `resync_interval_s`. A failed read is retried on the next round."""
         last_path_check = time.monotonic()
         failures = 0
         while True:
@@ -296,7 +290,7 @@ class Agent:
             # arrives as the event is set, and the agent then hung on exit (seen in the unit
             # test of a fatal netlink error, whose last retry sets this event).
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RESYNC_INTERVAL_S):
+                async with asyncio.timeout(self.resync_interval_s):
                     await self._resync_wanted.wait()
                 evented = True
             self._resync_wanted.clear()
@@ -323,7 +317,7 @@ class Agent:
         while True:
             try:
                 if failures:
-                    await asyncio.sleep(NETLINK_RETRY_S * 2 ** (failures - 1))
+                    await asyncio.sleep(self.netlink_retry_s * 2 ** (failures - 1))
                     await self.netlink.reopen_events()
                     await self._read_links()
                     self._resync_wanted.set()
@@ -337,7 +331,7 @@ class Agent:
                 failures += 1
                 self._netlink_error("events", exc, failures)
                 continue
-            raise AgentFailed("the netlink event stream ended")
+            return  # the stream ended, which it never should: a dead worker
 
     async def _read_links(self) -> None:
         """Feed every uplink's current link state (at start, and after lost events)."""
@@ -474,34 +468,33 @@ class Agent:
         log.warning(kv("operator_request", uplink=role, reason=reason))
         self.feed(core.UseUplink(role, reason))
 
-    def _die(self, exc: BaseException, where: str) -> None:
-        """A worker died: remember the first error, log it, and stop the daemon (run() raises
-        it). Routes are not touched: they stay as the last action left them."""
-        if self._fatal is None:
-            self._fatal = exc
-            log.error(kv("worker_died", worker=where, error=f"{type(exc).__name__}: {exc}",
-                         note="routes left as they are; exiting for a restart"))
-        self._stopping.set()
-
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         """The loop's exception handler: an exception in a callback (a probe socket's reader,
         a signal handler) would otherwise be logged by asyncio and forgotten, leaving a prober
-        that never sees a reply, or an operator request that did nothing."""
+        that never sees a reply, or an operator request that did nothing. The first one goes
+        to the `callbacks` worker, which dies of it."""
         exc = context.get("exception")
-        if exc is None or self._stopping.is_set():
+        failed = self._callback_failed
+        if exc is None or self._stopping.is_set() or failed is None or failed.done():
             loop.default_exception_handler(context)
             return
-        self._die(exc, str(context.get("message", "callback")))
+        failed.set_result(exc)
+
+    async def _callbacks(self) -> None:
+        """A worker that dies of the first exception raised in a loop callback."""
+        assert self._callback_failed is not None
+        raise await self._callback_failed
 
     async def run(self) -> None:
-        """Run until stop(); raises the first error of any worker (after logging it)."""
+        """Run until stop(). Raises WorkerDied when a worker dies (after logging it), and
+        whatever stopped the start (netlink, the first reads) as it is."""
         loop = asyncio.get_running_loop()
         previous_handler = loop.get_exception_handler()
+        self._callback_failed = loop.create_future()
         loop.set_exception_handler(self._on_loop_error)
-        tasks: list[asyncio.Task] = []
         closers: list[Callable[[], None]] = []
-        await self.netlink.open()
         try:
+            await self.netlink.open()
             await self._read_links()
             self.feed(await self._snapshot())
             await self._install_paths()
@@ -517,34 +510,30 @@ class Agent:
                     closers.append(prober.close)
                     streams.append(Stream(role, kind, prober, target,
                                           self.metrics.stream(role, kind)))
-            tasks = [
-                asyncio.create_task(self._carry_out(), name="actions"),
-                asyncio.create_task(self._events_loop(), name="netlink-events"),
-                asyncio.create_task(self._resync_loop(), name="resync"),
-                asyncio.create_task(self._tick_loop(streams), name="probes"),
-            ]
             for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
                                  (signal.SIGUSR1, lambda: self.request(UplinkRole.PRIMARY,
                                                                        "SIGUSR1")),
                                  (signal.SIGUSR2, lambda: self.request(UplinkRole.SECONDARY,
                                                                        "SIGUSR2"))):
                 loop.add_signal_handler(sig, handler)
-            stopper = asyncio.create_task(self._stopping.wait(), name="stop")
-            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is stopper or task.cancelled():
-                    continue
-                exc = task.exception() or AgentFailed(f"worker {task.get_name()} returned")
-                self._die(exc, task.get_name())
-            for task in [*tasks, stopper]:
-                task.cancel()
-            await asyncio.gather(*tasks, stopper, return_exceptions=True)
-            if self._fatal is not None:
-                raise self._fatal
+            try:
+                await supervise({
+                    "actions": self._carry_out(),
+                    "netlink-events": self._events_loop(),
+                    "resync": self._resync_loop(),
+                    "probes": self._tick_loop(streams),
+                    "callbacks": self._callbacks(),
+                }, self._stopping)
+            except WorkerDied as died:
+                error = died.error
+                log.error(kv("worker_died", worker=died.worker,
+                             error="returned" if error is None
+                             else f"{type(error).__name__}: {error}",
+                             note="routes left as they are; exiting for a restart"))
+                raise
             log.info(kv("stopped", active=self.state.active, note="routes left as they are"))
         finally:
-            for task in tasks:
-                task.cancel()
+            self._stopping.set()  # callback errors from here on are asyncio's to log
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
                 loop.remove_signal_handler(sig)
             for close in closers:

@@ -2,8 +2,10 @@
 
 systemd-friendly: logs go to stderr as key=value lines, SIGTERM stops it cleanly (routes are
 left as they are), and a fatal error exits non-zero so `Restart=always` brings it back.
-Exit codes: 65 invalid config (or no `agent` section), 66 config file missing, 71 the
-namespace or the kernel refused (netlink, raw sockets), 70 an internal error.
+Exit codes: 0 stopped by SIGTERM or SIGINT, 65 invalid config (or no `agent` section), 66
+config file missing, 71 the namespace or the kernel refused (netlink, raw sockets), 77 not
+allowed (needs CAP_NET_ADMIN and CAP_NET_RAW), 70 an internal error. A metrics listener that
+cannot start is logged and the agent runs without it (netwatch.runtime.metrics_http).
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ import argparse
 import asyncio
 import logging
 import os
-import sys
 
 from netwatch import exitcodes
 from netwatch.commands import site_or_fail
 from netwatch.runtime.logs import kv, setup_logging
+from netwatch.runtime.supervise import WorkerDied
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,7 +48,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         try:
             _enter_netns(args.netns)
         except OSError as exc:
-            print(f"netwatch agent: cannot enter namespace {args.netns!r}: {exc}", file=sys.stderr)
+            log.error(kv("fatal", netns=args.netns, error=exc, note="cannot enter the namespace"))
             return exitcodes.OSERR
 
     # Imported here: pyroute2 and the raw sockets come after setns.
@@ -64,16 +66,17 @@ def cmd_agent(args: argparse.Namespace) -> int:
     agent = Agent(site.agent, registry)
     try:
         asyncio.run(agent.run())
-    except PermissionError as exc:
-        log.error(kv("fatal", error=exc, hint="needs CAP_NET_ADMIN and CAP_NET_RAW"))
-        return exitcodes.NOPERM
-    except (OSError, NetlinkError) as exc:
-        # NetlinkError is not an OSError: without it here, a netlink failure the agent gave
-        # up on (retried NETLINK_ATTEMPTS times) was reported as a bug (70).
-        log.error(kv("fatal", error=exc))
-        return exitcodes.OSERR
-    except Exception:
-        log.exception(kv("fatal", error="internal error"))
+    except Exception as exc:
+        # A dead worker's own error says what failed; a worker that returned is a bug.
+        cause = exc.error if isinstance(exc, WorkerDied) else exc
+        if isinstance(cause, PermissionError):
+            log.error(kv("fatal", error=cause, hint="needs CAP_NET_ADMIN and CAP_NET_RAW"))
+            return exitcodes.NOPERM
+        # NetlinkError is not an OSError, and is as much the kernel refusing as one.
+        if isinstance(cause, (OSError, NetlinkError)):
+            log.error(kv("fatal", error=cause))
+            return exitcodes.OSERR
+        log.error(kv("fatal", error="internal error"), exc_info=exc)
         return exitcodes.SOFTWARE
     finally:
         if server is not None:

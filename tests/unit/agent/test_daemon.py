@@ -3,9 +3,12 @@ survives (or stops on) errors, driven through a fake netlink and fake probers.""
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import collections
 import contextlib
 import errno
+import logging
 import os
 import signal
 import socket
@@ -18,11 +21,13 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from netwatch.adapters.netlink import DefaultRoute, Event, EventKind, LinkState
 from netwatch.agent import daemon as agent_module
-from netwatch.agent.daemon import Agent, AgentFailed, settings_of
+from netwatch.agent.daemon import NETLINK_ATTEMPTS, Agent, settings_of
 from netwatch.agent.decision import ProbeKind
 from netwatch.agent.metrics import AgentMetrics
+from netwatch.commands.agent_cmd import cmd_agent
 from netwatch.config import AgentSection
 from netwatch.core.vocabulary import Family, Health, UplinkRole
+from netwatch.runtime.supervise import WorkerDied
 
 P, S = UplinkRole.PRIMARY, UplinkRole.SECONDARY
 
@@ -72,9 +77,9 @@ def test_probe_metrics_keep_the_kind_labels_dashboards_read():
 
 
 class FakeKernel:
-    """Links always up, one default route per family, writes recorded; errors scripted:
-    `write_errors` / `dump_errors` raise once each (in order), `events_error` on every read
-    of the event socket."""
+    """Links up unless `link()` says otherwise, one default route per family, writes recorded;
+    errors scripted: `write_errors` / `dump_errors` raise once each (in order),
+    `events_error` on every read of the event socket."""
 
     GATEWAYS = {("eth0", socket.AF_INET): IPv4Address("100.64.1.1"),
                 ("eth1", socket.AF_INET): IPv4Address("100.64.2.1"),
@@ -83,6 +88,7 @@ class FakeKernel:
 
     def __init__(self):
         self.routes = {socket.AF_INET: "eth0", socket.AF_INET6: "eth0"}
+        self.carrier = {"eth0": True, "eth1": True}
         self.writes: list[tuple[int, str]] = []
         self.write_errors: list[BaseException] = []
         self.dump_errors: list[BaseException] = []
@@ -98,7 +104,12 @@ class FakeKernel:
 
     async def links(self, ifnames):
         self.link_reads += 1
-        return {name: LinkState(name, True, True, True) for name in ifnames}
+        return {name: LinkState(name, True, True, self.carrier[name]) for name in ifnames}
+
+    def link(self, ifname: str, carrier: bool) -> None:
+        """The cable of `ifname` pulled or plugged back: the kernel announces it."""
+        self.carrier[ifname] = carrier
+        self.queue.put_nowait(Event(EventKind.LINK, LinkState(ifname, True, True, carrier)))
 
     async def events(self):
         while True:
@@ -138,16 +149,19 @@ class FakeKernel:
 
 
 class FakeProbers:
-    """Every stream of an uplink answers while `alive[uplink]`; `make` is the agent's factory."""
+    """Every stream of an uplink answers while `alive[uplink]`; `make` is the agent's factory;
+    `sent[uplink, kind]` counts the probes sent."""
 
     def __init__(self):
         self.alive = {P: True, S: True}
+        self.sent: collections.Counter = collections.Counter()
 
     async def make(self, role, kind):
         probers = self
 
         class Prober:
             def send(self):
+                probers.sent[role, kind] += 1
                 return True
 
             def result(self, timeout_s):
@@ -159,16 +173,6 @@ class FakeProbers:
         return Prober(), f"{role.value}-{kind.value}"
 
 
-class FakeClock:
-    """Monotonic seconds that move only when told (decisions must read this, nothing else)."""
-
-    def __init__(self):
-        self.now = 1000.0
-
-    def __call__(self):
-        return self.now
-
-
 async def until(check, timeout_s: float = 10.0) -> None:
     """Wait (generously) until check() holds; fail the test otherwise."""
     deadline = time.monotonic() + timeout_s
@@ -178,14 +182,15 @@ async def until(check, timeout_s: float = 10.0) -> None:
 
 
 def run_agent(scenario, *, clock=None, kernel=None, probers=None, failback="auto"):
-    """Run an Agent with fakes and `await scenario(agent, kernel, probers, task)`; return
-    (registry, the agent task's exception or None)."""
+    """Run an Agent with fakes, resyncing and retrying netlink in milliseconds, and
+    `await scenario(agent, kernel, probers, task)`; return (registry, the agent task's
+    exception or None)."""
     kernel = kernel or FakeKernel()
     probers = probers or FakeProbers()
     registry = CollectorRegistry()
     extra = {"clock": clock} if clock is not None else {}
     agent = Agent(agent_config(failback, beyond=["203.0.113.1"]), registry, kernel=kernel,
-                  probers=probers.make, **extra)
+                  probers=probers.make, resync_interval_s=0.02, netlink_retry_s=0.001, **extra)
 
     async def main():
         task = asyncio.create_task(agent.run())
@@ -202,21 +207,13 @@ def run_agent(scenario, *, clock=None, kernel=None, probers=None, failback="auto
     return registry, asyncio.run(main())
 
 
-@pytest.fixture
-def fast(monkeypatch):
-    """Resync and netlink retries in milliseconds, so the tests wait little."""
-    monkeypatch.setattr(agent_module, "RESYNC_INTERVAL_S", 0.02)
-    monkeypatch.setattr(agent_module, "NETLINK_RETRY_S", 0.001)
-
-
 def sample(registry, name, **labels):
     return registry.get_sample_value(name, labels) or 0.0
 
 
-def test_decisions_read_the_injected_monotonic_clock(fast):
+def test_decisions_read_the_injected_monotonic_clock(clock):
     """Failback waits for hold_down_s on the agent's clock: with the clock held still, the
     routes stay on the secondary however long the loop runs; moving it fails back."""
-    clock = FakeClock()
 
     async def scenario(agent, kernel, probers, task):
         probers.alive[P] = False
@@ -233,7 +230,22 @@ def test_decisions_read_the_injected_monotonic_clock(fast):
     assert sample(registry, "netwatch_agent_failovers_total", reason="failback") == 1
 
 
-def test_lost_netlink_events_are_logged_and_the_state_re_read(fast, caplog):
+def test_a_link_event_moves_the_routes_at_once():
+    """The primary's cable pulled: netlink's link event alone moves both default routes to
+    the secondary, whatever the probes say, counted under the carrier reason."""
+
+    async def scenario(agent, kernel, probers, task):
+        kernel.link("eth0", carrier=False)
+        await until(lambda: kernel.on("eth1"))
+
+    registry, error = run_agent(scenario)
+    assert error is None
+    assert sample(registry, "netwatch_agent_failovers_total", reason="carrier") == 1
+    assert sample(registry, "netwatch_agent_uplink_carrier", uplink="primary") == 0
+    assert sample(registry, "netwatch_agent_active_uplink", uplink="secondary") == 1
+
+
+def test_lost_netlink_events_are_logged_and_the_state_re_read(caplog):
     """ENOBUFS on the event socket: counted, logged, the socket reopened, the links and routes
     read again; the agent goes on repairing routes."""
 
@@ -252,7 +264,7 @@ def test_lost_netlink_events_are_logged_and_the_state_re_read(fast, caplog):
     assert "event=netlink_error op=events" in caplog.text and "errno=ENOBUFS" in caplog.text
 
 
-def test_a_broken_event_socket_stops_the_agent_and_leaves_the_routes(fast):
+def test_a_broken_event_socket_stops_the_agent_and_leaves_the_routes():
     async def scenario(agent, kernel, probers, task):
         kernel.events_error = NetlinkError(errno.ECONNRESET, "reset")
         kernel.queue.put_nowait(Event(EventKind.ROUTE))
@@ -260,28 +272,30 @@ def test_a_broken_event_socket_stops_the_agent_and_leaves_the_routes(fast):
 
     kernel = FakeKernel()
     _, error = run_agent(scenario, kernel=kernel)
-    assert isinstance(error, NetlinkError)
-    assert kernel.reopened == agent_module.NETLINK_ATTEMPTS - 1
+    assert isinstance(error, WorkerDied) and error.worker == "netlink-events"
+    assert isinstance(error.error, NetlinkError)
+    assert kernel.reopened == NETLINK_ATTEMPTS - 1
     assert kernel.on("eth0") and kernel.writes == []
 
 
-def test_a_failed_route_read_is_retried_then_fatal_when_it_persists(fast):
+def test_a_failed_route_read_is_retried_then_fatal_when_it_persists():
     async def scenario(agent, kernel, probers, task):
         kernel.dump_errors = [OSError(errno.EBUSY, "busy")]
         await until(lambda: not kernel.dump_errors)
         kernel.routes[socket.AF_INET6] = "eth1"  # still repaired afterwards
         await until(lambda: kernel.on("eth0"))
         assert not task.done()
-        kernel.dump_errors = [OSError(errno.EBUSY, "busy")] * agent_module.NETLINK_ATTEMPTS
+        kernel.dump_errors = [OSError(errno.EBUSY, "busy")] * NETLINK_ATTEMPTS
         await until(task.done)
 
     registry, error = run_agent(scenario)
-    assert isinstance(error, OSError) and error.errno == errno.EBUSY
+    assert isinstance(error, WorkerDied) and error.worker == "resync"
+    assert isinstance(error.error, OSError) and error.error.errno == errno.EBUSY
     assert sample(registry, "netwatch_agent_netlink_errors_total", op="snapshot") == (
-        1 + agent_module.NETLINK_ATTEMPTS)
+        1 + NETLINK_ATTEMPTS)
 
 
-def test_a_refused_route_write_is_retried_by_the_next_snapshot(fast):
+def test_a_refused_route_write_is_retried_by_the_next_snapshot():
     async def scenario(agent, kernel, probers, task):
         kernel.write_errors = [NetlinkError(errno.ENETUNREACH, "Network is unreachable")]
         probers.alive[P] = False
@@ -295,7 +309,7 @@ def test_a_refused_route_write_is_retried_by_the_next_snapshot(fast):
                   cause="repair") == 1
 
 
-def test_a_bug_in_route_repair_stops_the_agent_and_leaves_the_routes(fast):
+def test_a_bug_in_route_repair_stops_the_agent_and_leaves_the_routes():
     async def scenario(agent, kernel, probers, task):
         kernel.write_errors = [TypeError("a bug")]
         probers.alive[P] = False
@@ -303,11 +317,12 @@ def test_a_bug_in_route_repair_stops_the_agent_and_leaves_the_routes(fast):
 
     kernel = FakeKernel()
     _, error = run_agent(scenario, kernel=kernel)
-    assert isinstance(error, TypeError)
+    assert isinstance(error, WorkerDied) and error.worker == "actions"
+    assert isinstance(error.error, TypeError)
     assert kernel.on("eth0") and kernel.writes == []
 
 
-def test_an_exception_in_a_probe_callback_stops_the_agent(fast):
+def test_an_exception_in_a_probe_callback_stops_the_agent():
     """A reply handler (a loop reader callback, as the raw-socket probers use) that raises
     would otherwise be logged by asyncio and forgotten, its prober deaf for ever."""
     sockets = socket.socketpair()
@@ -327,36 +342,47 @@ def test_an_exception_in_a_probe_callback_stops_the_agent(fast):
     finally:
         for sock in sockets:
             sock.close()
-    assert isinstance(error, ValueError)
+    assert isinstance(error, WorkerDied) and error.worker == "callbacks"
+    assert isinstance(error.error, ValueError)
     assert kernel.on("eth0") and kernel.writes == []
 
 
-def test_an_operator_request_that_fails_stops_the_agent(fast):
-    async def scenario(agent, kernel, probers, task):
-        def broken(role, reason):
-            raise RuntimeError("a bug in the request path")
+def test_an_operator_request_that_fails_stops_the_agent():
+    """SIGUSR2, and its handler fails on the way (here the log line of the request raises): a
+    signal handler's error would otherwise be logged by asyncio and forgotten."""
 
-        agent.request = broken
+    def refuse(record):
+        if "event=operator_request" in record.getMessage():
+            raise RuntimeError("a bug in the request path")
+        return True
+
+    async def scenario(agent, kernel, probers, task):
         os.kill(os.getpid(), signal.SIGUSR2)
         await until(task.done)
 
-    _, error = run_agent(scenario)
-    assert isinstance(error, RuntimeError) and "request path" in str(error)
+    logger = logging.getLogger("netwatch.agent")
+    logger.addFilter(refuse)
+    try:
+        _, error = run_agent(scenario)
+    finally:
+        logger.removeFilter(refuse)
+    assert isinstance(error, WorkerDied) and error.worker == "callbacks"
+    assert "request path" in str(error.error)
 
 
-def test_a_worker_that_returns_stops_the_agent(fast):
+def test_a_worker_that_returns_stops_the_agent():
     async def scenario(agent, kernel, probers, task):
         kernel.queue.put_nowait(None)  # the event stream ends
         await until(task.done)
 
     _, error = run_agent(scenario)
-    assert isinstance(error, AgentFailed)
+    assert isinstance(error, WorkerDied) and error.worker == "netlink-events"
+    assert error.error is None
 
 
-def test_manual_failback_waits_for_sigusr1(fast):
+def test_manual_failback_waits_for_sigusr1(clock):
     """failback.mode manual: the primary healthy for ever (on the agent's clock) does not
     bring the routes back; SIGUSR1 does."""
-    clock = FakeClock()
 
     async def scenario(agent, kernel, probers, task):
         probers.alive[P] = False
@@ -375,17 +401,36 @@ def test_manual_failback_waits_for_sigusr1(fast):
     assert sample(registry, "netwatch_agent_failovers_total", reason="failback") == 0
 
 
+@pytest.fixture
+def netwatch_logging():
+    """cmd_agent sets up the `netwatch` logger: put it back afterwards."""
+    root = logging.getLogger("netwatch")
+    saved = root.handlers[:], root.level, root.propagate
+    yield
+    root.handlers[:], root.level, root.propagate = saved
+
+
+def agent_args(site, metrics_listen="none") -> argparse.Namespace:
+    return argparse.Namespace(config=str(site), netns=None, metrics_listen=metrics_listen,
+                              verbose=False)
+
+
+def died(error):
+    return WorkerDied("resync", error)
+
+
 @pytest.mark.parametrize("error, code", [
-    (NetlinkError(errno.ECONNRESET, "reset"), 71),  # the kernel, after the retries: EX_OSERR
-    (OSError(errno.ENOBUFS, "No buffer space available"), 71),
-    (AgentFailed("worker probes returned"), 70),  # a bug: EX_SOFTWARE
+    # The kernel, after the retries: EX_OSERR.
+    (died(NetlinkError(errno.ECONNRESET, "reset")), 71),
+    (died(OSError(errno.ENOBUFS, "No buffer space available")), 71),
+    (OSError(errno.EBUSY, "busy"), 71),  # while starting: the first reads
+    (NetlinkError(errno.EPERM, "Operation not permitted"), 71),
+    (died(PermissionError(errno.EPERM, "Operation not permitted")), 77),  # EX_NOPERM
+    (died(TypeError("a bug")), 70),  # EX_SOFTWARE
+    (died(None), 70),  # a worker that returned
 ])
-def test_a_fatal_error_exits_non_zero_for_systemd(monkeypatch, lab_site, error, code):
-    import argparse
-    import logging
-
-    from netwatch.commands.agent_cmd import cmd_agent
-
+def test_a_fatal_error_exits_non_zero_for_systemd(monkeypatch, lab_site, netwatch_logging,
+                                                  error, code):
     class Dying:
         def __init__(self, *args, **kwargs):
             pass
@@ -394,11 +439,40 @@ def test_a_fatal_error_exits_non_zero_for_systemd(monkeypatch, lab_site, error, 
             raise error
 
     monkeypatch.setattr(agent_module, "Agent", Dying)
-    root = logging.getLogger("netwatch")
-    saved = root.handlers[:], root.level, root.propagate
-    try:
-        args = argparse.Namespace(config=str(lab_site), netns=None,
-                                  metrics_listen="none", verbose=False)
-        assert cmd_agent(args) == code
-    finally:
-        root.handlers[:], root.level, root.propagate = saved
+    assert cmd_agent(agent_args(lab_site)) == code
+
+
+def test_sigterm_exits_0(monkeypatch, lab_site, netwatch_logging):
+    class Stopped:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        async def run(self):
+            return None  # what Agent.run does after stop()
+
+    monkeypatch.setattr(agent_module, "Agent", Stopped)
+    assert cmd_agent(agent_args(lab_site)) == 0
+
+
+def test_an_agent_whose_metrics_port_is_taken_still_runs(monkeypatch, lab_site, netwatch_logging,
+                                                        capsys):
+    """Protection before metrics: the listener's failure is logged at ERROR and the agent
+    runs (the missing scrape is what alerts)."""
+    ran = []
+
+    class Recording:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        async def run(self):
+            ran.append(True)
+
+    monkeypatch.setattr(agent_module, "Agent", Recording)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        assert cmd_agent(agent_args(lab_site, metrics_listen=listen)) == 0
+    assert ran == [True]
+    err = capsys.readouterr().err
+    assert f"level=ERROR logger=netwatch.agent event=metrics_unavailable listen={listen}" in err
