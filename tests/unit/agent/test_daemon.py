@@ -245,6 +245,20 @@ def test_a_link_event_moves_the_routes_at_once():
     assert sample(registry, "netwatch_agent_active_uplink", uplink="secondary") == 1
 
 
+def test_the_standby_uplink_is_probed_at_the_full_rate():
+    """Every stream goes out every tick, the standby's beyond probes too: the secondary's
+    loss ratio is as fresh as the primary's, and it is as ready to carry traffic."""
+
+    async def scenario(agent, kernel, probers, task):
+        await until(lambda: probers.sent[P, ProbeKind.BEYOND4] >= 10)
+        assert agent.state.active is P
+        assert len(probers.sent) == 6  # two uplinks: gateway, gateway6, beyond4
+        assert len(set(probers.sent.values())) == 1, probers.sent
+
+    _, error = run_agent(scenario)
+    assert error is None
+
+
 def test_lost_netlink_events_are_logged_and_the_state_re_read(caplog):
     """ENOBUFS on the event socket: counted, logged, the socket reopened, the links and routes
     read again; the agent goes on repairing routes."""
