@@ -15,7 +15,7 @@ from ipaddress import IPv4Address, IPv6Address
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-# Routes netwatch installs carry this protocol number (see /etc/iproute2/rt_protos):
+# Routes netwatch installs carry this protocol number, one iproute2 leaves unassigned:
 # recognisable in `ip route` output as "proto 252", and never touched by other daemons.
 RTPROT_NETWATCH = 252
 RULE_PRIORITY = 100  # ahead of the main table (32766)

@@ -40,7 +40,7 @@ def _checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
-# The echo wire format, shared by this prober and the agent's batched EchoProber (arp.py).
+# The echo wire format, shared by this prober and the agent's batched EchoProber (raw.py).
 
 
 def open_echo_socket(family: int, mark: int | None = None) -> socket.socket:
