@@ -33,21 +33,21 @@ import contextlib
 import errno
 import logging
 import signal
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
 from pyroute2.netlink.exceptions import NetlinkError
 
-from netwatch.adapters.netlink import DefaultRoute, Event, EventKind, LinkState, Netlink
+from netwatch.adapters.netlink import Event, EventKind, LinkState, Netlink
 from netwatch.adapters.policy_routing import ProbePath
 from netwatch.agent import decision as core
 from netwatch.agent.metrics import AgentMetrics, StreamMetrics
 from netwatch.agent.probing import Prober, ProberFactory, RawProbers, probe_paths
+from netwatch.agent.routes import DefaultRoutes, RouteTable
 from netwatch.config import AgentSection
 from netwatch.core.vocabulary import Health, UplinkRole
 from netwatch.runtime.logs import kv
@@ -55,7 +55,6 @@ from netwatch.runtime.supervise import WorkerDied, supervise
 
 log = logging.getLogger("netwatch.agent")
 
-FAMILY = {core.Family.V4: socket.AF_INET, core.Family.V6: socket.AF_INET6}
 # The kernel's routes are re-read at least this often even without a route event, so a
 # missed event (netlink ENOBUFS under a storm) costs at most this long.
 RESYNC_INTERVAL_S = 2.0
@@ -68,7 +67,7 @@ NETLINK_ATTEMPTS = 5
 NETLINK_RETRY_S = 0.1
 
 
-class Kernel(Protocol):
+class Kernel(RouteTable, Protocol):
     """The agent's port to the kernel's links and routes: `netwatch.adapters.netlink.Netlink`
     (a recording fake in the unit tests). Errors are NetlinkError or OSError."""
 
@@ -81,12 +80,6 @@ class Kernel(Protocol):
     def events(self) -> AsyncIterator[Event]: ...
 
     async def reopen_events(self) -> None: ...
-
-    async def default_routes(self, family: int) -> list[DefaultRoute]: ...
-
-    async def replace_default(self, family: int, ifname: str, gateway: IPv4Address | IPv6Address,
-                              source: IPv4Address | IPv6Address | None,
-                              metric: int | None = None) -> None: ...
 
     async def ensure_probe_path(self, path: ProbePath) -> bool: ...
 
@@ -158,12 +151,12 @@ class Agent:
                         UplinkRole.SECONDARY: cfg.uplinks.secondary}
         self.by_ifname = {u.interface: role for role, u in self.uplinks.items()}
         self.netlink: Kernel = kernel if kernel is not None else Netlink()
+        self.routes = DefaultRoutes(self.netlink, cfg, self.settings.families)
         self._make_prober: ProberFactory = probers or RawProbers(cfg, self.netlink.address_towards)
         self._callback_failed: asyncio.Future[BaseException] | None = None
         self._actions: asyncio.Queue = asyncio.Queue()
         self._resync_wanted = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._metrics_seen: dict[core.Family, int] = {}
         self._loss_at = 0.0
         interval = cfg.probe.interval_ms / 1000
         self.interval_s = interval
@@ -220,16 +213,9 @@ class Agent:
         self.metrics.both_down.set(1 if self.state.both_down else 0)
 
     async def _set_route(self, action: core.SetDefaultRoute) -> None:
-        up = self.uplinks[action.uplink]
-        family = FAMILY[action.family]
-        gateway = up.gateway if action.family is core.Family.V4 else up.gateway6
-        source = up.source if action.family is core.Family.V4 else up.source6
         started = time.monotonic()
         try:
-            # The metric of the route found by the last snapshot (no dump on the fast path:
-            # a dump before the replace tripled the time to switch, 3 -> 10 ms).
-            metric = self._metrics_seen.get(action.family)
-            await self.netlink.replace_default(family, up.interface, gateway, source, metric)
+            via = await self.routes.replace(action.family, action.uplink)
         except (NetlinkError, OSError) as exc:
             # ENETUNREACH while the link is down: the next snapshot retries.
             self.metrics.route_errors.labels(action.family.label).inc()
@@ -240,26 +226,10 @@ class Agent:
         cause = "failover" if action.failover else "repair"
         self.metrics.route_changes.labels(action.family.label, cause).inc()
         log.info(kv("route", uplink=action.uplink, family=action.family.label,
-                    via=gateway, dev=up.interface, src=source, cause=cause,
+                    via=via.gateway, dev=via.ifname, src=via.source, cause=cause,
                     took_ms=f"{took_ms:.1f}", reason=action.reason))
 
     # ---------------------------------------------------------------------- routing state
-
-    async def _snapshot(self) -> core.RouteSnapshot:
-        seen: dict[core.Family, UplinkRole | None] = {}
-        for family in self.settings.families:
-            routes = await self.netlink.default_routes(FAMILY[family])
-            seen[family] = None
-            if routes:
-                best = routes[0]
-                self._metrics_seen[family] = best.metric
-                role = self.by_ifname.get(best.ifname or "")
-                if role is not None:
-                    up = self.uplinks[role]
-                    want = up.gateway if family is core.Family.V4 else up.gateway6
-                    if best.gateway == want:
-                        seen[family] = role
-        return core.RouteSnapshot(v4=seen.get(core.Family.V4), v6=seen.get(core.Family.V6))
 
     async def _resync_loop(self) -> None:
         """Re-read the kernel's default routes after each route event, and every
@@ -280,7 +250,7 @@ class Agent:
             # before them would show the old route and trigger a needless repair.
             await self._actions.join()
             try:
-                snapshot = await self._snapshot()
+                snapshot = await self.routes.snapshot()
             except (NetlinkError, OSError) as exc:
                 failures += 1
                 self._netlink_error("snapshot", exc, failures)
@@ -414,23 +384,23 @@ class Agent:
             return
         failed.set_result(exc)
 
-    async def _callbacks(self) -> None:
+    @staticmethod
+    async def _callbacks(failed: asyncio.Future[BaseException]) -> None:
         """A worker that dies of the first exception raised in a loop callback."""
-        assert self._callback_failed is not None
-        raise await self._callback_failed
+        raise await failed
 
     async def run(self) -> None:
         """Run until stop(). Raises WorkerDied when a worker dies (after logging it), and
         whatever stopped the start (netlink, the first reads) as it is."""
         loop = asyncio.get_running_loop()
         previous_handler = loop.get_exception_handler()
-        self._callback_failed = loop.create_future()
+        callback_failed = self._callback_failed = loop.create_future()
         loop.set_exception_handler(self._on_loop_error)
         closers: list[Callable[[], None]] = []
         try:
             await self.netlink.open()
             await self._read_links()
-            self.feed(await self._snapshot())
+            self.feed(await self.routes.snapshot())
             await self._install_paths()
             log.info(kv("started", active=self.state.active, method=self.cfg.probe.method,
                         kinds=",".join(k.value for k in self.settings.kinds),
@@ -456,7 +426,7 @@ class Agent:
                     "netlink-events": self._events_loop(),
                     "resync": self._resync_loop(),
                     "probes": self._tick_loop(streams),
-                    "callbacks": self._callbacks(),
+                    "callbacks": self._callbacks(callback_failed),
                 }, self._stopping)
             except WorkerDied as died:
                 error = died.error
