@@ -215,11 +215,35 @@ class Bgp(_Strict):
     router_id: IPv4 | None = None  # default: the first upstream's IPv4 local_address
 
 
+def _table(value: Any) -> int:
+    if value == "main":
+        return 254
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**31 - 1:
+        raise ValueError(f"{value!r} is not a routing table (main, or a number 1..2147483647)")
+    if value in (253, 255):
+        raise ValueError(f"{value} is a table the kernel reserves (default, local)")
+    return value
+
+
+class Outbound(_Strict):
+    """Outbound steering on a Linux border: the controller owns the default routes."""
+
+    # off: the border's default routes are someone else's (full-table routers steer with
+    # local preference: docs/controller.md); kernel: one multipath default per family over
+    # the upstreams that may carry traffic.
+    mode: Literal["off", "kernel"] = "off"
+    table: Annotated[int, PlainValidator(_table)] = 254  # main
+    weight: Annotated[int, Field(ge=1, le=256)] = 10  # a healthy upstream's next-hop weight
+    degraded_weight: Annotated[int, Field(ge=1, le=256)] = 1  # a DEGRADED upstream's
+    protocol: Annotated[int, Field(ge=5, le=255)] = 253  # the routes' `proto`: ours to repair
+
+
 class ControllerSection(_Strict):
     upstreams: Annotated[list[Upstream], Field(min_length=1)]
     probe: ControllerProbe
     policy: Policy = Policy()
     bgp: Bgp = Bgp()
+    outbound: Outbound = Outbound()
     route_table_base: Annotated[int, Field(ge=1, le=2**31 - 16)] = 2000
     fwmark_base: Annotated[int, Field(ge=1, le=2**31 - 16)] = 0x4E580
 

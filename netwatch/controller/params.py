@@ -79,6 +79,8 @@ class Params:
     recovery_hold_s: float = 600.0
     max_actions_per_hour: int = 6
     min_targets: int = 3
+    egress_weight: int = 10  # a healthy upstream's next-hop weight in the default route
+    egress_degraded_weight: int = 1  # a DEGRADED upstream's
 
     @property
     def recent_probes(self) -> int:
@@ -121,5 +123,7 @@ def params_from_site(site) -> Params:
         recovery_hold_s=pol.recovery_hold_s,
         max_actions_per_hour=pol.max_actions_per_hour,
         min_targets=ctl.probe.min_targets,
+        egress_weight=ctl.outbound.weight,
+        egress_degraded_weight=ctl.outbound.degraded_weight,
     )
 

@@ -11,13 +11,22 @@ session never loses an announcement it had (no withdrawal on a guess).
 
 All prefixes of one family go to the same sessions, so the interlock per family *is* the
 interlock per prefix.
+
+The same plan holds the *egress* set: per family, the upstreams that may carry our outgoing
+traffic and their weights (`egress`): one decision, two effects. An upstream carries
+traffic when its session of that family is up (or not known yet: possibly up, as for the
+interlock), it is not FAILED and not drained by an operator; a DEGRADED one with the lower
+weight. When that leaves none, every upstream with a session that may be up stays (every
+upstream looking bad at once is our fault, as for the announcements); with no session up at
+all, every upstream of the family stays (no default route is worse than any). Recovery follows
+the upstream's state, so the recovery hold is the same as for the announcements.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netwatch.controller.params import (
     Params,
@@ -55,10 +64,12 @@ class SafetyHold:
 
 @dataclass(frozen=True)
 class Plan:
-    """Desired announcement per (upstream, family); the interlock has been applied."""
+    """Desired announcement per (upstream, family), the interlock applied; and per family the
+    egress set: {upstream: next-hop weight} of the upstreams that may carry outgoing traffic."""
 
     desired: Mapping[tuple[str, Family], Announcement | None]
     holds: tuple[SafetyHold, ...] = ()
+    egress: Mapping[Family, Mapping[str, int]] = field(default_factory=dict)
 
     def announcing(self, family: Family) -> list[str]:
         return sorted(u for (u, f), a in self.desired.items() if f == family and a is not None)
@@ -82,11 +93,13 @@ def make_plan(
     loss_excess: Mapping[str, float],
     sessions: Mapping[tuple[str, Family], SessionState],
     before_plan: Plan | None,
+    drained: frozenset[str] = frozenset(),
 ) -> Plan:
     """Desired announcements from the upstream states, with the safety interlock applied.
 
     `levels` is each upstream's state, `loss_excess` its last measured excess loss (the least
-    bad are kept first), `sessions` every session's state, `before_plan` the last plan.
+    bad are kept first), `sessions` every session's state, `before_plan` the last plan,
+    `drained` the upstreams an operator takes out of the egress set.
 
     Per family, with m = min_announcing_upstreams: at least m (or all of them, when fewer) of
     the sessions that are UP announce, and at least m (or all) of the sessions that are UP or
@@ -144,7 +157,34 @@ def make_plan(
                 need_up -= 1
         if kept:
             holds.append(SafetyHold(fam, tuple(kept)))
-    return Plan(desired, tuple(holds))
+    return Plan(desired, tuple(holds), egress_of(params, levels, sessions, drained))
+
+
+def egress_of(
+    params: Params,
+    levels: Mapping[str, TransitState],
+    sessions: Mapping[tuple[str, Family], SessionState],
+    drained: frozenset[str] = frozenset(),
+) -> dict[Family, dict[str, int]]:
+    """Per family, {upstream: weight} of the upstreams that may carry outgoing traffic (see
+    the module doc). Never empty for a family some upstream has a session of."""
+    egress: dict[Family, dict[str, int]] = {}
+    for fam in Family:
+        carriers = [u.name for u in params.upstreams if fam in u.families]
+        if not carriers:
+            continue
+        maybe_up = [n for n in carriers
+                    if sessions.get((n, fam), SessionState.UNKNOWN) is not SessionState.DOWN]
+        chosen = {
+            n: (params.egress_degraded_weight if levels[n] is TransitState.DEGRADED
+                else params.egress_weight)
+            for n in maybe_up
+            if levels[n] is not TransitState.FAILED and n not in drained
+        }
+        if not chosen:  # every upstream looks bad or is drained: the fault is ours, keep all
+            chosen = {n: params.egress_weight for n in (maybe_up or carriers)}
+        egress[fam] = chosen
+    return egress
 
 
 

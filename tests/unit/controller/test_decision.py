@@ -26,7 +26,7 @@ from netwatch.controller.params import (
     UpstreamParams,
 )
 from netwatch.controller.persistence import restore, to_json
-from netwatch.controller.plan import Announcement, Plan, SafetyHold
+from netwatch.controller.plan import Announcement, Plan, SafetyHold, egress_of
 from netwatch.controller.verdict import PathStats, ProbeStats, ProbeWindow, assess, is_local_fault
 from netwatch.core.vocabulary import Family
 from netwatch.exabgp import protocol as exabgp
@@ -486,3 +486,60 @@ def test_an_unsettled_window_under_counted_loss():
     assert old.stats(6.0).paths[("t1", "x")].loss < 0.4  # ~1/3: the last second's losses missing
     settled = new.stats(6.0).paths[("t1", "x")]
     assert (settled.sent, settled.lost) == (11, 5)  # every probe sent in [3.0, 5.0]: exact
+
+
+# --- egress: which upstreams carry our outgoing traffic ------------------------------------
+
+H, D, F = TransitState.HEALTHY, TransitState.DEGRADED, TransitState.FAILED
+UP, DOWN, UNKNOWN = SessionState.UP, SessionState.DOWN, SessionState.UNKNOWN
+
+
+def egress4(levels, sessions=None, drained=()):
+    sessions = sessions or {}
+    full = {(n, f): sessions.get(n, UP) for n in NAMES for f in Family}
+    return egress_of(params(), dict(zip(NAMES, levels, strict=True)), full,
+                     frozenset(drained))[Family.V4]
+
+
+@pytest.mark.parametrize(("levels", "sessions", "drained", "expected"), [
+    ((H, H, H, H), {}, (), {"t1": 10, "t2": 10, "t3": 10, "t4": 10}),
+    ((H, F, H, H), {}, (), {"t1": 10, "t3": 10, "t4": 10}),  # a failed transit leaves
+    ((H, D, H, H), {}, (), {"t1": 10, "t2": 1, "t3": 10, "t4": 10}),  # degraded: lower weight
+    ((H, H, H, H), {}, ("t1",), {"t2": 10, "t3": 10, "t4": 10}),  # drained by an operator
+    ((H, H, H, H), {"t3": DOWN}, (), {"t1": 10, "t2": 10, "t4": 10}),  # session down
+    ((H, H, H, H), {"t3": UNKNOWN}, (), {"t1": 10, "t2": 10, "t3": 10, "t4": 10}),  # maybe up
+    ((F, F, F, H), {}, (), {"t4": 10}),  # three failed: the healthy one
+    ((F, F, F, F), {}, (), {"t1": 10, "t2": 10, "t3": 10, "t4": 10}),  # all bad: ours, keep all
+    ((F, F, H, H), {"t3": DOWN, "t4": DOWN}, (), {"t1": 10, "t2": 10}),  # none other up
+    ((H, H, H, H), dict.fromkeys(NAMES, DOWN), (), {"t1": 10, "t2": 10, "t3": 10, "t4": 10}),
+])
+def test_egress_table(levels, sessions, drained, expected):
+    assert egress4(levels, sessions, drained) == expected
+
+
+def test_egress_recovers_with_the_upstream_state_after_the_recovery_hold():
+    s = up_everywhere(restore(params()))
+    s = run(s, stats({"t2": 1.0}), [1.4])
+    assert "t2" not in s.plan.egress[Family.V4] and "t2" not in s.plan.egress[Family.V6]
+    s = run(s, stats({}), [2.0 + 0.2 * i for i in range(5)] + [11.0])
+    assert "t2" not in s.plan.egress[Family.V4]  # healthy probes, but the hold is 10 s
+    s = run(s, stats({}), [12.9])
+    assert s.plan.egress[Family.V4] == dict.fromkeys(NAMES, 10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    levels=st.lists(st.sampled_from(list(TransitState)), min_size=4, max_size=4),
+    sessions=st.lists(st.sampled_from(list(SessionState)), min_size=4, max_size=4),
+    drained=st.sets(st.sampled_from(NAMES)),
+)
+def test_egress_properties(levels, sessions, drained):
+    chosen = egress4(levels, dict(zip(NAMES, sessions, strict=True)), drained)
+    assert chosen  # never empty: no default route is worse than any
+    maybe_up = [n for n, s in zip(NAMES, sessions, strict=True) if s is not DOWN]
+    fine = [n for n, lv in zip(NAMES, levels, strict=True)
+            if n in maybe_up and lv is not F and n not in drained]
+    if fine:  # some upstream may carry traffic: only those do, FAILED and drained never
+        assert set(chosen) == set(fine)
+    elif maybe_up:  # every one that may be up is bad or drained: ours, keep them all
+        assert set(chosen) == set(maybe_up)
