@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -455,3 +456,111 @@ def test_protection_settings_are_refused(tmp_path: Path, old: str, new: str, exp
     assert old in base
     errors = errors_of(write(tmp_path, base.replace(old, new)))
     assert any(expected in e for e in errors), errors
+
+
+# --- BGP session protection: graceful restart, TCP-MD5 password files, GTSM ---------------
+
+SECRET = "Tr4nsit-A#secret"
+
+
+def test_session_keys_default_to_graceful_restart_120_and_no_md5_or_gtsm(tmp_path: Path) -> None:
+    site = load_site(write(tmp_path, MINIMAL))
+    assert site.controller.bgp.graceful_restart_s == 120
+    assert all(u.md5_password_file is None and not u.ttl_security
+               for u in site.controller.upstreams)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("0", 0),
+        ("4095", 4095),
+        ("4096", "controller.bgp.graceful_restart_s: 4096: input should be less than or equal "
+                 "to 4095"),
+        ("-1", "controller.bgp.graceful_restart_s: -1: input should be greater than or equal "
+               "to 0"),
+    ],
+)
+def test_graceful_restart_time_fits_the_capability_12_bits(tmp_path: Path, value, expected):
+    path = write(tmp_path, MINIMAL + f"  bgp: {{graceful_restart_s: {value}}}\n")
+    if isinstance(expected, int):
+        assert load_site(path).controller.bgp.graceful_restart_s == expected
+    else:
+        assert errors_of(path) == [f"{path}:12: {expected}"]
+
+
+def _md5_site(tmp_path: Path, secret: str | bytes = SECRET, mode: int = 0o600) -> Path:
+    (tmp_path / "keys").mkdir(exist_ok=True)
+    key = tmp_path / "keys" / "a.key"
+    key.write_bytes(secret if isinstance(secret, bytes) else secret.encode() + b"\n")
+    key.chmod(mode)
+    return write(tmp_path, MINIMAL.replace(
+        'local_address6: "2001:db8::2"}',
+        'local_address6: "2001:db8::2",\n       md5_password_file: keys/a.key, ttl_security: true}',
+    ))
+
+
+def test_the_password_is_read_relative_to_the_site_file_and_only_its_path_is_shown(
+    tmp_path: Path, capsys
+) -> None:
+    from netwatch.cli import main
+    from netwatch.config.secrets import read_md5_passwords
+
+    path = _md5_site(tmp_path)
+    site = load_site(path)
+    assert site.controller.upstreams[0].ttl_security is True
+    assert read_md5_passwords(path, site) == {"a": SECRET}  # the trailing newline is not in it
+    assert main(["config", "show", str(path), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert json.loads(out)["controller"]["upstreams"][0]["md5_password_file"] == "keys/a.key"
+    assert SECRET not in out
+
+
+@pytest.mark.parametrize(
+    ("secret", "mode", "message"),
+    [
+        (SECRET, 0o640, "has mode 0640: group and others must have no access to a password"),
+        (SECRET, 0o604, "has mode 0604: group and others must have no access to a password"),
+        (SECRET, 0o620, "has mode 0620: group and others must have no access to a password"),
+        ("", 0o600, "the password is empty"),
+        ("x" * 81, 0o600, "the password is longer than 80 characters"),
+        (b"line one\nline two\n", 0o600, "a character the ExaBGP config cannot carry"),
+        ('has"quote', 0o600, "a character the ExaBGP config cannot carry"),
+        ("back\\slash", 0o600, "a character the ExaBGP config cannot carry"),
+        ("xq zv9", 0o600, "a character the ExaBGP config cannot carry"),
+        ("caf\u00e9", 0o600, "a character the ExaBGP config cannot carry"),
+    ],
+)
+def test_an_unusable_password_file_is_refused_with_its_line_and_never_its_content(
+    tmp_path: Path, secret, mode, message
+) -> None:
+    from netwatch.config.secrets import read_md5_passwords
+
+    path = _md5_site(tmp_path, secret, mode)
+    with pytest.raises(ConfigError) as caught:
+        read_md5_passwords(path, load_site(path))
+    (error,) = caught.value.errors
+    assert error.startswith(
+        f"{path}:8: controller.upstreams[0].md5_password_file: '{tmp_path}/keys/a.key'"
+    )
+    assert message in error
+    text = secret.decode() if isinstance(secret, bytes) else secret
+    for word in filter(None, text.split()):
+        assert word not in error.replace(str(tmp_path), "")
+
+
+def test_a_missing_foreign_or_special_password_file_is_refused(tmp_path: Path) -> None:
+    from netwatch.config.secrets import read_md5_passwords
+
+    path = _md5_site(tmp_path)
+    site = load_site(path)
+    key = tmp_path / "keys" / "a.key"
+    os.chown(key, 54321, 54321)
+    with pytest.raises(ConfigError, match="owned by uid 54321: it must be owned by root"):
+        read_md5_passwords(path, site)
+    key.unlink()
+    with pytest.raises(ConfigError, match=r"keys/a\.key' does not exist"):
+        read_md5_passwords(path, site)
+    key.mkdir()
+    with pytest.raises(ConfigError, match=r"keys/a\.key' is not a regular file"):
+        read_md5_passwords(path, site)

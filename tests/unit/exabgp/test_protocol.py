@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from netwatch.controller.plan import Announcement
+from netwatch.core.vocabulary import Family
 from netwatch.exabgp import protocol as exabgp
 
 
@@ -187,3 +188,77 @@ def test_safe_withdrawals_count_only_acknowledged_announcements_through_sessions
     assert safe([withdraw(t3, q)]) == [withdraw(t3, q)]
     acked[(t2, q)] = None
     assert safe([withdraw(t3, q)]) == []  # t1 alone, if t3 was announcing q
+
+
+# --- End-of-RIB and the UPDATE count ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("neighbor", "family", "line"),
+    [
+        ("192.0.2.1", 4, "neighbor 192.0.2.1 announce eor ipv4 unicast"),
+        ("2001:DB8:FFFF:1::1", Family.V6, "neighbor 2001:db8:ffff:1::1 announce eor ipv6 unicast"),
+        ("fe80::1%eth0", 6, "neighbor fe80::1%eth0 announce eor ipv6 unicast"),
+    ],
+)
+def test_eor_lines(neighbor, family, line):
+    assert exabgp.eor_line(neighbor, family) == line
+
+
+@pytest.mark.parametrize(
+    ("neighbor", "family"),
+    [
+        ("192.0.2.1\nneighbor 192.0.2.5 teardown 2", 4),  # one command made two
+        ("192.0.2.1", 6),  # no IPv6 session on an IPv4 neighbor: ExaBGP would say error
+        ("2001:db8::1", 4),
+        ("192.0.2.1", "ipv4 unicast\nshutdown"),
+        ("192.0.2.1", 5),
+        ("192.0.2.1", None),
+        ("fe80::1%eth0 x", 6),
+    ],
+)
+def test_eor_lines_refuse_what_is_not_one_session(neighbor, family):
+    with pytest.raises(exabgp.UnsafeValue):
+        exabgp.eor_line(neighbor, family)
+
+
+def _show_neighbor_json(peers: dict[str, tuple[str, int]]) -> str:
+    """The answer to `show neighbor json` as ExaBGP's own serializer writes it, for
+    {peer: (fsm state, UPDATEs received)}."""
+    import json
+
+    from exabgp.bgp.neighbor import NeighborTemplate
+
+    answers = []
+    for peer, (fsm, updates) in peers.items():
+        messages = {m: (0, 0) for m in ("open", "notification", "keepalive", "refresh")}
+        messages["update"] = (1, updates)
+        messages["total"] = (1, updates)
+        answers.append(NeighborTemplate.as_dict({
+            "down": 0, "duration": 5 if fsm == "ESTABLISHED" else 0,
+            "local-address": "192.0.2.2", "peer-address": peer, "local-as": 64500,
+            "peer-as": 64501, "local-id": "192.0.2.2", "peer-id": None, "local-hold": 9,
+            "peer-hold": None, "state": fsm, "capabilities": {}, "families": {},
+            "messages": messages,
+        }))
+    return json.dumps(answers)
+
+
+def test_show_neighbor_answer_carries_each_session_and_its_update_count():
+    """The count is ExaBGP's per-session statistic, taken before decoding: what tells a
+    transit that sends a default route (a few UPDATEs) from one that sends a full table."""
+    line = _show_neighbor_json({"192.0.2.1": ("ESTABLISHED", 320), "192.0.2.5": ("ACTIVE", 0)})
+    summary = exabgp.parse_event(line)
+    assert summary == exabgp.NeighborSummary(
+        {"192.0.2.1": True, "192.0.2.5": False}, {"192.0.2.1": 320, "192.0.2.5": 0}
+    )
+
+
+def test_a_show_neighbor_answer_without_counts_still_gives_the_sessions():
+    line = '[{"peer": {"address": "192.0.2.1"}, "fsm": "ESTABLISHED"}]'
+    assert exabgp.parse_event(line) == exabgp.NeighborSummary({"192.0.2.1": True}, {})
+    line = ('[{"peer": {"address": "192.0.2.1"}, "fsm": "ESTABLISHED", '
+            '"messages": {"received": {"update": -3}}}]')
+    assert exabgp.parse_event(line).updates_received == {}
+    line = '[{"peer": {"address": "192.0.2.1"}, "fsm": "IDLE", "messages": [1]}]'
+    assert exabgp.parse_event(line) == exabgp.NeighborSummary({"192.0.2.1": False}, {})
