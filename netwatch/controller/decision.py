@@ -27,7 +27,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from netwatch.controller.params import HOUR_S, Params, SessionState, TransitState
-from netwatch.controller.plan import Plan, SafetyHold, make_plan
+from netwatch.controller.plan import (
+    NO_OVERRIDES,
+    Drain,
+    Overrides,
+    Plan,
+    SafetyHold,
+    make_plan,
+)
 from netwatch.controller.verdict import Assessment, ProbeStats, assess, is_local_fault
 from netwatch.core.hysteresis import ActionBudget, HoldDown, Hysteresis
 from netwatch.core.vocabulary import Family, Health, TransitionError
@@ -52,7 +59,19 @@ class SessionSummary:
     up: Mapping[tuple[str, Family], bool]
 
 
-Observation = ProbeStats | SessionChange | SessionSummary
+@dataclass(frozen=True)
+class OperatorOverrides:
+    """The operators' overrides changed (a lease added, ended or expired, a drain's graceful
+    phase over): plan with them from now on. `restored` are the upstreams an operator restored
+    just now: one earning its way back from a bad state skips the rest of its recovery hold
+    (an operator's restore does not wait for the automatic one); it still needs its probes'
+    `rise` (the hysteresis must point at the better state)."""
+
+    overrides: Overrides
+    restored: frozenset[str] = frozenset()
+
+
+Observation = ProbeStats | SessionChange | SessionSummary | OperatorOverrides
 
 
 
@@ -86,6 +105,7 @@ class State:
     # (upstream, wanted state) that the exhausted action budget holds back; reported once each
     held_back: frozenset[tuple[str, TransitState]] = frozenset()
     plan: Plan | None = None
+    overrides: Overrides = NO_OVERRIDES  # what operators force (leases of the control API)
 
     @property
     def budget_exhausted(self) -> bool:
@@ -117,6 +137,7 @@ def plan_of(state: State) -> Plan:
         {name: u.last.loss_excess for name, u in state.upstreams.items()},
         state.sessions,
         state.plan,
+        state.overrides,
     )
 
 
@@ -146,13 +167,15 @@ class BudgetExhausted:
 Action = Transition | LocalFault | BudgetExhausted | SafetyHold | Plan
 
 
-def _transition(u: UpstreamState, new: TransitState, now: float) -> UpstreamState:
+def _transition(
+    u: UpstreamState, new: TransitState, now: float, operator: bool = False
+) -> UpstreamState:
     """The one way an upstream changes state. Any state may get worse at once; it may get
-    better only once its recovery hold has been served. Raises TransitionError otherwise,
-    and for a "change" to the same state."""
+    better only once its recovery hold has been served, or at an operator's restore. Raises
+    TransitionError otherwise, and for a "change" to the same state."""
     if new is u.state:
         raise TransitionError(f"transition {u.state.name} -> {new.name}: no change")
-    if new.severity < u.state.severity and not u.recovery.ready(now):
+    if new.severity < u.state.severity and not (operator or u.recovery.ready(now)):
         raise TransitionError(f"recovery {u.state.name} -> {new.name} before its hold")
     return replace(u, state=new, changed_at=now, recovery=HoldDown(u.recovery.hold_s))
 
@@ -181,6 +204,8 @@ def step(state: State, observation: Observation, now: float) -> tuple[State, lis
         state = replace(state, sessions=sessions)
     elif isinstance(observation, ProbeStats):
         state, actions = _judge(state, observation, now)
+    elif isinstance(observation, OperatorOverrides):
+        state, actions = _operator(state, observation, now)
     else:
         raise ValueError(f"unknown observation {observation!r}")
     new_plan = plan_of(state)
@@ -236,3 +261,61 @@ def _judge(state: State, stats: ProbeStats, now: float) -> tuple[State, list[Act
     return replace(
         state, upstreams=ups, budget=budget, local_fault=False, held_back=frozenset(held_back)
     ), actions
+
+
+def _operator(state: State, obs: OperatorOverrides, now: float) -> tuple[State, list[Action]]:
+    """New overrides; restored upstreams skip what is left of their recovery hold."""
+    unknown = [n for n in (*obs.overrides.drains, *obs.overrides.prepends, *obs.restored)
+               if n not in state.upstreams]
+    if unknown:
+        raise ValueError(f"no upstream {unknown[0]}")
+    actions: list[Action] = []
+    ups = dict(state.upstreams)
+    for name in sorted(obs.restored):
+        u = ups[name]
+        if u.candidate.severity < u.state.severity:
+            actions.append(Transition(name, u.state, u.candidate, "operator restore"))
+            ups[name] = _transition(u, u.candidate, now, operator=True)
+    return replace(state, upstreams=ups, overrides=obs.overrides), actions
+
+
+def drain_refusal(state: State, upstream: str) -> str | None:
+    """Why draining `upstream` (not forced) would break the interlock, or None when it may go.
+
+    It would when the plan with that upstream withdrawn has to keep it announced (a safety
+    hold) for some family: fewer than `min_announcing_upstreams` others would announce."""
+    if upstream not in state.upstreams:
+        raise ValueError(f"no upstream {upstream}")
+    drains = {**state.overrides.drains, upstream: Drain(withdraw=True)}
+    overrides = replace(state.overrides, drains=drains)
+    plan = plan_of(replace(state, overrides=overrides))
+    for hold in plan.holds:
+        if upstream in hold.kept:
+            others = [n for n in plan.announcing(hold.family) if n != upstream]
+            return (f"draining {upstream} would leave {hold.family.label} announced through "
+                    f"{len(others)} other upstream(s) ({', '.join(others) or 'none'}), fewer "
+                    f"than min_announcing_upstreams ({state.params.min_announcing_upstreams}); "
+                    "--force overrides the interlock")
+    return None
+
+
+def what_if(
+    state: State,
+    failed: frozenset[str] = frozenset(),
+    degraded: frozenset[str] = frozenset(),
+    sessions_down: frozenset[str] = frozenset(),
+) -> Plan:
+    """The plan if these upstreams were FAILED / DEGRADED and these upstreams' sessions down,
+    now, on top of `state` (its other states, sessions and overrides): `netwatch simulate`.
+    Touches nothing; hysteresis and holds are skipped (the picture is taken as settled)."""
+    unknown = sorted((failed | degraded | sessions_down) - set(state.upstreams))
+    if unknown:
+        raise ValueError(f"no upstream {unknown[0]}")
+    ups = {
+        name: replace(u, state=TransitState.FAILED if name in failed
+                      else TransitState.DEGRADED if name in degraded else u.state)
+        for name, u in state.upstreams.items()
+    }
+    sessions = {key: SessionState.DOWN if key[0] in sessions_down else s
+                for key, s in state.sessions.items()}
+    return plan_of(replace(state, upstreams=ups, sessions=sessions))

@@ -45,6 +45,7 @@ class AnnouncementMode(enum.Enum):
     NORMAL = "normal"
     PREPEND = "prepend"
     COMMUNITIES = "communities"
+    GRACEFUL_SHUTDOWN = "graceful_shutdown"  # an operator's drain, before the withdrawal
     WITHDRAWN = "withdrawn"
 
 
@@ -60,6 +61,30 @@ class Announcement:
 class SafetyHold:
     family: Family
     kept: tuple[str, ...]  # upstreams re-announced against their verdict
+
+
+GRACEFUL_SHUTDOWN = "65535:0"  # RFC 8326: peers lower the preference of what carries it
+
+
+@dataclass(frozen=True)
+class Drain:
+    """An operator's drain of one upstream. `withdraw` False: the graceful phase (announced
+    with GRACEFUL_SHUTDOWN, out of the egress set), True: withdrawn. `forced`: the interlock
+    may not keep it (the operator's --force); otherwise the interlock may, still tagged."""
+
+    withdraw: bool = False
+    forced: bool = False
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """What operators force, as the plan sees it (from the control API's leases)."""
+
+    drains: Mapping[str, Drain] = field(default_factory=dict)
+    prepends: Mapping[str, int] = field(default_factory=dict)  # upstream -> prepend count
+
+
+NO_OVERRIDES = Overrides()
 
 
 @dataclass(frozen=True)
@@ -93,13 +118,17 @@ def make_plan(
     loss_excess: Mapping[str, float],
     sessions: Mapping[tuple[str, Family], SessionState],
     before_plan: Plan | None,
-    drained: frozenset[str] = frozenset(),
+    overrides: Overrides = NO_OVERRIDES,
 ) -> Plan:
     """Desired announcements from the upstream states, with the safety interlock applied.
 
     `levels` is each upstream's state, `loss_excess` its last measured excess loss (the least
     bad are kept first), `sessions` every session's state, `before_plan` the last plan,
-    `drained` the upstreams an operator takes out of the egress set.
+    `overrides` what operators force: a drain tags the upstream with GRACEFUL_SHUTDOWN during
+    its graceful phase and then withdraws it (the interlock may keep it, still tagged, unless
+    the drain is forced); an operator's prepend makes the upstream's announcement at least that
+    long (a withdrawal by verdict or drain stays a withdrawal). Drained upstreams leave the
+    egress set from the graceful phase on, so traffic leaves before the withdrawal.
 
     Per family, with m = min_announcing_upstreams: at least m (or all of them, when fewer) of
     the sessions that are UP announce, and at least m (or all) of the sessions that are UP or
@@ -115,8 +144,10 @@ def make_plan(
             TransitState.FAILED: params.failed,
         }[level]
         for fam in up.families:
-            desired[(up.name, fam)] = _treat(params, up, treatment)
+            desired[(up.name, fam)] = _overridden(
+                params, up.name, _treat(params, up, treatment), overrides)
     before = before_plan.desired if before_plan is not None else {}
+    forced = {n for n, d in overrides.drains.items() if d.forced and d.withdraw}
     holds = []
     for fam in Family:
         carriers = [u for u in params.upstreams if fam in u.families]
@@ -127,17 +158,20 @@ def make_plan(
             1 for n in announcing if session[n] is SessionState.UP)
         need_maybe_up = params.min_announcing_upstreams - sum(
             1 for n in announcing if session[n] is not SessionState.DOWN)
-        # Withdrawn by their verdict, session up or unknown. The ones the last plan announced
-        # come first (a hold does not move from one upstream to another while it lasts: that
-        # would be a flap), then sessions known to be up, then the least bad: by state, by
-        # measured excess loss, by name (stable).
+        # Withdrawn by their verdict or an unforced drain, session up or unknown. The ones the
+        # last plan announced come first (a hold does not move from one upstream to another
+        # while it lasts: that would be a flap), then sessions known to be up, then the least
+        # bad: by state (a drained healthy upstream before a failed one, which would blackhole),
+        # not drained before drained, by measured excess loss, by name (stable).
         candidates = sorted(
             (u for u in carriers
-             if desired[(u.name, fam)] is None and session[u.name] is not SessionState.DOWN),
+             if desired[(u.name, fam)] is None and session[u.name] is not SessionState.DOWN
+             and u.name not in forced),
             key=lambda u: (
                 before.get((u.name, fam)) is None,
                 session[u.name] is not SessionState.UP,
                 levels[u.name].severity,
+                u.name in overrides.drains,  # of equally bad ones, an operator's drain last
                 loss_excess.get(u.name, 0.0),
                 u.name,
             ),
@@ -150,14 +184,41 @@ def make_plan(
                               and before.get((u.name, fam)) is not None)
             if not (unknown_had_it or need_maybe_up > 0 or (is_up and need_up > 0)):
                 continue
-            desired[(u.name, fam)] = _treat(params, u, params.degraded) or _treat(params, u, None)
+            kept_as = _treat(params, u, params.degraded) or _treat(params, u, None)
+            if u.name in overrides.drains:
+                kept_as = _tagged(kept_as, GRACEFUL_SHUTDOWN)
+            desired[(u.name, fam)] = kept_as
             kept.append(u.name)
             need_maybe_up -= 1
             if is_up:
                 need_up -= 1
         if kept:
             holds.append(SafetyHold(fam, tuple(kept)))
+    drained = frozenset(overrides.drains)
     return Plan(desired, tuple(holds), egress_of(params, levels, sessions, drained))
+
+
+def _tagged(announcement: Announcement, community: str) -> Announcement:
+    if community in announcement.communities:
+        return announcement
+    return Announcement(announcement.as_path, (*announcement.communities, community))
+
+
+def _overridden(
+    params: Params, upstream: str, automatic: Announcement | None, overrides: Overrides
+) -> Announcement | None:
+    """The automatic announcement of `upstream` with the operators' overrides applied."""
+    if automatic is None:
+        return None  # withdrawn by its verdict: no override brings a failed upstream back
+    drain = overrides.drains.get(upstream)
+    if drain is not None and drain.withdraw:
+        return None
+    count = overrides.prepends.get(upstream)
+    if count is not None and len(automatic.as_path) < 1 + count:
+        automatic = Announcement((params.asn,) * (1 + count), automatic.communities)
+    if drain is not None:
+        automatic = _tagged(automatic, GRACEFUL_SHUTDOWN)
+    return automatic
 
 
 def egress_of(
@@ -189,10 +250,13 @@ def egress_of(
 
 
 def mode_of(params: Params, upstream: str, announcement: Announcement | None) -> AnnouncementMode:
-    """The mode of one session's announcement: withdrawn, prepended, tagged with communities
-    beyond the upstream's own (`upstreams[].communities`, always sent), or normal."""
+    """The mode of one session's announcement: withdrawn, draining (GRACEFUL_SHUTDOWN),
+    prepended, tagged with communities beyond the upstream's own (`upstreams[].communities`,
+    always sent), or normal."""
     if announcement is None:
         return AnnouncementMode.WITHDRAWN
+    if GRACEFUL_SHUTDOWN in announcement.communities:
+        return AnnouncementMode.GRACEFUL_SHUTDOWN
     if announcement.as_path:
         return AnnouncementMode.PREPEND
     if set(announcement.communities) - set(params.upstream(upstream).communities):

@@ -11,6 +11,10 @@ from hypothesis import strategies as st
 
 from netwatch.controller.decision import (
     BudgetExhausted,
+    Transition,
+    OperatorOverrides,
+    drain_refusal,
+    what_if,
     SessionChange,
     SessionSummary,
     State,
@@ -26,7 +30,17 @@ from netwatch.controller.params import (
     UpstreamParams,
 )
 from netwatch.controller.persistence import restore, to_json
-from netwatch.controller.plan import Announcement, Plan, SafetyHold, egress_of
+from netwatch.controller.plan import (
+    GRACEFUL_SHUTDOWN,
+    Announcement,
+    AnnouncementMode,
+    Drain,
+    Overrides,
+    Plan,
+    SafetyHold,
+    egress_of,
+    mode_of,
+)
 from netwatch.controller.verdict import PathStats, ProbeStats, ProbeWindow, assess, is_local_fault
 from netwatch.core.vocabulary import Family
 from netwatch.exabgp import protocol as exabgp
@@ -543,3 +557,103 @@ def test_egress_properties(levels, sessions, drained):
         assert set(chosen) == set(fine)
     elif maybe_up:  # every one that may be up is bad or drained: ours, keep them all
         assert set(chosen) == set(maybe_up)
+
+
+
+# --- operators' overrides: drains, prepends, restore ----------------------------------------
+
+
+def with_overrides(state, now=2.0, restored=(), **kw):
+    state, actions = step(state, OperatorOverrides(Overrides(**kw), frozenset(restored)), now)
+    return state, actions
+
+
+def test_a_drain_tags_then_withdraws_and_takes_the_upstream_out_of_egress_at_once():
+    s = up_everywhere(restore(params()))
+    s, _ = with_overrides(s, drains={"t1": Drain()})
+    graceful = s.plan.desired[("t1", Family.V4)]
+    assert graceful == Announcement((), ("64500:1", GRACEFUL_SHUTDOWN))
+    assert mode_of(s.params, "t1", graceful) is AnnouncementMode.GRACEFUL_SHUTDOWN
+    assert "t1" not in s.plan.egress[Family.V4] and "t1" not in s.plan.egress[Family.V6]
+    s, _ = with_overrides(s, drains={"t1": Drain(withdraw=True)})
+    assert s.plan.desired[("t1", Family.V4)] is None and not s.plan.holds
+    s, _ = with_overrides(s)  # restored
+    assert s.plan.desired[("t1", Family.V4)] == Announcement((), ("64500:1",))
+    assert s.plan.egress[Family.V4]["t1"] == 10
+
+
+def test_a_drain_that_breaks_the_interlock_is_refused_unless_forced():
+    s = up_everywhere(restore(params()))
+    s = run(s, stats({"t2": 1.0, "t3": 1.0}), [1.4])  # two failed: t1 and t4 carry it
+    assert s.plan.announcing(Family.V4) == ["t1", "t4"]
+    reason = drain_refusal(s, "t1")
+    assert reason is not None and "ipv4 announced through 1 other upstream(s) (t4)" in reason
+    assert drain_refusal(s, "t2") is None  # withdrawn already: draining it takes nothing
+    # not forced: the interlock keeps it, tagged; forced: withdrawn, below the minimum
+    kept, _ = with_overrides(s, drains={"t1": Drain(withdraw=True)})
+    assert kept.plan.desired[("t1", Family.V4)] is not None
+    assert GRACEFUL_SHUTDOWN in kept.plan.desired[("t1", Family.V4)].communities
+    forced, _ = with_overrides(s, drains={"t1": Drain(withdraw=True, forced=True)})
+    assert forced.plan.desired[("t1", Family.V4)] is None
+    assert "t1" not in {n for h in forced.plan.holds for n in h.kept}
+
+
+def test_an_operators_prepend_lengthens_but_never_brings_a_failed_upstream_back():
+    s = up_everywhere(restore(params()))
+    s, _ = with_overrides(s, prepends={"t3": 2})
+    assert s.plan.desired[("t3", Family.V4)].as_path == (64500,) * 3
+    s = run(s, stats({"t3": 1.0}), [3.4])
+    assert s.upstreams["t3"].state is TransitState.FAILED
+    assert s.plan.desired[("t3", Family.V4)] is None
+
+
+def test_an_operators_restore_skips_the_rest_of_the_recovery_hold():
+    s = up_everywhere(restore(params()))
+    s = run(s, stats({"t2": 1.0}), [1.4])
+    s = run(s, stats({}), [2.0 + 0.2 * i for i in range(5)])  # rise served, hold is 10 s
+    assert s.upstreams["t2"].state is TransitState.FAILED
+    s, actions = with_overrides(s, now=3.5, restored={"t2"})
+    assert s.upstreams["t2"].state is TransitState.HEALTHY
+    assert [a.reason for a in actions if isinstance(a, Transition)] == ["operator restore"]
+    assert s.plan.desired[("t2", Family.V4)] is not None
+
+
+def test_an_operators_restore_does_not_override_the_probes():
+    s = up_everywhere(restore(params()))
+    s = run(s, stats({"t2": 1.0}), [1.4])
+    s, actions = with_overrides(s, now=1.5, restored={"t2"})  # still failing
+    assert s.upstreams["t2"].state is TransitState.FAILED
+    assert not [a for a in actions if isinstance(a, Transition)]
+
+
+def test_simulate_what_if_two_transits_fail_now():
+    s = up_everywhere(restore(params()))
+    plan = what_if(s, failed=frozenset({"t2", "t3"}))
+    assert plan.announcing(Family.V4) == ["t1", "t4"]
+    assert set(plan.egress[Family.V4]) == {"t1", "t4"}
+    plan = what_if(s, failed=frozenset({"t1", "t2", "t3"}))
+    assert plan.announcing(Family.V4) == ["t1", "t4"]  # the interlock keeps the least bad
+    assert plan.holds and plan.holds[0].kept == ("t1",)
+    plan = what_if(s, degraded=frozenset({"t4"}), sessions_down=frozenset({"t1"}))
+    assert plan.desired[("t4", Family.V4)].as_path == (64500,) * 4
+    assert plan.egress[Family.V4] == {"t2": 10, "t3": 10, "t4": 1}
+    assert s.plan == plan_of(s)  # nothing touched
+    with pytest.raises(ValueError, match="no upstream t9"):
+        what_if(s, failed=frozenset({"t9"}))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    levels=st.lists(st.sampled_from(list(TransitState)), min_size=4, max_size=4),
+    drained=st.dictionaries(st.sampled_from(NAMES), st.booleans()),
+)
+def test_an_unforced_drain_never_breaks_the_interlock(levels, drained):
+    s = up_everywhere(restore(params()))
+    s = dataclasses.replace(s, upstreams={
+        n: dataclasses.replace(u, state=lv)
+        for (n, u), lv in zip(s.upstreams.items(), levels, strict=True)
+    })
+    drains = {n: Drain(withdraw=w) for n, w in drained.items()}
+    s, _ = with_overrides(s, drains=drains)
+    for fam in Family:
+        assert len(s.plan.announcing(fam)) >= 2
