@@ -11,15 +11,15 @@ from hypothesis import strategies as st
 
 from netwatch.controller.decision import (
     BudgetExhausted,
-    Transition,
     OperatorOverrides,
-    drain_refusal,
-    what_if,
     SessionChange,
     SessionSummary,
     State,
+    Transition,
+    drain_refusal,
     plan_of,
     step,
+    what_if,
 )
 from netwatch.controller.params import (
     Params,
