@@ -1,0 +1,474 @@
+"""Sync, the controller's ExaBGP bookkeeping, driven directly with a fake clock: the session
+gate, acknowledgements and their timeouts, per-key backoff, a failing diff, and
+make-before-break as a wait."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from netwatch.config import load_site
+from netwatch.controller.params import SessionState, TransitState, params_from_site
+from netwatch.controller.plan import Announcement, make_plan
+from netwatch.core.vocabulary import Family
+from netwatch.exabgp import protocol
+from netwatch.exabgp.protocol import AckKind
+from netwatch.exabgp.sync import (
+    ACK_TIMEOUT_S,
+    RETRY_MAX_S,
+    SESSIONS_TIMEOUT_S,
+    Accepted,
+    AckTimeout,
+    DiffFailed,
+    Due,
+    LateAck,
+    Rejected,
+    SessionsTimeout,
+    SessionsUnanswered,
+    Sync,
+    WithdrawalsHeld,
+)
+
+DONE, ERROR = AckKind.DONE, AckKind.ERROR
+N1, N2, N3, N4 = NEIGHBORS = ("192.0.2.1", "192.0.2.5", "192.0.2.9", "192.0.2.13")
+P = "198.51.100.0/24"
+A = Announcement()
+PREPENDED = Announcement((64500,) * 4)
+
+
+def desired(*announcing: str, ann: Announcement = A) -> dict:
+    """P announced (as `ann`) to `announcing`, withdrawn from the other neighbors."""
+    return {(n, P): (ann if n in announcing else None) for n in NEIGHBORS}
+
+
+def announce(neighbor: str, ann: Announcement = A) -> str:
+    return protocol.announce_line(neighbor, ann, [P])
+
+
+def withdraw(neighbor: str) -> str:
+    return protocol.withdraw_line(neighbor, [P])
+
+
+def lines(due) -> list[str]:
+    return [c.line for c in due.commands]
+
+
+def started(clock, want: dict, up=NEIGHBORS) -> Sync:
+    """A Sync whose `show neighbor json` was answered and acknowledged."""
+    sync = Sync(2)
+    sync.want(want, up)
+    sync.ask_sessions(clock.now)
+    sync.sessions_reported()
+    assert sync.on_ack(DONE, clock.now) is None  # the show command's own ack
+    return sync
+
+
+def settle(sync: Sync, clock) -> None:
+    """ExaBGP accepts everything until nothing more is due."""
+    for _ in range(10):
+        due = sync.due(clock.now)
+        if not due.commands and not sync.in_flight:
+            return
+        for _ in range(sync.in_flight):
+            assert isinstance(sync.on_ack(DONE, clock.now), Accepted)
+    raise AssertionError("still sending after 10 rounds")
+
+
+# --- the session gate -------------------------------------------------------------------------
+
+
+def test_nothing_goes_out_before_the_sessions_are_asked_for(clock):
+    sync = Sync(2)
+    sync.want(desired(*NEIGHBORS), NEIGHBORS)
+    clock.now += 3600
+    assert sync.due(clock.now).commands == ()
+
+
+def test_the_first_diff_waits_for_the_answer_to_show_neighbor(clock):
+    sync = Sync(2)
+    sync.want(desired(*NEIGHBORS), NEIGHBORS)
+    assert sync.ask_sessions(clock.now).line == "show neighbor json"
+    assert sync.due(clock.now).commands == ()  # no plan made on guesses goes out
+    sync.sessions_reported()
+    assert sorted(lines(sync.due(clock.now))) == sorted(announce(n) for n in NEIGHBORS)
+
+
+def test_the_first_diff_goes_out_after_the_timeout_without_an_answer(clock):
+    sync = Sync(2)
+    sync.want(desired(*NEIGHBORS), ())
+    sync.ask_sessions(clock.now)
+    clock.now += SESSIONS_TIMEOUT_S - 0.1
+    assert sync.due(clock.now) == Due()  # nothing, and nothing to report
+    clock.now += 0.2
+    due = sync.due(clock.now)
+    assert sorted(lines(due)) == sorted(announce(n) for n in NEIGHBORS)
+    assert due.reports == (SessionsTimeout(SESSIONS_TIMEOUT_S),)
+
+
+def test_an_ack_without_an_answer_opens_the_gate_and_is_no_rejection(clock):
+    sync = Sync(2)
+    sync.want(desired(*NEIGHBORS), ())
+    sync.ask_sessions(clock.now)
+    assert sync.on_ack(ERROR, clock.now) == SessionsUnanswered(ERROR)  # an old ExaBGP
+    assert len(sync.due(clock.now).commands) == 4
+
+
+# --- acknowledgements, rejections, backoff ----------------------------------------------------
+
+
+def test_announcements_go_before_withdrawals(clock):
+    sync = started(clock, desired(*NEIGHBORS))
+    settle(sync, clock)
+    sync.want(desired(N1, N3, N4) | {(N1, P): PREPENDED}, NEIGHBORS)
+    assert lines(sync.due(clock.now)) == [announce(N1, PREPENDED), withdraw(N2)]
+
+
+def test_rejected_commands_back_off_per_key_doubling_up_to_the_cap(clock):
+    sync = started(clock, desired(*NEIGHBORS))
+    first = sync.due(clock.now).commands[0]
+    assert sync.on_ack(ERROR, clock.now) == Rejected(first, 1.0)
+    for _ in range(3):
+        assert isinstance(sync.on_ack(DONE, clock.now), Accepted)
+    gaps, waits = [], []
+    for _ in range(8):
+        sent_at = clock.now
+        while not (due := sync.due(clock.now)).commands:
+            clock.now += 0.5
+        gaps.append(clock.now - sent_at)
+        assert lines(due) == [first.line]  # only what was rejected is sent again
+        waits.append(sync.on_ack(ERROR, clock.now).retry_in_s)
+    # The 3 others being accepted does not shorten the rejected one's backoff.
+    assert gaps == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    assert waits == [2.0, 4.0, 8.0, 16.0, RETRY_MAX_S, RETRY_MAX_S, RETRY_MAX_S, RETRY_MAX_S]
+    clock.now += RETRY_MAX_S
+    assert lines(sync.due(clock.now)) == [first.line]
+    assert isinstance(sync.on_ack(DONE, clock.now), Accepted)  # accepted at last ...
+    sync.peer_reset(N1)
+    assert lines(sync.due(clock.now)) == [first.line]
+    assert sync.on_ack(ERROR, clock.now) == Rejected(first, 1.0)  # ... so 1 s again
+
+
+def test_a_held_back_key_does_not_delay_the_others(clock):
+    """N1's announcement keeps being rejected (30 s backoff); N2 fails meanwhile: N2's
+    withdrawal goes out at once, N1's announcement only when its own backoff has run."""
+    sync = started(clock, desired(*NEIGHBORS))
+    settle(sync, clock)
+    sync.peer_reset(N1)
+    wait = 0.0
+    while wait < RETRY_MAX_S:
+        clock.now += wait
+        assert lines(sync.due(clock.now)) == [announce(N1)]
+        wait = sync.on_ack(ERROR, clock.now).retry_in_s
+    clock.now += 0.2
+    sync.want(desired(N1, N3, N4), NEIGHBORS)
+    assert lines(sync.due(clock.now)) == [withdraw(N2)]
+    sync.on_ack(DONE, clock.now)
+    clock.now += RETRY_MAX_S - 1.0
+    assert lines(sync.due(clock.now)) == []
+    clock.now += 1.0
+    assert lines(sync.due(clock.now)) == [announce(N1)]
+
+
+def test_a_new_decision_about_a_backed_off_key_goes_out_at_once(clock):
+    """The backoff holds back sending the same rejected value again, not a new one."""
+    sync = started(clock, desired(*NEIGHBORS))
+    for command in sync.due(clock.now).commands:
+        sync.on_ack(ERROR if command.line == announce(N2) else DONE, clock.now)
+    clock.now += 0.2
+    sync.want(desired(N1, N3, N4), NEIGHBORS)
+    assert lines(sync.due(clock.now)) == [withdraw(N2)]
+
+
+def test_unacknowledged_commands_time_out_and_are_sent_again(clock):
+    sync = started(clock, desired(*NEIGHBORS))
+    sent = sync.due(clock.now).commands
+    sync.on_ack(DONE, clock.now)  # one of the 4 acknowledged, 3 never
+    clock.now += ACK_TIMEOUT_S - 0.5
+    assert sync.due(clock.now).commands == () and sync.in_flight == 3
+    clock.now += 1.0
+    due = sync.due(clock.now)
+    assert due.commands == ()
+    assert due.reports == (AckTimeout(sent[1:], ACK_TIMEOUT_S, 1.0, 3),)
+    assert dict(sync.acknowledged) == {(N1, P): A}  # what the others did is unknown
+    clock.now += 1.0
+    assert lines(sync.due(clock.now)) == [c.line for c in sent[1:]]
+
+
+def test_late_acks_after_a_timeout_are_not_matched_to_newer_commands(clock):
+    """ExaBGP stalls on c1, which times out and is sent again (c1'), then c2 goes; ExaBGP
+    answers its FIFO: done(c1), done(c1'), error(c2). The late done(c1) is not taken for c1',
+    nor done(c1') for c2: c2 is rejected and sent again."""
+    sync = started(clock, desired(*NEIGHBORS))
+    settle(sync, clock)
+    sync.peer_reset(N1)
+    assert lines(sync.due(clock.now)) == [announce(N1)]  # c1
+    clock.now += ACK_TIMEOUT_S + 0.1
+    assert sync.due(clock.now).reports[0].owed_acks == 1
+    clock.now += 1.1
+    assert lines(sync.due(clock.now)) == [announce(N1)]  # c1'
+    sync.peer_reset(N2)
+    assert lines(sync.due(clock.now)) == [announce(N2)]  # c2
+    assert sync.on_ack(DONE, clock.now) == LateAck(DONE, 0)
+    assert isinstance(sync.on_ack(DONE, clock.now), Accepted)
+    assert isinstance(sync.on_ack(ERROR, clock.now), Rejected)
+    assert sync.acknowledged.get((N1, P)) == A
+    assert (N2, P) not in sync.acknowledged
+    clock.now += 60
+    assert lines(sync.due(clock.now)) == [announce(N2)]
+
+
+def test_a_late_answer_to_show_neighbor_does_not_shift_the_acks(clock):
+    """No answer for 3 s: the desired state goes out behind `show neighbor json`; nothing is
+    acknowledged within the timeout, the 4 are sent again. Then ExaBGP answers all 9 in order
+    and rejects the first announcement sent again."""
+    sync = Sync(2)
+    sync.want(desired(*NEIGHBORS), ())
+    sync.ask_sessions(clock.now)
+    clock.now += SESSIONS_TIMEOUT_S + 0.1
+    assert len(sync.due(clock.now).commands) == 4
+    clock.now += ACK_TIMEOUT_S
+    timeout = sync.due(clock.now).reports[0]
+    assert isinstance(timeout, AckTimeout) and timeout.owed_acks == 5  # the show command too
+    clock.now += 1.1
+    again = sync.due(clock.now).commands
+    assert sorted(c.line for c in again) == sorted(announce(n) for n in NEIGHBORS)
+    assert again[0].line == announce(N1)
+    sync.sessions_reported()  # the late answer
+    acks = [sync.on_ack(kind, clock.now) for kind in [DONE] * 5 + [ERROR] + [DONE] * 3]
+    assert [type(a).__name__ for a in acks] == ["LateAck"] * 5 + ["Rejected"] + ["Accepted"] * 3
+    assert acks[5].command is again[0]
+    assert sync.in_flight == 0 and (N1, P) not in sync.acknowledged
+    clock.now += 60
+    assert lines(sync.due(clock.now)) == [again[0].line]
+
+
+def test_a_timed_out_command_makes_its_effect_unknown(clock):
+    """Whatever ExaBGP did with a command that timed out is not known: its keys' desired
+    state is sent again, even when the plan went back to what was acknowledged before."""
+    sync = started(clock, desired(*NEIGHBORS))
+    settle(sync, clock)
+    sync.want(desired(N1, N3, N4), NEIGHBORS)
+    assert lines(sync.due(clock.now)) == [withdraw(N2)]
+    clock.now += ACK_TIMEOUT_S + 0.1
+    sync.due(clock.now)  # no answer
+    assert (N2, P) not in sync.acknowledged
+    sync.want(desired(*NEIGHBORS), NEIGHBORS)  # the plan is back to announcing N2
+    clock.now += 1.1
+    assert lines(sync.due(clock.now)) == [announce(N2)]
+
+
+def test_a_failing_diff_is_retried_after_its_own_backoff(clock, monkeypatch):
+    real, calls = protocol.diff, []
+
+    def flaky(want, known):
+        calls.append(1)
+        if len(calls) in (1, 2, 4):
+            raise protocol.UnsafeValue("a value the line builder refuses")
+        return real(want, known)
+
+    monkeypatch.setattr(protocol, "diff", flaky)
+    sync = started(clock, desired(*NEIGHBORS))
+    due = sync.due(clock.now)
+    assert due.commands == () and [type(r) for r in due.reports] == [DiffFailed]
+    assert due.reports[0].retry_in_s == 1.0
+    clock.now += 0.5
+    assert sync.due(clock.now) == Due() and len(calls) == 1  # waiting
+    clock.now += 0.5
+    assert sync.due(clock.now).reports[0].retry_in_s == 2.0  # doubling
+    clock.now += 2.0
+    assert len(sync.due(clock.now).commands) == 4  # not lost: sent after the backoff
+    sync.want(desired(N1, N2, N3), NEIGHBORS)
+    assert sync.due(clock.now).reports[0].retry_in_s == 1.0  # a success reset it
+
+
+def test_a_refused_write_is_sent_at_the_next_round(clock):
+    sync = started(clock, desired(*NEIGHBORS))
+    commands = sync.due(clock.now).commands
+    sync.unsent(commands[1])
+    assert sync.in_flight == 3
+    assert lines(sync.due(clock.now)) == [commands[1].line]
+
+
+def test_a_session_event_sends_the_neighbors_full_desired_state_again(clock):
+    sync = started(clock, desired(*NEIGHBORS))
+    settle(sync, clock)
+    assert sync.due(clock.now).commands == ()
+    sync.peer_reset(N2)
+    assert lines(sync.due(clock.now)) == [announce(N2)]
+
+
+# --- make-before-break ------------------------------------------------------------------------
+
+
+def n3_replaces_n2(clock) -> Sync:
+    """N1 and N2 announce (acknowledged), then N3 replaces N2: only N3's announcement goes."""
+    sync = started(clock, desired(N1, N2))
+    settle(sync, clock)
+    assert dict(sync.acknowledged) == desired(N1, N2)
+    sync.want(desired(N1, N3), NEIGHBORS)
+    due = sync.due(clock.now)
+    assert lines(due) == [announce(N3)]  # N2's withdrawal would leave N1 alone
+    assert due.reports == (WithdrawalsHeld(1, 1),)
+    return sync
+
+
+def test_held_withdrawals_follow_the_last_announcement_acknowledged(clock):
+    sync = n3_replaces_n2(clock)
+    assert isinstance(sync.on_ack(DONE, clock.now), Accepted)
+    assert lines(sync.due(clock.now)) == [withdraw(N2)]  # at once: no probe interval lost
+
+
+def test_a_rejected_announcement_holds_the_withdrawal_that_needs_it(clock):
+    sync = n3_replaces_n2(clock)
+    rejected = sync.on_ack(ERROR, clock.now)
+    assert isinstance(rejected, Rejected) and rejected.retry_in_s == 1.0
+    assert rejected.command.line == announce(N3)
+    for _ in range(4):  # rounds during the backoff: nothing, above all no withdrawal
+        clock.now += 0.2
+        assert lines(sync.due(clock.now)) == []
+    clock.now += 0.2
+    assert lines(sync.due(clock.now)) == [announce(N3)]
+    sync.on_ack(ERROR, clock.now)  # rejected again: still held, now for 2 s
+    clock.now += 1.5
+    assert lines(sync.due(clock.now)) == []
+    clock.now += 0.5
+    assert lines(sync.due(clock.now)) == [announce(N3)]
+    sync.on_ack(DONE, clock.now)
+    assert lines(sync.due(clock.now)) == [withdraw(N2)]
+
+
+def test_an_unanswered_announcement_holds_the_withdrawal(clock):
+    """N3's announcement is not answered within ACK_TIMEOUT_S: N2 stays announced. It is sent
+    again; the late ack of the first is not taken for the second; N2 is withdrawn once the
+    second is acknowledged."""
+    sync = n3_replaces_n2(clock)
+    clock.now += ACK_TIMEOUT_S + 0.1
+    assert lines(sync.due(clock.now)) == [] and sync.in_flight == 0
+    clock.now += 1.0
+    assert lines(sync.due(clock.now)) == [announce(N3)]
+    assert isinstance(sync.on_ack(DONE, clock.now), LateAck)
+    assert lines(sync.due(clock.now)) == []
+    assert isinstance(sync.on_ack(DONE, clock.now), Accepted)
+    assert lines(sync.due(clock.now)) == [withdraw(N2)]
+
+
+def test_a_withdrawal_that_takes_nothing_needed_goes_out_at_once(clock):
+    sync = started(clock, desired(*NEIGHBORS), up=(N1, N2, N3))
+    settle(sync, clock)
+    sync.want(desired(N1, N3), (N1, N2, N3))
+    # N4's session is down (nothing taken); N2 leaves N1 and N3 announcing.
+    assert sorted(lines(sync.due(clock.now))) == sorted([withdraw(N2), withdraw(N4)])
+
+
+def test_a_session_coming_up_releases_a_held_withdrawal(clock):
+    sync = started(clock, desired(*NEIGHBORS), up=(N1, N2))
+    settle(sync, clock)
+    sync.want(desired(N1, N3, N4), (N1, N2))
+    due = sync.due(clock.now)
+    assert lines(due) == [] and due.reports == (WithdrawalsHeld(1, 0),)
+    sync.want(desired(N1, N3, N4), (N1, N2, N3))
+    assert lines(sync.due(clock.now)) == [withdraw(N2)]
+
+
+# --- the interlock, at every command ----------------------------------------------------------
+
+
+class Exabgp:
+    """ExaBGP's side: a FIFO of commands, each applied to its RIB only when answered `done`.
+    At every write it checks make-before-break: counting only acknowledged announcements,
+    minus the withdrawals written and not yet answered, no prefix goes below `minimum`
+    neighbors (every session is up)."""
+
+    def __init__(self, minimum: int):
+        self.minimum = minimum
+        self.queue: list[protocol.Command] = []
+        self.announced: set[protocol.Key] = set()
+        self.violations: list[str] = []
+
+    def counted(self) -> set[protocol.Key]:
+        withdrawing = {k for c in self.queue if c.withdraws for k in c.effect}
+        return self.announced - withdrawing
+
+    def write(self, command: protocol.Command) -> None:
+        before = self.counted()
+        self.queue.append(command)
+        for _, prefix in before - self.counted():
+            left = sum(1 for _, p in self.counted() if p == prefix)
+            if left < self.minimum:
+                self.violations.append(f"{command.line}: {prefix} left with {left}")
+
+    def answer(self, sync: Sync, kind: AckKind, now: float) -> None:
+        if not self.queue:
+            return
+        command = self.queue.pop(0)
+        if kind is DONE:
+            for key, ann in command.effect.items():
+                (self.announced.add if ann is not None else self.announced.discard)(key)
+        sync.on_ack(kind, now)
+
+
+LEVELS = st.sampled_from(list(TransitState))
+STEPS = st.one_of(
+    st.tuples(st.just("plan"), st.tuples(LEVELS, LEVELS, LEVELS, LEVELS)),
+    st.tuples(st.just("ack"), st.sampled_from([DONE, DONE, DONE, ERROR])),
+    st.tuples(st.just("wait"), st.sampled_from([0.2, 1.0, 5.0, ACK_TIMEOUT_S + 0.1])),
+)
+
+
+@pytest.fixture
+def lab_params(lab_site):
+    site = load_site(lab_site)
+    sessions = {}
+    for u in site.controller.upstreams:
+        sessions[(u.name, 4)] = str(u.neighbor)
+        sessions[(u.name, 6)] = str(u.neighbor6)
+    return params_from_site(site), sessions, site.prefixes
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(STEPS, max_size=40))
+def test_make_before_break_holds_at_every_command_written(lab_params, steps):
+    """Random plans (the interlock applied), rejections and timeouts: at every command
+    written, counting only the announcements ExaBGP acknowledged minus the withdrawals
+    written, each prefix keeps min_announcing_upstreams neighbors. Once ExaBGP accepts
+    everything, it holds the plan."""
+    params, sessions, prefixes = lab_params
+    now = 1000.0
+    up = set(sessions.values())
+    every_session_up = {(u.name, f): SessionState.UP for u in params.upstreams for f in Family}
+    sync, exa = Sync(params.min_announcing_upstreams), Exabgp(params.min_announcing_upstreams)
+    plan = make_plan(params, {u.name: TransitState.HEALTHY for u in params.upstreams}, {},
+                     every_session_up, None)
+    sync.want(protocol.expand(plan.desired, sessions, prefixes), up)
+    sync.ask_sessions(now)
+    sync.sessions_reported()
+
+    def round_() -> None:
+        for command in sync.due(now).commands:
+            exa.write(command)
+
+    exa.queue.append(protocol.show_neighbors())
+    for kind, value in steps:
+        if kind == "plan":
+            levels = dict(zip((u.name for u in params.upstreams), value, strict=True))
+            plan = make_plan(params, levels, {}, every_session_up, plan)
+            sync.want(protocol.expand(plan.desired, sessions, prefixes), up)
+        elif kind == "ack":
+            exa.answer(sync, value, now)
+        else:
+            now += value
+        round_()
+        assert exa.violations == []
+    for _ in range(20):  # ExaBGP accepts everything from now on
+        while exa.queue:
+            exa.answer(sync, DONE, now)
+            round_()
+        now += RETRY_MAX_S + 1
+        round_()
+        if not exa.queue:
+            break
+    assert exa.violations == []
+    want = protocol.expand(plan.desired, sessions, prefixes)
+    assert {k for k, ann in want.items() if ann is not None} == exa.announced
