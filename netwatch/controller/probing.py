@@ -1,0 +1,159 @@
+"""The controller's probe paths: one policy-routed path per (upstream, family) and its probers.
+
+Every upstream is measured through itself whatever the best path is: a probe socket carries
+SO_MARK=mark, and the mark's rule sends it into a table whose only route is the default via
+that upstream's next hop (`netwatch.adapters.policy_routing`). Path n of the site file's
+upstream i (n=0: IPv4, 1: IPv6) gets mark `fwmark_base + 2i + n` and table
+`route_table_base + 2i + n`.
+
+The kernel is reached only through the `ProbeRoutes` port (`netwatch.adapters.netlink.Netlink`;
+a recording fake in the unit tests), the probes only through a `ProberFactory`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from netwatch.adapters.probes.icmp import IcmpProber
+from netwatch.adapters.probes.tcp import TcpProber
+from netwatch.config.schema import ControllerSection, Target
+
+if TYPE_CHECKING:
+    from netwatch.adapters.policy_routing import ProbePath
+
+PATH_REPAIR_S = 10.0  # check the policy routes this often (a link flap removes them)
+
+
+class ProbeRoutes(Protocol):
+    """The controller's port to the kernel's routing: `netwatch.adapters.netlink.Netlink`.
+    Opened for each round of checks and closed after it. Errors are NetlinkError or OSError."""
+
+    async def open(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    async def ensure_probe_path(self, path: ProbePath) -> bool:
+        """Install `path`'s table route and fwmark rule where missing; True when it wrote."""
+        ...
+
+
+class Prober(Protocol):
+    """Sends one probe and waits for its answer: the RTT in seconds, or None when lost."""
+
+    async def ping(self, target, timeout_s: float) -> float | None: ...
+
+
+class ProberFactory(Protocol):
+    """Opens a prober of `method` ("icmp" or "tcp") whose packets carry `mark`. Raises
+    OSError when the socket cannot be opened."""
+
+    def __call__(self, method: str, family: int, mark: int) -> Prober: ...
+
+
+def netlink_routes() -> ProbeRoutes:
+    """The real port. pyroute2 takes ~80 ms to import: imported here, when the probes start,
+    so that a respawned controller has written `show neighbor json` first."""
+    from netwatch.adapters.netlink import Netlink
+
+    return Netlink()
+
+
+def open_prober(method: str, family: int, mark: int) -> Prober:
+    """The real probers: TCP SYN (`method` "tcp") or ICMP echo."""
+    return TcpProber(family, mark) if method == "tcp" else IcmpProber(family, mark)
+
+
+def destination(method: str, target: Target):
+    """What a prober of `method` pings for `target`: (address, port) for tcp."""
+    return (target.address, target.port) if method == "tcp" else target.address
+
+
+@dataclass(frozen=True)
+class PathToProbe:
+    """One upstream's path for one family, and the targets of that family."""
+
+    upstream: str
+    path: ProbePath
+    targets: tuple[Target, ...]
+
+
+@dataclass(frozen=True)
+class ProbeLayout:
+    """Every path to probe through, and the upstreams with no interface (no path at all)."""
+
+    paths: tuple[PathToProbe, ...]
+    no_interface: tuple[str, ...]
+
+
+def layout(ctl: ControllerSection) -> ProbeLayout:
+    """The probe paths of the site file's controller section. A family gets no path when the
+    upstream has no next hop of it or no target is of it."""
+    from netwatch.adapters.policy_routing import ProbePath  # pyroute2: see netlink_routes
+
+    paths, no_interface = [], []
+    for i, u in enumerate(ctl.upstreams):
+        if u.interface is None:
+            no_interface.append(u.name)
+            continue
+        for j, gateway in enumerate((u.probe_nexthop, u.probe_nexthop6)):
+            if gateway is None:
+                continue
+            mine = tuple(t for t in ctl.probe.targets if t.address.version == gateway.version)
+            if not mine:
+                continue
+            n = 2 * i + j
+            path = ProbePath(ctl.fwmark_base + n, ctl.route_table_base + n, gateway, u.interface)
+            paths.append(PathToProbe(u.name, path, mine))
+    return ProbeLayout(tuple(paths), tuple(no_interface))
+
+
+@dataclass(frozen=True)
+class PathCheck:
+    """One path after `check_paths`: `written` when it was missing and has been installed,
+    `error` when the kernel refused it (a link down: tried again at the next check)."""
+
+    path: PathToProbe
+    written: bool = False
+    error: Exception | None = None
+
+
+async def check_paths(routes: ProbeRoutes, paths: Sequence[PathToProbe]) -> list[PathCheck]:
+    """Install every path that is missing. One path's error does not stop the others; an
+    error opening `routes` raises (nothing could be checked)."""
+    await routes.open()
+    try:
+        checks = []
+        for p in paths:
+            try:
+                checks.append(PathCheck(p, written=await routes.ensure_probe_path(p.path)))
+            except Exception as exc:  # a down link must not stop the others
+                checks.append(PathCheck(p, error=exc))
+        return checks
+    finally:
+        routes.close()
+
+
+@dataclass(frozen=True)
+class Probing:
+    """The probers that opened, with their paths, and the paths whose prober did not."""
+
+    probers: tuple[tuple[PathToProbe, Prober], ...]
+    failed: tuple[tuple[PathToProbe, OSError], ...]
+
+    @property
+    def probed(self) -> set[str]:
+        """The upstreams probed through at least one family."""
+        return {p.upstream for p, _ in self.probers}
+
+
+def open_probers(method: str, paths: Sequence[PathToProbe], factory: ProberFactory) -> Probing:
+    """One prober per path; a socket that cannot be opened leaves that path unprobed."""
+    probers, failed = [], []
+    for p in paths:
+        try:
+            probers.append((p, factory(method, p.path.family, p.path.mark)))
+        except OSError as exc:
+            failed.append((p, exc))
+    return Probing(tuple(probers), tuple(failed))
