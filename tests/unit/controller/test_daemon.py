@@ -1,12 +1,15 @@
-"""The controller's ExaBGP side with a recording pipe and fake clocks: what it writes at
-start, how it retries a rejected or unanswered command, what it learns from `show neighbor
-json`, what it does with a damaged state file, and how it dies."""
+"""The controller daemon, driven through its public methods with a recording pipe, fake
+clocks, fake probe routes and fake probers: the lines it writes to ExaBGP at start and as the
+plan changes, the metrics and logs it produces, what it does with a damaged state file, and
+how it stops. Sync's bookkeeping on its own is tested in tests/unit/exabgp/test_sync.py."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import copy
 import json
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -17,53 +20,141 @@ from prometheus_client import CollectorRegistry
 
 from netwatch import exitcodes
 from netwatch.config import load_site
-from netwatch.controller.daemon import ACK_TIMEOUT_S, SESSIONS_TIMEOUT_S, Controller
-from netwatch.controller.decision import SessionSummary, step
-from netwatch.controller.params import HOUR_S, SessionState, TransitState
-from netwatch.controller.persistence import restore
-from netwatch.controller.plan import Announcement
+from netwatch.controller.daemon import Controller
 from netwatch.controller.verdict import PathStats, ProbeStats
-from netwatch.core.hysteresis import ActionBudget
-from netwatch.core.vocabulary import Family
 from netwatch.exabgp import protocol as exabgp
-from netwatch.lab.lifecycle import DEFAULT_CONFIG as LAB_SITE
+from netwatch.exabgp.sync import ACK_TIMEOUT_S, SESSIONS_TIMEOUT_S
 
 T = {"t1": "192.0.2.1", "t2": "192.0.2.5", "t3": "192.0.2.9", "t4": "192.0.2.13"}
 T6 = {f"t{i}": f"2001:db8:ffff:{i}::1" for i in range(1, 5)}
+V4, V6 = "198.51.100.0/24", "2001:db8:100::/48"
+PREPEND = "as-path [ 64500 64500 64500 64500 ] "
+# What make-before-break waits for in the fast site: t3 replaces t2.
+WITHDRAW_T2 = [f"neighbor {T['t2']} withdraw attributes next-hop self nlri {V4}",
+               f"neighbor {T6['t2']} withdraw attributes next-hop self nlri {V6}"]
+
+
+def announce(upstream: str, family: int = 4, attributes: str = "") -> str:
+    neighbor, prefix = (T[upstream], V4) if family == 4 else (T6[upstream], V6)
+    return f"neighbor {neighbor} announce attributes next-hop self {attributes}nlri {prefix}"
 
 
 class RecordingPipe:
+    """The ExaBGP pipe, recording every line; it refuses the next `refuse` writes."""
+
     def __init__(self):
-        self.lines: list[str] = []
+        self.written: list[str] = []
+        self.refuse = 0
 
     def send(self, line: str) -> None:
-        self.lines.append(line)
+        if self.refuse:
+            self.refuse -= 1
+            raise OSError(32, "Broken pipe")
+        self.written.append(line)
 
 
-class Clock:
-    def __init__(self, now: float):
-        self.now = now
+class RecordingRoutes:
+    """ProbeRoutes without a kernel: records every path ensured; the paths whose table is in
+    `refuse` are refused as a down link would be."""
 
-    def __call__(self) -> float:
-        return self.now
+    def __init__(self, refuse: tuple[int, ...] = ()):
+        self.ensured: list = []
+        self.refuse = set(refuse)
+        self.opened = self.closed = 0
+
+    async def open(self) -> None:
+        self.opened += 1
+
+    def close(self) -> None:
+        self.closed += 1
+
+    async def ensure_probe_path(self, path) -> bool:
+        if path.table in self.refuse:
+            raise OSError(101, "Network is unreachable")
+        self.ensured.append(path)
+        return True
 
 
-def site_file(tmp_path: Path) -> Path:
-    raw = yaml.safe_load(LAB_SITE.read_text())
-    raw["state_dir"] = str(tmp_path / "state")
-    raw["controller"]["probe"]["targets_file"] = str(LAB_SITE.parent / "targets" / "lab.yaml")
-    path = tmp_path / "site.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    return path
+@dataclass
+class FakeProbers:
+    """A ProberFactory: every target answers in 1 ms; opening the prober of a mark in
+    `fail` raises that mark's error."""
+
+    fail: dict[int, Exception] = field(default_factory=dict)
+    opened: list[tuple[str, int, int]] = field(default_factory=list)
+
+    def __call__(self, method: str, family: int, mark: int):
+        if mark in self.fail:
+            raise self.fail[mark]
+        self.opened.append((method, family, mark))
+        return self
+
+    async def ping(self, target, timeout_s: float) -> float | None:
+        return 0.001
 
 
-def make(tmp_path: Path, pipe=None, wall: float = 1.7e9, mono: float = 1000.0) -> Controller:
-    registry = CollectorRegistry()
-    wall_clock, mono_clock = Clock(wall), Clock(mono)
-    ctl = Controller(load_site(site_file(tmp_path)), registry, pipe or RecordingPipe(),
-                     clock=wall_clock, mono=mono_clock)
-    ctl.registry, ctl.wall_, ctl.mono_ = registry, wall_clock, mono_clock
-    return ctl
+@dataclass
+class Rig:
+    """A controller and what a test watches it through."""
+
+    c: Controller
+    pipe: RecordingPipe
+    registry: CollectorRegistry
+    mono: object
+    wall: object
+
+    def sample(self, name: str, **labels) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+    @property
+    def rejected(self) -> float:
+        return self.sample("netwatch_exabgp_commands_rejected_total")
+
+
+FAST = {"fall": 1, "rise": 1, "recovery_hold_s": 0, "max_actions_per_hour": 1000}
+
+
+@pytest.fixture
+def make(site_copy, lab_site, clock, tmp_path):
+    """make(...) -> Rig: a controller on the lab's site file. `policy` changes the policy
+    (FAST: every verdict acted on at once), `edit(controller_section)` anything else, `state`
+    is written to the state file first; `mono` starts a new decision clock (default: the
+    `clock` fixture), `wall` the wall clock."""
+    raw = yaml.safe_load(lab_site.read_text())
+    targets = (lab_site.parent / raw["controller"]["probe"]["targets_file"]).resolve()
+
+    def build(pipe=None, *, policy=None, edit=None, state=None, mono=None, wall=1.7e9,
+              routes=None, prober=None) -> Rig:
+        section = copy.deepcopy(raw["controller"])
+        section["probe"]["targets_file"] = str(targets)
+        section["policy"].update(policy or {})
+        if edit is not None:
+            edit(section)
+        path = site_copy(controller=section)
+        if state is not None:
+            (tmp_path / "state").mkdir(exist_ok=True)
+            (tmp_path / "state" / "controller.json").write_text(json.dumps(state))
+        registry = CollectorRegistry()
+        mono_clock = clock if mono is None else type(clock)(mono)
+        wall_clock = type(clock)(wall)
+        pipe = pipe if pipe is not None else RecordingPipe()
+        c = Controller(load_site(path), registry, pipe, clock=wall_clock, mono=mono_clock,
+                       routes=routes or RecordingRoutes(), prober=prober or FakeProbers())
+        return Rig(c, pipe, registry, mono_clock, wall_clock)
+
+    return build
+
+
+@pytest.fixture
+def logs(caplog):
+    caplog.set_level(logging.INFO, logger="netwatch.controller")
+    return caplog
+
+
+def logged(caplog, event: str) -> list[logging.LogRecord]:
+    """The controller's log records of `event`."""
+    return [r for r in caplog.records if r.name == "netwatch.controller"
+            and r.getMessage().split(" ", 1)[0] == f"event={event}"]
 
 
 def answer(up: dict[str, bool]) -> str:
@@ -75,276 +166,418 @@ def answer(up: dict[str, bool]) -> str:
     ])
 
 
-def started(c: Controller, up: dict[str, bool] | None = None) -> Controller:
+EVERY_SESSION_UP = dict.fromkeys([*T.values(), *T6.values()], True)
+
+
+def neighbor_up(peer: str) -> str:
+    """ExaBGP's `neighbor-changes` event for a session that came up."""
+    return json.dumps({"type": "state", "neighbor": {"address": {"peer": peer, "local": "x"},
+                                                     "state": "up"}})
+
+
+def started(r: Rig, up: dict[str, bool] | None = None) -> Rig:
     """Start as run() does, ExaBGP answering with every session up (or `up`)."""
-    c.ask_sessions()
-    c.on_event(answer(up if up is not None else dict.fromkeys([*T.values(), *T6.values()], True)))
-    c.on_event("done")
-    return c
+    r.c.start()
+    r.c.on_event(answer(EVERY_SESSION_UP if up is None else up))
+    r.c.on_event("done")
+    return r
 
 
-@pytest.fixture
-def controller(tmp_path):
-    return make(tmp_path)
+def ack_all(r: Rig) -> None:
+    """ExaBGP accepts every command written since the last clear (and any written on the
+    way), but `show neighbor json`, which `started` answered; then clears the record."""
+    answered = r.pipe.written.count("show neighbor json")
+    while answered < len(r.pipe.written):
+        answered += 1
+        r.c.on_event("done")
+    r.pipe.written.clear()
 
 
-def test_first_diff_waits_for_the_sessions_state(controller):
-    c = controller
-    c.ask_sessions()
-    c.sync()
-    assert c.pipe.lines == ["show neighbor json"]  # no plan made on guesses goes out
-    c.on_event(answer(dict.fromkeys(T.values(), True)))
-    assert len(c.pipe.lines) == 1 + 8  # 4 upstreams x 2 families: announce
-    assert c.state.sessions[("t1", Family.V6)] is SessionState.UNKNOWN  # not reported
+QUALITY = {
+    "healthy": PathStats(10, 0, 0.01),
+    "degraded": PathStats(10, 3, 0.01),  # 30 % loss: above the lab's 15 %
+    "failed": PathStats(10, 10, None, 5, 5),  # nothing answers
+}
 
 
-def test_first_diff_goes_out_after_the_timeout_without_an_answer(controller):
-    c = controller
-    c.ask_sessions()
-    c.mono_.now += SESSIONS_TIMEOUT_S - 0.1
-    c.sync()
-    assert c.pipe.lines == ["show neighbor json"]
-    c.mono_.now += 0.2
-    c.sync()
-    assert len(c.pipe.lines) == 1 + 8
-    assert all(s is SessionState.UNKNOWN for s in c.state.sessions.values())
+def window(**quality: str) -> ProbeStats:
+    """A probe window through every upstream (10 targets, both families): healthy unless
+    named in `quality`."""
+    return ProbeStats({(n, f"inet-{i}"): QUALITY[quality.get(n, "healthy")]
+                       for n in T for i in range(1, 11)})
 
 
-def test_an_ack_without_an_answer_sends_at_once(controller):
-    c = controller
-    c.ask_sessions()
-    c.on_event("error")  # an ExaBGP that does not know the command
-    assert len(c.pipe.lines) == 1 + 8
-    assert c.registry.get_sample_value("netwatch_exabgp_commands_rejected_total") == 0
+def state_of(r: Rig, upstream: str) -> str:
+    """The upstream's state, as netwatch_transit_state says it."""
+    on = [s for s in ("healthy", "degraded", "failed")
+          if r.sample("netwatch_transit_state", upstream=upstream, state=s) == 1]
+    assert len(on) == 1, on
+    return on[0]
 
 
-def test_restart_with_three_failed_keeps_the_persisted_hold(tmp_path):
-    """The incident: t1-t3 FAILED, the hold kept t2 (with t4). A restarted controller sent its
-    first diff before it knew a session: everything UNKNOWN, nothing kept, t2 withdrawn, t1
-    re-announced later. Now: t2 and t4 stay announced, t1 and t3 withdrawn, from the start,
-    the withdrawals once t2's and t4's announcements are acknowledged (what ExaBGP still
-    holds from before the restart is unknown)."""
-    c = make(tmp_path)
-    c.state = restore(c.params, {
+# --- the first diff ---------------------------------------------------------------------------
+
+
+def test_first_diff_waits_for_the_sessions_state(make):
+    r = make()
+    r.c.start()
+    r.c.send_due()
+    assert r.pipe.written == ["show neighbor json"]  # no plan made on guesses goes out
+    r.c.on_event(answer(dict.fromkeys(T.values(), True)))
+    assert sorted(r.pipe.written[1:]) == sorted(announce(t, f) for t in T for f in (4, 6))
+    assert r.sample("netwatch_bgp_session_up", upstream="t1", family="ipv4") == 1
+    # Not reported: still unknown, so no gauge says up or down.
+    assert r.sample("netwatch_bgp_session_up", upstream="t1", family="ipv6") is None
+
+
+def test_first_diff_goes_out_after_the_timeout_without_an_answer(make, logs):
+    r = make()
+    r.c.start()
+    r.mono.now += SESSIONS_TIMEOUT_S - 0.1
+    r.c.send_due()
+    assert r.pipe.written == ["show neighbor json"]
+    r.mono.now += 0.2
+    r.c.send_due()
+    assert len(r.pipe.written) == 1 + 8
+    [record] = logged(logs, "sessions_timeout")
+    assert record.levelno == logging.WARNING
+    every = ",".join(f"{t}/{f}" for t in T for f in ("ipv4", "ipv6"))
+    assert f"unknown={every}" in record.getMessage()
+
+
+def test_an_ack_without_an_answer_sends_at_once(make, logs):
+    r = make()
+    r.c.start()
+    r.c.on_event("error")  # an ExaBGP that does not know the command
+    assert len(r.pipe.written) == 1 + 8
+    assert r.rejected == 0
+    assert [x.levelno for x in logged(logs, "sessions_unanswered")] == [logging.WARNING]
+
+
+def test_restart_with_three_failed_keeps_the_persisted_hold(make):
+    """t1-t3 FAILED, the hold kept t2 (with t4). A restarted controller that sent its first
+    diff before it knew a session would have had everything UNKNOWN, nothing kept, t2
+    withdrawn. Here t2 and t4 stay announced, t1 and t3 are withdrawn, from the start, the
+    withdrawals once t2's and t4's announcements are acknowledged (what ExaBGP still holds
+    from before the restart is unknown)."""
+    r = started(make(state={
         "upstreams": {n: {"state": "failed"} for n in ("t1", "t2", "t3")},
         "holds": {"ipv4": ["t2"], "ipv6": ["t2"]},
-    })
-    c.persist()
-    again = started(make(tmp_path))
-    prepend = "as-path [ 64500 64500 64500 64500 ] "
-    assert sorted(again.pipe.lines[1:]) == sorted([
-        f"neighbor {T['t2']} announce attributes next-hop self {prepend}nlri 198.51.100.0/24",
-        f"neighbor {T['t4']} announce attributes next-hop self nlri 198.51.100.0/24",
-        f"neighbor {T6['t2']} announce attributes next-hop self {prepend}nlri 2001:db8:100::/48",
-        f"neighbor {T6['t4']} announce attributes next-hop self nlri 2001:db8:100::/48",
+    }))
+    assert sorted(r.pipe.written[1:]) == sorted([
+        announce("t2", 4, PREPEND), announce("t4", 4), announce("t2", 6, PREPEND),
+        announce("t4", 6),
     ])
-    again.pipe.lines.clear()
+    r.pipe.written.clear()
     for _ in range(4):
-        again.on_event("done")
-    assert sorted(again.pipe.lines) == sorted([
-        f"neighbor {T['t1']} withdraw attributes next-hop self nlri 198.51.100.0/24",
-        f"neighbor {T['t3']} withdraw attributes next-hop self nlri 198.51.100.0/24",
-        f"neighbor {T6['t1']} withdraw attributes next-hop self nlri 2001:db8:100::/48",
-        f"neighbor {T6['t3']} withdraw attributes next-hop self nlri 2001:db8:100::/48",
+        r.c.on_event("done")
+    assert sorted(r.pipe.written) == sorted([
+        f"neighbor {T['t1']} withdraw attributes next-hop self nlri {V4}",
+        f"neighbor {T['t3']} withdraw attributes next-hop self nlri {V4}",
+        f"neighbor {T6['t1']} withdraw attributes next-hop self nlri {V6}",
+        f"neighbor {T6['t3']} withdraw attributes next-hop self nlri {V6}",
     ])
 
 
-def test_rejected_commands_back_off_up_to_the_cap_and_are_counted(controller):
-    c, clock = started(controller), controller.mono_
-    assert len(c.pipe.lines) == 1 + 8
-    rejected = c.pending[0].line
+# --- rejections, timeouts, backoff ------------------------------------------------------------
+
+
+def test_rejected_commands_back_off_up_to_the_cap_and_are_counted(make, logs):
+    r = started(make())
+    rejected = r.pipe.written[1]  # the first command after `show neighbor json`
     gaps = []
-    for _ in range(8):
-        c.pipe.lines.clear()
-        c.on_event("error")  # ExaBGP rejects the first command in flight
-        for _ in range(len(c.pending)):
-            c.on_event("done")
-        sent_at = clock.now
-        while not c.pipe.lines:
-            clock.now += 0.5
-            c.sync()
-        gaps.append(clock.now - sent_at)
-        assert c.pipe.lines == [rejected]  # only what was rejected is sent again
+    for i in range(8):
+        r.pipe.written.clear()
+        r.c.on_event("error")  # ExaBGP rejects the first command in flight ...
+        for _ in range(7 if i == 0 else 0):
+            r.c.on_event("done")  # ... and accepts the others
+        sent_at = r.mono.now
+        while not r.pipe.written:
+            r.mono.now += 0.5
+            r.c.send_due()
+        gaps.append(r.mono.now - sent_at)
+        assert r.pipe.written == [rejected]  # only what was rejected is sent again
     # Per key: the 7 others being accepted does not shorten the rejected one's backoff.
     assert gaps == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
-    assert c.registry.get_sample_value("netwatch_exabgp_commands_rejected_total") == 8
-    c.on_event("done")  # accepted at last: the next rejection of it waits 1 s again
-    c.on_event(neighbor_up(T["t1"]))  # its full desired state again ...
-    c.pipe.lines.clear()
-    c.on_event("error")  # ... rejected
-    clock.now += 0.5
-    c.sync()
-    assert c.pipe.lines == []
-    clock.now += 0.5
-    c.sync()
-    assert c.pipe.lines == [rejected]
+    assert r.rejected == 8
+    records = logged(logs, "command_rejected")
+    assert len(records) == 8 and {x.levelno for x in records} == {logging.WARNING}
+    assert "retry_in_s=30.0" in records[-1].getMessage()
+    r.c.on_event("done")  # accepted at last: the next rejection of it waits 1 s again
+    r.c.on_event(neighbor_up(T["t1"]))  # its full desired state again ...
+    r.pipe.written.clear()
+    r.c.on_event("error")  # ... rejected
+    r.mono.now += 0.5
+    r.c.send_due()
+    assert r.pipe.written == []
+    r.mono.now += 0.5
+    r.c.send_due()
+    assert r.pipe.written == [rejected]
 
 
-def t2_blackholed() -> ProbeStats:
-    bad = dict(good_window().paths)
-    for i in range(1, 11):
-        bad[("t2", f"inet-{i}")] = PathStats(10, 10, None, 5, 5)
-    return ProbeStats(bad)
-
-
-def test_a_persistently_rejected_command_does_not_delay_other_changes(controller):
-    """ExaBGP keeps rejecting t1's IPv4 announcement (its backoff reaches 16 s); then t2 is
+def test_a_persistently_rejected_command_does_not_delay_other_changes(make):
+    """ExaBGP keeps rejecting t1's IPv4 announcement (its backoff reaches 30 s); then t2 is
     blackholed: t2's withdrawal goes out at once, t1's announcement only when its own
     backoff has run."""
-    c, clock = started(controller), controller.mono_
-    for _ in range(5):
-        c.on_event("error")
-        for _ in range(len(c.pending)):
-            c.on_event("done")
-        while not c.pending:
-            clock.now += 0.5
-            c.sync()
-    c.on_event("error")  # the 6th rejection: t1 waits 32 s, capped at 30 s
-    c.pipe.lines.clear()
-    clock.now += 0.2
-    c.apply(t2_blackholed())
-    assert c.state.upstreams["t2"].state is TransitState.FAILED
-    c.sync()
-    assert c.pipe.lines == [
-        f"neighbor {T['t2']} withdraw attributes next-hop self nlri 198.51.100.0/24",
-        f"neighbor {T6['t2']} withdraw attributes next-hop self nlri 2001:db8:100::/48",
-    ]
-    c.on_event("done")
-    c.on_event("done")
-    c.pipe.lines.clear()
-    clock.now += 29.0
-    c.sync()
-    assert c.pipe.lines == []
-    clock.now += 1.0
-    c.sync()
-    assert c.pipe.lines == [
-        f"neighbor {T['t1']} announce attributes next-hop self nlri 198.51.100.0/24"]
+    r = started(make())
+    assert r.pipe.written[1] == announce("t1")
+    r.c.on_event("error")
+    for _ in range(7):
+        r.c.on_event("done")
+    for _ in range(5):  # sent again after 1, 2, 4, 8, 16 s and rejected again
+        r.pipe.written.clear()
+        while not r.pipe.written:
+            r.mono.now += 0.5
+            r.c.send_due()
+        r.c.on_event("error")  # the 6th rejection: t1 waits 32 s, capped at 30 s
+    r.pipe.written.clear()
+    r.mono.now += 0.2
+    r.c.apply(window(t2="failed"))
+    assert state_of(r, "t2") == "failed"
+    r.c.send_due()
+    assert r.pipe.written == WITHDRAW_T2
+    r.c.on_event("done")
+    r.c.on_event("done")
+    r.pipe.written.clear()
+    r.mono.now += 29.0
+    r.c.send_due()
+    assert r.pipe.written == []
+    r.mono.now += 1.0
+    r.c.send_due()
+    assert r.pipe.written == [announce("t1")]
 
 
-def test_a_changed_plan_for_a_backed_off_key_goes_out_at_once(controller):
+def test_a_changed_plan_for_a_backed_off_key_goes_out_at_once(make):
     """The backoff holds back sending the *same* rejected thing again, not a new decision
     about that key: t2's announcement is rejected, then t2 fails: withdrawn at once."""
-    c, clock = started(controller), controller.mono_
-    t2 = next(i for i, cmd in enumerate(c.pending) if cmd.line.startswith(f"neighbor {T['t2']}"))
-    for i in range(len(c.pending)):
-        c.on_event("error" if i == t2 else "done")
-    c.pipe.lines.clear()
-    clock.now += 0.2
-    c.apply(t2_blackholed())
-    c.sync()
-    assert f"neighbor {T['t2']} withdraw attributes next-hop self nlri 198.51.100.0/24" in (
-        c.pipe.lines)
+    r = started(make())
+    for line in r.pipe.written[1:]:
+        r.c.on_event("error" if line == announce("t2") else "done")
+    r.pipe.written.clear()
+    r.mono.now += 0.2
+    r.c.apply(window(t2="failed"))
+    r.c.send_due()
+    assert WITHDRAW_T2[0] in r.pipe.written
 
 
-def with_states(c: Controller, **states: str) -> Controller:
-    """Put the upstreams in `states` (the others HEALTHY), every session up: a new plan."""
-    c.state = restore(c.params, {"upstreams": {n: {"state": v}
-                                                        for n, v in states.items()}})
-    c.state, _ = step(c.state, SessionSummary(
-        {k: True for k in c.state.sessions}), c.mono_.now)
-    c.dirty = True
-    return c
+def test_unacknowledged_commands_time_out_and_are_sent_again(make, logs):
+    r = started(make())
+    r.c.on_event("done")  # one of the 8 announcements acknowledged, 7 never
+    r.pipe.written.clear()
+    r.mono.now += ACK_TIMEOUT_S - 0.5
+    r.c.send_due()
+    assert r.pipe.written == [] and r.rejected == 0
+    r.mono.now += 1.0
+    r.c.send_due()  # timed out: counted, backoff started
+    assert r.pipe.written == [] and r.rejected == 7
+    [record] = logged(logs, "ack_timeout")
+    assert record.levelno == logging.WARNING and "commands=7" in record.getMessage()
+    r.mono.now += 1.0
+    r.c.send_due()
+    assert len(r.pipe.written) == 7  # what was not confirmed, again
 
 
-def t3_replaces_t2(controller) -> Controller:
+def test_late_acks_after_a_timeout_are_not_matched_to_newer_commands(make, logs):
+    """ExaBGP stalls on c1, the controller times it out and sends c1 again (c1'), then c2;
+    ExaBGP answers its FIFO: done(c1), done(c1'), error(c2). The late done(c1) is not taken
+    for c1', nor done(c1') for c2: the rejected c2 is counted and sent again."""
+    r = started(make())
+    ack_all(r)  # the first diff
+    r.c.on_event(neighbor_up(T["t1"]))  # c1: t1's full desired state again
+    r.mono.now += ACK_TIMEOUT_S + 0.1
+    r.c.send_due()  # timed out: c1 is an orphan whose ack may still come
+    r.mono.now += 1.1
+    r.c.send_due()  # c1' after the backoff
+    r.c.on_event(neighbor_up(T["t2"]))  # c2
+    r.pipe.written.clear()
+    for ack in ("done", "done", "error"):
+        r.c.on_event(ack)
+    assert r.rejected == 2  # c1's timeout and c2
+    assert len(logged(logs, "late_ack")) == 1
+    r.mono.now += 60
+    r.c.send_due()
+    assert r.pipe.written == [announce("t2")]  # c1' was accepted: t1 is not sent again
+
+
+def test_a_late_answer_to_show_neighbor_does_not_shift_the_acks(make):
+    """At start ExaBGP answers nothing for 3 s: the desired state goes out behind `show
+    neighbor json`; nothing is acknowledged within the timeout, the 8 are sent again. Then
+    ExaBGP answers all 17 in order and rejects the first announcement sent again."""
+    r = make()
+    r.c.start()
+    r.mono.now += SESSIONS_TIMEOUT_S + 0.1
+    r.c.send_due()
+    assert len(r.pipe.written) == 1 + 8
+    r.mono.now += ACK_TIMEOUT_S
+    r.c.send_due()  # the 9 timed out
+    r.pipe.written.clear()
+    r.mono.now += 1.1
+    r.c.send_due()
+    first_again = r.pipe.written[0]
+    assert len(r.pipe.written) == 8 and first_again.startswith("neighbor")
+    r.c.on_event(answer(EVERY_SESSION_UP))  # the late answer
+    for ack in ["done"] * 9 + ["error"] + ["done"] * 7:
+        r.c.on_event(ack)
+    r.pipe.written.clear()
+    r.mono.now += 60
+    r.c.send_due()
+    assert r.pipe.written == [first_again]
+
+
+def test_a_timed_out_command_makes_its_effect_unknown(make):
+    """Whatever ExaBGP did with a command that timed out is not known: the desired state of
+    its keys is sent again, even when the plan went back to what was acknowledged before."""
+    r = started(make(policy=FAST))
+    ack_all(r)
+    r.pipe.written.clear()
+    r.mono.now += 0.2
+    r.c.apply(window(t2="failed"))
+    r.c.send_due()  # withdraw t2 ...
+    assert r.pipe.written == WITHDRAW_T2
+    r.mono.now += ACK_TIMEOUT_S + 0.1
+    r.c.send_due()  # ... no answer
+    r.c.apply(window())  # the plan is back to announcing t2
+    assert state_of(r, "t2") == "healthy"
+    r.pipe.written.clear()
+    r.mono.now += 1.1
+    r.c.send_due()
+    assert announce("t2") in r.pipe.written
+
+
+def test_a_failing_diff_is_retried_after_the_backoff(make, monkeypatch, logs):
+    real, calls = exabgp.diff, []
+
+    def flaky(desired, known):
+        calls.append(1)
+        if len(calls) == 1:
+            raise exabgp.UnsafeValue("a value the line builder refuses")
+        return real(desired, known)
+
+    monkeypatch.setattr(exabgp, "diff", flaky)
+    r = started(make())
+    assert r.pipe.written == ["show neighbor json"]
+    assert r.sample("netwatch_controller_errors_total", where="sync") == 1
+    [record] = logged(logs, "sync_failed")
+    assert record.levelno == logging.ERROR and "retry_in_s=1.0" in record.getMessage()
+    r.mono.now += 0.5
+    r.c.send_due()
+    assert len(calls) == 1
+    r.mono.now += 0.5
+    r.c.send_due()  # not lost until the plan changes: sent after the backoff
+    assert len(r.pipe.written) == 1 + 8 and len(calls) == 2
+
+
+def test_a_refused_write_is_counted_and_sent_again(make, logs):
+    r = make()
+    r.c.start()
+    r.pipe.refuse = 1
+    r.c.on_event(answer(EVERY_SESSION_UP))
+    assert len(r.pipe.written) == 1 + 7
+    assert r.sample("netwatch_controller_errors_total", where="send") == 1
+    assert [x.levelno for x in logged(logs, "send_failed")] == [logging.ERROR]
+    r.c.on_event("done")  # the show command's ack
+    r.mono.now += 0.2
+    r.c.send_due()
+    assert sorted(r.pipe.written[1:]) == sorted(announce(t, f) for t in T for f in (4, 6))
+
+
+# --- make-before-break ------------------------------------------------------------------------
+
+
+def t3_replaces_t2(make) -> Rig:
     """t1 and t2 announce (t3, t4 FAILED, all acknowledged), then t3 recovers and t2 fails:
-    the diff announces t3 and withdraws t2; only the announcements go out."""
-    c = started(controller)
-    for _ in range(len(c.pending)):
-        c.on_event("done")
-    with_states(c, t3="failed", t4="failed").sync()
-    for _ in range(len(c.pending)):
-        c.on_event("done")
-    assert c.state.plan.announcing(4) == ["t1", "t2"]
-    c.pipe.lines.clear()
-    with_states(c, t2="failed", t4="failed").sync()
-    assert c.pipe.lines == [
-        f"neighbor {T['t3']} announce attributes next-hop self nlri 198.51.100.0/24",
-        f"neighbor {T6['t3']} announce attributes next-hop self nlri 2001:db8:100::/48",
-    ]  # t2's withdrawals would leave t1 alone until t3's announcements are acknowledged
-    c.pipe.lines.clear()
-    return c
+    the plan announces t3 and withdraws t2; only the announcements go out."""
+    r = started(make(policy=FAST))
+    ack_all(r)
+    r.mono.now += 0.2
+    r.c.apply(window(t3="failed", t4="failed"))
+    r.c.send_due()
+    ack_all(r)
+    assert [state_of(r, t) for t in T] == ["healthy", "healthy", "failed", "failed"]
+    r.pipe.written.clear()
+    r.mono.now += 0.2
+    r.c.apply(window(t2="failed", t4="failed"))
+    r.c.send_due()
+    assert r.pipe.written == [announce("t3", 4), announce("t3", 6)]
+    # t2's withdrawals would leave t1 alone until t3's announcements are acknowledged.
+    r.pipe.written.clear()
+    return r
 
 
-WITHDRAW_T2 = [f"neighbor {T['t2']} withdraw attributes next-hop self nlri 198.51.100.0/24",
-               f"neighbor {T6['t2']} withdraw attributes next-hop self nlri 2001:db8:100::/48"]
+def test_withdrawals_follow_the_announcements_once_acknowledged(make, logs):
+    r = t3_replaces_t2(make)
+    assert "commands=2" in logged(logs, "withdrawals_held")[-1].getMessage()
+    r.c.on_event("done")
+    assert r.pipe.written == []  # one announcement still in flight
+    r.c.on_event("done")
+    assert r.pipe.written == WITHDRAW_T2  # at once, with the last ack: no probe interval lost
 
 
-def test_withdrawals_follow_the_announcements_once_acknowledged(controller):
-    c = t3_replaces_t2(controller)
-    c.on_event("done")
-    assert c.pipe.lines == []  # one announcement still in flight
-    c.on_event("done")
-    assert c.pipe.lines == WITHDRAW_T2  # at once, with the last ack: no probe interval lost
-
-
-def test_a_rejected_announcement_holds_the_withdrawal_that_needed_it(controller):
+def test_a_rejected_announcement_holds_the_withdrawal_that_needed_it(make):
     """t3's IPv4 announcement is rejected: t2's IPv4 withdrawal waits (t1 would announce
     alone), t2's IPv6 one goes (t3's IPv6 announcement was acknowledged). After its backoff
     t3's announcement is sent again; once acknowledged, t2 is withdrawn."""
-    c, clock = t3_replaces_t2(controller), controller.mono_
-    c.on_event("error")
-    c.on_event("done")
-    assert c.pipe.lines == [WITHDRAW_T2[1]]
-    c.on_event("done")
-    c.pipe.lines.clear()
+    r = t3_replaces_t2(make)
+    r.c.on_event("error")
+    r.c.on_event("done")
+    assert r.pipe.written == [WITHDRAW_T2[1]]
+    r.c.on_event("done")
+    r.pipe.written.clear()
     for _ in range(4):  # probe rounds during the backoff: nothing, above all no withdrawal
-        clock.now += 0.2
-        c.sync()
-    assert c.pipe.lines == []
-    clock.now += 0.2
-    c.sync()
-    assert c.pipe.lines == [
-        f"neighbor {T['t3']} announce attributes next-hop self nlri 198.51.100.0/24"]
-    c.on_event("error")  # rejected again: still held, now for 2 s
-    clock.now += 1.5
-    c.sync()
-    assert c.pipe.lines == [
-        f"neighbor {T['t3']} announce attributes next-hop self nlri 198.51.100.0/24"]
-    clock.now += 0.5
-    c.sync()
-    c.on_event("done")
-    assert c.pipe.lines == [
-        f"neighbor {T['t3']} announce attributes next-hop self nlri 198.51.100.0/24"] * 2 + [
-        WITHDRAW_T2[0]]
+        r.mono.now += 0.2
+        r.c.send_due()
+    assert r.pipe.written == []
+    r.mono.now += 0.2
+    r.c.send_due()
+    assert r.pipe.written == [announce("t3")]
+    r.c.on_event("error")  # rejected again: still held, now for 2 s
+    r.mono.now += 1.5
+    r.c.send_due()
+    assert r.pipe.written == [announce("t3")]
+    r.mono.now += 0.5
+    r.c.send_due()
+    r.c.on_event("done")
+    assert r.pipe.written == [announce("t3")] * 2 + [WITHDRAW_T2[0]]
 
 
-def test_an_unanswered_announcement_holds_the_withdrawals(controller):
+def test_an_unanswered_announcement_holds_the_withdrawals(make):
     """ExaBGP answers neither of t3's announcements within ACK_TIMEOUT_S: t2 stays announced.
     They are sent again after the backoff; the late acks of the first ones are not taken for
     theirs; the withdrawals go once the second ones are acknowledged."""
-    c, clock = t3_replaces_t2(controller), controller.mono_
-    clock.now += ACK_TIMEOUT_S + 0.1
-    c.sync()
-    assert c.pipe.lines == [] and not c.pending
-    clock.now += 1.0
-    c.sync()
-    assert [line.split()[2] for line in c.pipe.lines] == ["announce", "announce"]
-    c.pipe.lines.clear()
-    c.on_event("done")
-    c.on_event("done")  # the late answers to the first two
-    assert c.pipe.lines == []
-    c.on_event("done")
-    c.on_event("done")
-    assert c.pipe.lines == WITHDRAW_T2
+    r = t3_replaces_t2(make)
+    r.mono.now += ACK_TIMEOUT_S + 0.1
+    r.c.send_due()
+    assert r.pipe.written == [] and r.rejected == 2
+    r.mono.now += 1.0
+    r.c.send_due()
+    assert r.pipe.written == [announce("t3", 4), announce("t3", 6)]
+    r.pipe.written.clear()
+    r.c.on_event("done")
+    r.c.on_event("done")  # the late answers to the first two
+    assert r.pipe.written == []
+    r.c.on_event("done")
+    r.c.on_event("done")
+    assert r.pipe.written == WITHDRAW_T2
 
 
-def test_a_withdrawal_that_needs_no_announcement_goes_out_at_once(controller):
-    c = started(controller)
-    for _ in range(len(c.pending)):
-        c.on_event("done")
-    c.pipe.lines.clear()
-    with_states(c, t2="failed").sync()
-    assert c.pipe.lines == WITHDRAW_T2
+def test_a_withdrawal_that_needs_no_announcement_goes_out_at_once(make):
+    r = started(make(policy=FAST))
+    ack_all(r)
+    r.pipe.written.clear()
+    r.mono.now += 0.2
+    r.c.apply(window(t2="failed"))
+    r.c.send_due()
+    assert r.pipe.written == WITHDRAW_T2
 
 
-class FakeExabgp:
+class FakeExabgp(RecordingPipe):
     """ExaBGP's side of the pipe, for the property test: a FIFO of commands, each applied to
     its RIB only when answered `done`. At every write it checks make-before-break: counting
     only announcements ExaBGP acknowledged, minus the withdrawals written and not yet
-    rejected, no prefix goes below `minimum` neighbors (every session is up)."""
+    answered, no prefix goes below `minimum` neighbors (every session is up)."""
 
     def __init__(self, minimum: int):
+        super().__init__()
         self.minimum = minimum
         self.queue: list[tuple[str, str, list[str]]] = []  # (neighbor, verb, prefixes)
         self.announced: set[tuple[str, str]] = set()  # acknowledged
@@ -355,6 +588,7 @@ class FakeExabgp:
         return self.announced - withdrawing
 
     def send(self, line: str) -> None:
+        super().send(line)
         words = line.split()
         if words[0] != "neighbor":
             self.queue.append(("", "show", []))
@@ -383,9 +617,9 @@ class FakeExabgp:
         c.on_event(ack)
 
 
-STATES = st.sampled_from(["healthy", "degraded", "failed"])
+QUALITIES = st.sampled_from(list(QUALITY))
 STEPS = st.one_of(
-    st.tuples(st.just("plan"), st.tuples(STATES, STATES, STATES, STATES)),
+    st.tuples(st.just("window"), st.tuples(QUALITIES, QUALITIES, QUALITIES, QUALITIES)),
     st.tuples(st.just("ack"), st.sampled_from(["done", "done", "done", "error"])),
     st.tuples(st.just("wait"), st.sampled_from([0.2, 1.0, 5.0, ACK_TIMEOUT_S + 0.1])),
 )
@@ -394,171 +628,96 @@ STEPS = st.one_of(
 @settings(max_examples=150, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.lists(STEPS, max_size=40))
-def test_make_before_break_holds_at_every_point_of_the_command_stream(tmp_path, steps):
-    """Random plans, rejections and timeouts: at every command written, counting only the
-    announcements ExaBGP acknowledged minus the withdrawals written, each prefix keeps
-    min_announcing_upstreams neighbors. Once ExaBGP accepts everything, it holds the plan."""
-    c = make(tmp_path)
-    exa = FakeExabgp(c.params.min_announcing_upstreams)
-    c.pipe = exa
-    c.ask_sessions()
-    c.on_event(answer(dict.fromkeys([*T.values(), *T6.values()], True)))
+def test_make_before_break_holds_at_every_point_of_the_command_stream(make, steps):
+    """Random probe windows (every verdict acted on at once), rejections and timeouts: at
+    every command written, counting only the announcements ExaBGP acknowledged minus the
+    withdrawals written, each prefix keeps min_announcing_upstreams neighbors. Once ExaBGP
+    accepts everything, it holds the plan the announcement-mode metrics show."""
+    exa = FakeExabgp(2)
+    r = make(exa, policy=FAST)
+    assert r.c.params.min_announcing_upstreams == exa.minimum
+    r.c.start()
+    r.c.on_event(answer(EVERY_SESSION_UP))
     for kind, value in steps:
-        if kind == "plan":
-            with_states(c, **dict(zip(T, value, strict=True))).sync()
+        if kind == "window":
+            r.mono.now += 0.2
+            r.c.apply(window(**dict(zip(T, value, strict=True))))
+            r.c.send_due()
         elif kind == "ack":
-            exa.answer(c, value)
+            exa.answer(r.c, value)
         else:
-            c.mono_.now += value
-            c.sync()
+            r.mono.now += value
+            r.c.send_due()
         assert exa.violations == []
     for _ in range(20):  # ExaBGP accepts everything from now on
         while exa.queue:
-            exa.answer(c, "done")
-        c.mono_.now += 31.0
-        c.sync()
+            exa.answer(r.c, "done")
+        r.mono.now += 31.0
+        r.c.send_due()
         if not exa.queue:
             break
     assert exa.violations == []
-    desired = exabgp.expand(c.state.plan.desired, c.sessions, c.site.prefixes)
-    assert {k for k, ann in desired.items() if ann is not None} == exa.announced
+    shown = {(neighbor[t], prefix) for t in T for neighbor, prefix in ((T, V4), (T6, V6))
+             if r.sample("netwatch_announcement_mode", upstream=t, prefix=prefix,
+                         mode="withdrawn") == 0}
+    assert shown == exa.announced
 
 
-def test_unacknowledged_commands_time_out_and_are_sent_again(controller):
-    c = started(controller)
-    c.on_event("done")  # one of the 8 announcements acknowledged, 7 never
-    c.pipe.lines.clear()
-    c.mono_.now += ACK_TIMEOUT_S - 0.5
-    c.sync()
-    assert c.pipe.lines == [] and len(c.pending) == 7
-    c.mono_.now += 1.0
-    c.sync()  # timed out: counted, backoff started
-    assert c.pending == type(c.pending)() and c.pipe.lines == []
-    assert c.registry.get_sample_value("netwatch_exabgp_commands_rejected_total") == 7
-    c.mono_.now += 1.0
-    c.sync()
-    assert len(c.pipe.lines) == 7  # what was not confirmed, again
+# --- sessions, metrics, logs ------------------------------------------------------------------
 
 
-def neighbor_up(peer: str) -> str:
-    """ExaBGP's `neighbor-changes` event for a session that came up."""
-    return json.dumps({"type": "state", "neighbor": {"address": {"peer": peer, "local": "x"},
-                                                     "state": "up"}})
+def test_show_neighbor_answer_counts_sessions_that_are_already_up(make):
+    r = make()
+    r.c.start()
+    r.c.on_event('{"type": "state", "neighbor": {"address": {"peer": "2001:db8:ffff:1::1"}, '
+                 '"state": "up"}}')  # an event wins over the answer that follows it
+    r.c.on_event(answer({**dict.fromkeys(T.values(), True),
+                         **dict.fromkeys(T6.values(), False)}))
+    up = {(t, f): r.sample("netwatch_bgp_session_up", upstream=t, family=f)
+          for t in T for f in ("ipv4", "ipv6")}
+    assert up == {(t, f): (1 if f == "ipv4" or t == "t1" else 0)
+                  for t in T for f in ("ipv4", "ipv6")}
+    assert sorted(r.pipe.written[1:5]) == sorted(announce(t, 4) for t in T)
 
 
-def test_late_acks_after_a_timeout_are_not_matched_to_newer_commands(controller):
-    """ExaBGP stalls on c1, the controller times it out and sends c1 again (c1'), then c2;
-    ExaBGP answers its FIFO: done(c1), done(c1'), error(c2). The late done(c1) must not be
-    taken for c1', nor done(c1') for c2: the rejected c2 is counted and sent again."""
-    c = started(controller)
-    for _ in range(len(c.pending)):
-        c.on_event("done")  # the first diff, acknowledged
-    c.on_event(neighbor_up(T["t1"]))  # c1: t1's full desired state again
-    c.mono_.now += ACK_TIMEOUT_S + 0.1
-    c.sync()  # timed out: c1 is an orphan whose ack may still come
-    c.mono_.now += 1.1
-    c.sync()  # c1' after the backoff
-    c.on_event(neighbor_up(T["t2"]))  # c2
-    c.pipe.lines.clear()
-    for ack in ("done", "done", "error"):
-        c.on_event(ack)
-    assert c.registry.get_sample_value("netwatch_exabgp_commands_rejected_total") == 2
-    assert (T["t2"], "198.51.100.0/24") not in c.acked  # c2 was rejected: not known
-    assert c.acked[(T["t1"], "198.51.100.0/24")] == Announcement()  # c1' was done
-    c.mono_.now += 60
-    c.sync()
-    assert c.pipe.lines == [
-        f"neighbor {T['t2']} announce attributes next-hop self nlri 198.51.100.0/24"]
+def test_announcement_mode_metric_reports_communities(make):
+    """A DEGRADED upstream tagged with the policy's communities reads `communities`; an
+    upstream's own communities (always sent) leave it `normal`."""
+
+    def tag(section):
+        section["upstreams"][0]["communities"] = ["64501:100"]
+        section["policy"]["degraded"] = {"loss_ratio": 0.15, "action": "communities",
+                                         "communities": ["64500:666"]}
+
+    r = started(make(policy=FAST, edit=tag))
+
+    def mode(upstream: str) -> dict[str, float]:
+        return {m: r.sample("netwatch_announcement_mode", upstream=upstream, prefix=V4, mode=m)
+                for m in ("normal", "prepend", "communities", "withdrawn")}
+
+    assert announce("t1", 4, "community [ 64501:100 ] ") in r.pipe.written
+    assert mode("t1") == {"normal": 1, "prepend": 0, "communities": 0, "withdrawn": 0}
+    r.pipe.written.clear()
+    r.mono.now += 0.2
+    r.c.apply(window(t2="degraded"))
+    r.c.send_due()
+    assert state_of(r, "t2") == "degraded"
+    assert r.pipe.written == [announce("t2", 4, "community [ 64500:666 ] "),
+                            announce("t2", 6, "community [ 64500:666 ] ")]
+    assert mode("t2") == {"normal": 0, "prepend": 0, "communities": 1, "withdrawn": 0}
 
 
-def test_a_late_answer_to_show_neighbor_does_not_shift_the_acks(controller):
-    """At start ExaBGP answers nothing for 3 s: the desired state goes out behind `show
-    neighbor json`; nothing is acknowledged within the timeout, all 9 are sent again. Then
-    ExaBGP answers all 17 in order and rejects the first announcement sent again."""
-    c = controller
-    c.ask_sessions()
-    c.mono_.now += SESSIONS_TIMEOUT_S + 0.1
-    c.sync()
-    assert len(c.pending) == 1 + 8
-    c.mono_.now += ACK_TIMEOUT_S
-    c.sync()  # the 9 timed out
-    c.mono_.now += 1.1
-    c.sync()
-    first_again = c.pending[0]
-    assert len(c.pending) == 8 and first_again.line.startswith("neighbor")
-    c.on_event(answer(dict.fromkeys([*T.values(), *T6.values()], True)))  # the late answer
-    for ack in ["done"] * 9 + ["error"] + ["done"] * 7:
-        c.on_event(ack)
-    assert not c.pending
-    assert not any(key in c.acked for key in first_again.effect)
-    c.pipe.lines.clear()
-    c.mono_.now += 60
-    c.sync()
-    assert c.pipe.lines == [first_again.line]
-
-
-def test_a_timed_out_command_makes_its_effect_unknown(controller):
-    """Whatever ExaBGP did with a command that timed out is not known: the desired state of
-    its keys is sent again, even when the plan went back to what was acknowledged before."""
-    c = started(controller)
-    for _ in range(len(c.pending)):
-        c.on_event("done")
-    key = (T["t2"], "198.51.100.0/24")
-    c.state = restore(c.params, {"upstreams": {"t2": {"state": "failed"}}})
-    c.state, _ = step(c.state, SessionSummary(
-        {k: True for k in c.state.sessions}), c.mono_.now)
-    c.dirty = True
-    c.sync()  # withdraw t2 ...
-    assert [cmd.line for cmd in c.pending] == [
-        f"neighbor {T['t2']} withdraw attributes next-hop self nlri 198.51.100.0/24",
-        f"neighbor {T6['t2']} withdraw attributes next-hop self nlri 2001:db8:100::/48"]
-    c.mono_.now += ACK_TIMEOUT_S + 0.1
-    c.sync()  # ... no answer
-    assert key not in c.acked
-    c.state = restore(c.params)  # the plan is back to announcing t2
-    c.state, _ = step(c.state, SessionSummary(
-        {k: True for k in c.state.sessions}), c.mono_.now)
-    c.dirty = True
-    c.pipe.lines.clear()
-    c.mono_.now += 1.1
-    c.sync()
-    assert f"neighbor {T['t2']} announce attributes next-hop self nlri 198.51.100.0/24" in (
-        c.pipe.lines)
-
-
-def test_a_failing_diff_is_retried_after_the_backoff(controller, monkeypatch):
-    c = started(controller, {})
-    real, calls = exabgp.diff, []
-
-    def flaky(desired, known):
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("a bug")
-        return real(desired, known)
-
-    monkeypatch.setattr(exabgp, "diff", flaky)
-    c.dirty = True
-    c.sync()
-    assert c.dirty and c.registry.get_sample_value(
-        "netwatch_controller_errors_total", {"where": "sync"}) == 1
-    c.mono_.now += 1.0
-    c.sync()  # not lost until the plan changes: sent after the backoff
-    assert not c.dirty and len(calls) == 2
-
-
-def test_show_neighbor_answer_counts_sessions_that_are_already_up(controller):
-    c = controller
-    c.ask_sessions()
-    c.on_event('{"type": "state", "neighbor": {"address": {"peer": "2001:db8:ffff:1::1"}, '
-               '"state": "up"}}')  # an event wins over the answer that follows it
-    c.on_event(answer({**dict.fromkeys(T.values(), True), **dict.fromkeys(T6.values(), False)}))
-    up = c.registry.get_sample_value("netwatch_bgp_session_up", {"upstream": "t2",
-                                                                  "family": "ipv4"})
-    assert up == 1
-    assert c.state.plan.announcing(4) == ["t1", "t2", "t3", "t4"]
-    assert all(str(s.value) == "up" for (n, f), s in c.state.sessions.items() if f == 4)
-    assert c.state.sessions[("t1", 6)].value == "up"
-    assert all(s.value == "down" for (n, f), s in c.state.sessions.items() if f == 6 and n != "t1")
+def test_transitions_and_commands_are_logged_with_levels(make, logs):
+    r = started(make(policy=FAST))
+    r.mono.now += 0.2
+    r.c.apply(window(t2="failed"))
+    [transition] = logged(logs, "transition")
+    assert transition.levelno == logging.WARNING
+    assert transition.getMessage().startswith("event=transition upstream=t2 old=healthy "
+                                              "new=failed ")
+    commands = logged(logs, "command")
+    assert commands and {x.levelno for x in commands} == {logging.INFO}
+    assert f"line=\"neighbor {T['t1']} announce" in commands[1].getMessage()
 
 
 @pytest.mark.parametrize(
@@ -576,21 +735,19 @@ def test_show_neighbor_answer_counts_sessions_that_are_already_up(controller):
         b"\xff\xfe",
     ],
 )
-def test_a_damaged_state_file_is_logged_and_ignored(tmp_path, capsys, content):
+def test_a_damaged_state_file_is_logged_and_ignored(make, tmp_path, logs, content):
     state = tmp_path / "state" / "controller.json"
     state.parent.mkdir()
     state.write_bytes(content if isinstance(content, bytes) else content.encode())
-    c = make(tmp_path)
-    assert "event=state_unreadable" in capsys.readouterr().err
-    assert all(u.state is TransitState.HEALTHY for u in c.state.upstreams.values())
-    assert c.registry.get_sample_value("netwatch_controller_errors_total", {"where": "state"}) == 1
+    r = make()
+    assert [x.levelno for x in logged(logs, "state_unreadable")] == [logging.ERROR]
+    r.c.publish()
+    assert [state_of(r, t) for t in T] == ["healthy"] * 4
+    assert r.sample("netwatch_controller_errors_total", where="state") == 1
 
 
-def test_an_unreadable_state_file_is_logged_and_ignored(tmp_path, capsys, monkeypatch):
+def test_an_unreadable_state_file_is_logged_and_ignored(make, tmp_path, logs, monkeypatch):
     state = tmp_path / "state" / "controller.json"
-    state.parent.mkdir()
-    state.write_text('{"upstreams": {"t1": {"state": "failed"}}}')
-
     real = Path.read_text
 
     def refuse(self, *args, **kwargs):
@@ -599,77 +756,134 @@ def test_an_unreadable_state_file_is_logged_and_ignored(tmp_path, capsys, monkey
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "read_text", refuse)  # root reads any mode: refuse outright
-    c = make(tmp_path)
-    err = capsys.readouterr().err
-    assert "event=state_unreadable" in err and "Permission denied" in err
-    assert c.state.upstreams["t1"].state is TransitState.HEALTHY
+    r = make(state={"upstreams": {"t1": {"state": "failed"}}})
+    [record] = logged(logs, "state_unreadable")
+    assert "Permission denied" in record.getMessage()
+    r.c.publish()
+    assert state_of(r, "t1") == "healthy"
 
 
-def good_window() -> ProbeStats:
-    return ProbeStats({(n, f"inet-{i}"): PathStats(10, 0, 0.01)
-                          for n in T for i in range(1, 11)})
-
-
-def test_decisions_ignore_a_wall_clock_step(tmp_path):
+def test_decisions_ignore_a_wall_clock_step(make):
     """An NTP step of one hour forward does not serve the 10 s recovery hold at once."""
-    c = started(make(tmp_path))
-    c.state = restore(c.params, {"upstreams": {"t2": {"state": "failed"}}})
+    r = started(make(state={"upstreams": {"t2": {"state": "failed"}}}))
     for _ in range(5):  # rise: the hold starts
-        c.mono_.now += 0.2
-        c.wall_.now += 0.2
-        c.apply(good_window())
-    c.wall_.now += 3600
-    c.mono_.now += 0.2
-    c.apply(good_window())
-    assert c.state.upstreams["t2"].state is TransitState.FAILED
-    c.mono_.now += 10
-    c.apply(good_window())
-    assert c.state.upstreams["t2"].state is TransitState.HEALTHY
+        r.mono.now += 0.2
+        r.wall.now += 0.2
+        r.c.apply(window())
+    r.wall.now += 3600
+    r.mono.now += 0.2
+    r.c.apply(window())
+    assert state_of(r, "t2") == "failed"
+    r.mono.now += 10
+    r.c.apply(window())
+    assert state_of(r, "t2") == "healthy"
 
 
-def test_a_recovery_hold_survives_a_restart(tmp_path):
+def test_a_recovery_hold_survives_a_restart(make):
     """Half-way through t2's hold the controller restarts (new monotonic origin, wall clock
     on): it recovers when the hold ends, not a whole hold (or never) after the restart."""
-    c = started(make(tmp_path, wall=1.7e9, mono=1000.0))
-    c.state = restore(c.params, {"upstreams": {"t2": {"state": "failed"}}},
-                               now=1000.0)
+    r = started(make(state={"upstreams": {"t2": {"state": "failed"}}}, mono=1000.0))
     for _ in range(5):  # rise: the 10 s hold starts at mono 1001
-        c.mono_.now += 0.2
-        c.wall_.now += 0.2
-        c.apply(good_window())
-    assert c.state.upstreams["t2"].recovery.since == pytest.approx(1001.0)
-    c.mono_.now += 5
-    c.wall_.now += 5
-    c.apply(good_window())
-    assert c.state.upstreams["t2"].state is TransitState.FAILED
-    restarted_wall = c.wall_.now + 1  # one second later, monotonic clock from 7 (a reboot)
-    again = started(make(tmp_path, wall=restarted_wall, mono=7.0))
-    assert again.state.upstreams["t2"].state is TransitState.FAILED
-    # 6 s into the hold: it started at 1.0 on the new monotonic clock
-    assert again.state.upstreams["t2"].recovery.since == pytest.approx(1.0)
-    again.mono_.now += 3.0  # 9 s into the hold: not yet
-    again.apply(good_window())
-    assert again.state.upstreams["t2"].state is TransitState.FAILED
-    again.mono_.now += 1.5
-    again.apply(good_window())
-    assert again.state.upstreams["t2"].state is TransitState.HEALTHY
+        r.mono.now += 0.2
+        r.wall.now += 0.2
+        r.c.apply(window())
+    r.mono.now += 5
+    r.wall.now += 5
+    r.c.apply(window())
+    assert state_of(r, "t2") == "failed"
+    # One second later, the monotonic clock from 7 (a reboot): 6 s into the hold.
+    again = started(make(wall=r.wall.now + 1, mono=7.0))
+    assert state_of(again, "t2") == "failed"
+    again.mono.now += 3.0  # 9 s into the hold: not yet
+    again.c.apply(window())
+    assert state_of(again, "t2") == "failed"
+    again.mono.now += 1.5
+    again.c.apply(window())
+    assert state_of(again, "t2") == "healthy"
 
 
-class ScriptedPipe:
-    """Enough of ExabgpPipe for run(): nothing comes from ExaBGP until `closed` is set."""
+def test_budget_exhaustion_is_logged_once_per_episode(make, logs):
+    r = started(make(policy={"max_actions_per_hour": 1}, state={"action_times": [1.7e9]}))
+    for _ in range(20):
+        r.mono.now += 0.2
+        r.c.apply(window(t2="failed"))
+    [record] = logged(logs, "action_budget_exhausted")
+    assert record.levelno == logging.WARNING
+    assert r.sample("netwatch_transit_action_budget_exhausted") == 1
+    assert state_of(r, "t2") == "healthy"  # held
+    for _ in range(5):  # rise: nothing held back any more, and the gauge says so
+        r.mono.now += 0.2
+        r.c.apply(window())
+    assert r.sample("netwatch_transit_action_budget_exhausted") == 0
 
-    def __init__(self):
-        self.sent: list[str] = []
-        self.closed = None
 
-    def send(self, line: str) -> None:
-        self.sent.append(line)
+# --- probes -----------------------------------------------------------------------------------
+
+
+async def run_probes(c: Controller, seconds: float) -> None:
+    task = asyncio.create_task(c.probe_loop())
+    await asyncio.sleep(seconds)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def test_probe_paths_are_installed_through_the_port(make, logs):
+    """One path per upstream and family: mark and table from the bases, via the upstream's
+    neighbor on its interface. A path the kernel refuses is counted and logged; the others
+    are installed and probed."""
+    routes = RecordingRoutes(refuse=(2003,))  # t2's IPv6 table
+    probers = FakeProbers()
+    r = make(routes=routes, prober=probers)
+    asyncio.run(run_probes(r.c, 0.1))
+    installed = [(p.mark - 0x4E580, p.table, str(p.gateway), p.ifname) for p in routes.ensured]
+    assert installed == [
+        (0, 2000, T["t1"], "t1"), (1, 2001, T6["t1"], "t1"), (2, 2002, T["t2"], "t2"),
+        (4, 2004, T["t3"], "t3"), (5, 2005, T6["t3"], "t3"),
+        (6, 2006, T["t4"], "t4"), (7, 2007, T6["t4"], "t4"),
+    ]
+    assert routes.opened == routes.closed == 1
+    assert r.sample("netwatch_controller_errors_total", where="probe_path") == 1
+    [failed] = logged(logs, "probe_path_failed")
+    assert failed.levelno == logging.ERROR
+    assert "upstream=t2 table=2003" in failed.getMessage()
+    assert len(logged(logs, "probe_path_installed")) == 7
+    assert [mark - 0x4E580 for _, _, mark in probers.opened] == list(range(8))
+
+
+def test_an_unprobed_upstream_is_logged_once_and_has_a_metric(make, logs):
+    """t3 has no interface (no probe path), t2's IPv4 prober cannot open its socket: t3 is
+    not probed at all (netwatch_transit_probed 0, logged once), t2 still is through IPv6."""
+    probers = FakeProbers(fail={0x4E580 + 2: OSError(1, "Operation not permitted")})
+    r = make(edit=lambda section: section["upstreams"][2].pop("interface"), prober=probers)
+    asyncio.run(run_probes(r.c, 0.5))  # at least two rounds of 200 ms
+    probed = {n: r.sample("netwatch_transit_probed", upstream=n) for n in T}
+    assert probed == {"t1": 1, "t2": 1, "t3": 0, "t4": 1}
+    [unprobed] = logged(logs, "unprobed")
+    assert unprobed.getMessage().startswith("event=unprobed upstream=t3 ")
+    assert unprobed.levelno == logging.WARNING
+    assert "upstream=t2 family=ipv4" in logged(logs, "prober_failed")[0].getMessage()
+
+
+# --- how it stops -----------------------------------------------------------------------------
+
+
+class ScriptedPipe(RecordingPipe):
+    """Enough of ExabgpPipe for run(): nothing comes from ExaBGP until `closed` is set, then
+    EOF (or `error`, raised by the reader)."""
+
+    def __init__(self, error: Exception | None = None):
+        super().__init__()
+        self.closed: asyncio.Event | None = None
+        self.error = error
 
     async def open(self) -> None:
         self.closed = asyncio.Event()
 
     async def lines(self):
         await self.closed.wait()
+        if self.error is not None:
+            raise self.error
         return
         yield  # an async generator that yields nothing
 
@@ -677,90 +891,39 @@ class ScriptedPipe:
         pass
 
 
-def test_a_dead_probe_loop_stops_the_controller_leaving_announcements(tmp_path, capsys):
-    c = make(tmp_path, ScriptedPipe())
-
-    async def broken_probes():
-        raise RuntimeError("prober exploded")
-
-    c.probe_loop = broken_probes
-    code = asyncio.run(asyncio.wait_for(c.run(), 5))
+def test_a_dead_probe_loop_stops_the_controller_leaving_announcements(make, logs):
+    r = make(ScriptedPipe(), prober=FakeProbers(fail={0x4E580: RuntimeError("prober exploded")}))
+    code = asyncio.run(asyncio.wait_for(r.c.run(), 5))
     assert code == exitcodes.SOFTWARE
-    assert c.pipe.sent == ["show neighbor json"]  # no withdrawal on the way out
-    err = capsys.readouterr().err
-    assert "event=worker_died" in err and "prober exploded" in err
+    assert r.pipe.written == ["show neighbor json"]  # no withdrawal on the way out
+    [died] = logged(logs, "worker_died")
+    assert died.levelno == logging.ERROR
+    assert "worker=probes" in died.getMessage() and "prober exploded" in died.getMessage()
 
 
-def test_exabgp_closing_the_pipe_stops_the_controller_cleanly(tmp_path):
-    c = make(tmp_path, ScriptedPipe())
-
-    async def probes_forever():
-        await asyncio.sleep(3600)
+def test_a_dead_exabgp_reader_stops_the_controller(make, logs):
+    r = make(ScriptedPipe(OSError(5, "Input/output error")))
 
     async def scenario():
-        c.probe_loop = probes_forever
-        task = asyncio.create_task(c.run())
+        task = asyncio.create_task(r.c.run())
         await asyncio.sleep(0.05)
-        c.pipe.closed.set()
+        r.pipe.closed.set()
+        return await task
+
+    assert asyncio.run(asyncio.wait_for(scenario(), 5)) == exitcodes.SOFTWARE
+    [died] = logged(logs, "worker_died")
+    assert "worker=exabgp-events" in died.getMessage()
+
+
+def test_exabgp_closing_the_pipe_stops_the_controller_cleanly(make, logs):
+    r = make(ScriptedPipe())
+
+    async def scenario():
+        task = asyncio.create_task(r.c.run())
+        await asyncio.sleep(0.3)  # the probes run meanwhile
+        r.pipe.closed.set()
         return await task
 
     assert asyncio.run(asyncio.wait_for(scenario(), 5)) == exitcodes.OK
-
-
-def test_budget_exhaustion_is_logged_once_per_episode(tmp_path, capsys):
-    c = started(make(tmp_path))
-    c.state = dataclasses.replace(c.state, budget=ActionBudget(1, HOUR_S, (c.mono_.now,)))
-    bad = dict(good_window().paths)
-    for i in range(1, 11):
-        bad[("t2", f"inet-{i}")] = PathStats(10, 10, None)
-    for _ in range(20):
-        c.mono_.now += 0.2
-        c.apply(ProbeStats(bad))
-    assert capsys.readouterr().err.count("event=action_budget_exhausted") == 1
-    assert c.registry.get_sample_value("netwatch_transit_action_budget_exhausted") == 1
-    for _ in range(5):  # rise: nothing held back any more, and the gauge says so
-        c.mono_.now += 0.2
-        c.apply(good_window())
-    assert c.registry.get_sample_value("netwatch_transit_action_budget_exhausted") == 0
-
-
-def test_an_unprobed_upstream_is_logged_once_and_has_a_metric(tmp_path, monkeypatch, capsys):
-    """t3 has no interface (no probe path), t2's IPv4 prober cannot open its socket: t3 is
-    not probed at all (netwatch_transit_probed 0, logged once), t2 still is through IPv6."""
-    from netwatch.controller import daemon as controller_module
-
-    path = site_file(tmp_path)
-    raw = yaml.safe_load(path.read_text())
-    del raw["controller"]["upstreams"][2]["interface"]
-    path.write_text(yaml.safe_dump(raw))
-    registry = CollectorRegistry()
-    c = Controller(load_site(path), registry, ScriptedPipe())
-    t2_ipv4_mark = c.ctl.fwmark_base + 2
-
-    class FakeProber:
-        def __init__(self, family, mark):
-            if mark == t2_ipv4_mark:
-                raise OSError(1, "Operation not permitted")
-
-        async def ping(self, where, timeout):
-            return 0.001
-
-    async def no_paths(paths):
-        pass
-
-    monkeypatch.setattr(controller_module, "IcmpProber", FakeProber)
-    monkeypatch.setattr(c, "install_paths", no_paths)
-
-    async def a_few_rounds():
-        task = asyncio.create_task(c.probe_loop())
-        await asyncio.sleep(0.5)  # at least two rounds of 200 ms
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-
-    asyncio.run(a_few_rounds())
-    probed = {n: registry.get_sample_value("netwatch_transit_probed", {"upstream": n})
-              for n in T}
-    assert probed == {"t1": 1, "t2": 1, "t3": 0, "t4": 1}
-    err = capsys.readouterr().err
-    assert err.count("event=unprobed") == 1 and "event=unprobed upstream=t3" in err
+    assert [x.levelno for x in logged(logs, "stop")] == [logging.INFO]
+    assert logged(logs, "worker_died") == []
