@@ -1,4 +1,4 @@
-"""`netwatch lab up|down|status|fault|heal|exec`: the rehearsal lab.
+"""`netwatch lab up|down|status|fault|heal|restart-exabgp|exec`: the rehearsal lab.
 
 Every subcommand takes `--name` (default: the one running lab; `up` defaults to "lab").
 Errors are one line on stderr with a sysexits code (see netwatch.lab.handle.LabError).
@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fault = named(
         "fault",
         "inject a fault (link-down, gateway-silent, gateway-blackhole, "
-        "loss, latency, transit-blackhole, session-reset, transit-down)",
+        "loss, latency, transit-blackhole, session-reset, transit-down, md5-mismatch, "
+        "full-table)",
         cmd_fault,
     )
     fault.add_argument("kind")
@@ -53,6 +54,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     heal = named("heal", "undo faults on TARGET, or all of them", cmd_heal)
     heal.add_argument("target", nargs="?")
     heal.add_argument("--all", action="store_true")
+    restart = named(
+        "restart-exabgp",
+        "stop ExaBGP as the systemd unit does (SIGTERM), wait, start it again",
+        cmd_restart_exabgp,
+    )
+    restart.add_argument(
+        "--gap", type=float, default=2.0, metavar="S",
+        help="seconds between the stop and the start (default 2; within "
+        "controller.bgp.graceful_restart_s the transits keep our routes)",
+    )
+    restart.add_argument(
+        "--signal", choices=("TERM", "INT", "KILL"), default="TERM",
+        help="how ExaBGP is stopped (default TERM, what systemd sends)",
+    )
     ex = named("exec", "run a command in a node (birdc uses the node's socket)", cmd_exec)
     ex.add_argument("node")
     ex.add_argument("argv", nargs=argparse.REMAINDER)
@@ -168,6 +183,24 @@ def cmd_heal(args) -> int:
 
     healed = faults.heal(_lab(args), None if args.all else args.target)
     print("healed: " + (", ".join(healed) or "nothing"))
+    return exitcodes.OK
+
+
+def cmd_restart_exabgp(args) -> int:
+    import signal
+
+    from netwatch.lab import lifecycle
+
+    if args.gap < 0:
+        print("netwatch lab: --gap must be 0 or more seconds", file=sys.stderr)
+        return exitcodes.USAGE
+    result = lifecycle.restart_exabgp(
+        _lab(args), gap_s=args.gap, sig=getattr(signal, f"SIG{args.signal}")
+    )
+    print(
+        f"exabgp stopped (SIG{args.signal}) in {result['stop_s']:.2f} s, started again after "
+        f"{result['gap_s']:g} s"
+    )
     return exitcodes.OK
 
 

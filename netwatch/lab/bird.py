@@ -2,8 +2,9 @@
 
 Rendering is pure. Facts pinned by tests/lab: BIRD 2 needs `protocol device {}` to see
 interfaces, and RFC 8212 makes eBGP without explicit filters import/export nothing.
-Transits: eBGP to edge with `import all; export none;` on both families, BGP routes into
-their kernel table, only our prefixes exported on to inet. inet (AS 64510) imports our
+Transits: eBGP to edge with `import all; export none;` on both families, as graceful-restart
+helpers, with TCP-MD5 and GTSM where the site file asks for them; BGP routes into their kernel
+table, only our prefixes exported on to inet. inet (AS 64510) imports our
 prefixes from every transit and exports nothing, so a withdrawal or prepend at a transit moves
 inet's return traffic.
 """
@@ -18,6 +19,10 @@ from netwatch.lab.topology import INET_ASN, Topology, Transit
 
 # Fast timers: the lab is rehearsal, not production; `lab up` and heal wait on these.
 _TIMERS = "connect delay time 1; connect retry time 2; error wait time 1, 4;"
+# A transit's full table (`lab fault full-table`): /32s from here, inside 100.64.0.0/10 but
+# away from the lab's links (100.64.0.0/16) and the scale bench's prefixes (100.100.0.0/14).
+FULL_TABLE_BASE = ipaddress.IPv4Address("100.112.0.0")
+FULL_TABLE_MAX = 1 << 20  # 100.112.0.0/12
 
 
 def _prefix_set(prefixes: list[str], version: int) -> str:
@@ -34,22 +39,68 @@ def _kernel(name: str) -> str:
     )
 
 
-def transit_config(topo: Topology, transit: Transit, log_file: Path) -> str:
-    """BIRD config text of `transit`: eBGP to edge (both families) and to inet."""
+def _edge_session(transit: Transit, password: str | None) -> str:
+    """What both sessions to edge share: graceful restart, TCP-MD5, GTSM, debug logging.
+
+    `graceful restart on`: BIRD 2.0.12's default (`aware`) is already the helper that keeps a
+    restarting peer's routes as stale; `on` says it and also advertises BIRD's own restart
+    capability. The restart time that counts is the one ExaBGP advertises. `debug { states,
+    events }` logs "Neighbor graceful restart detected/done" and every state change, which
+    the lab tests read.
+    """
+    lines = ["graceful restart on;", "debug { states, events };"]
+    if transit.md5:
+        if password is None:
+            raise ValueError(f"transit {transit.name} uses TCP-MD5 but no password was given")
+        lines.append(f'password "{password}";')
+    if transit.ttl_security:
+        lines.append("ttl security on;")
+    return " ".join(lines)
+
+
+def full_table_routes(count: int) -> list[str]:
+    """`count` IPv4 /32s for a transit's full table (see FULL_TABLE_BASE)."""
+    if not 0 <= count <= FULL_TABLE_MAX:
+        raise ValueError(f"a full table of {count} routes: 0..{FULL_TABLE_MAX}")
+    base = int(FULL_TABLE_BASE)
+    return [f"{ipaddress.IPv4Address(base + i)}/32" for i in range(count)]
+
+
+def transit_config(
+    topo: Topology,
+    transit: Transit,
+    log_file: Path,
+    password: str | None = None,
+    full_table: int = 0,
+) -> str:
+    """BIRD config text of `transit`: eBGP to edge (both families) and to inet.
+
+    `password`: the TCP-MD5 password when the transit uses one (required then). `full_table`:
+    that many static IPv4 routes, exported to edge as a transit's full table would be.
+    Raises ValueError."""
     ours4 = _prefix_set(topo.prefixes, 4)
     ours6 = _prefix_set(topo.prefixes, 6)
     t = transit
+    session = _edge_session(t, password)
+    export4 = "none"
+    static = ""
+    if full_table:
+        export4 = "where source = RTS_STATIC"
+        routes = "\n".join(f"  route {net} blackhole;" for net in full_table_routes(full_table))
+        static = f"protocol static fulltable4 {{\n  ipv4;\n{routes}\n}}\n"
     return f"""# netwatch lab: transit {t.name} (AS{t.asn}). Generated; do not edit.
 log "{log_file}" all;
 router id {t.peer4};
 protocol device {{ scan time 5; }}
 {_kernel(t.name)}
-protocol bgp edge4 {{
+{static}protocol bgp edge4 {{
   local {t.peer4} as {t.asn}; neighbor {t.edge4} as {topo.asn}; {_TIMERS}
-  ipv4 {{ import all; export none; }};
+  {session}
+  ipv4 {{ import all; export {export4}; }};
 }}
 protocol bgp edge6 {{
   local {t.peer6} as {t.asn}; neighbor {t.edge6} as {topo.asn}; {_TIMERS}
+  {session}
   ipv6 {{ import all; export none; }};
 }}
 protocol bgp inet4 {{

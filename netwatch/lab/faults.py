@@ -13,14 +13,21 @@ Kinds and targets:
 - transit-blackhole tN: the transit keeps its BGP session but drops traffic towards inet.
 - session-reset tN: BIRD restarts its sessions to edge (one-shot, not recorded).
 - transit-down tN: the transit's BIRD stops; heal starts it again.
+- md5-mismatch tN: the transit's BIRD gets a wrong TCP-MD5 password (BIRD restarts its
+  sessions to edge on the reconfiguration): they stay down, the kernel drops every segment
+  (TcpExtTCPMD5Failure); heal gives the right one back. Only on a transit with a password.
+- full-table tN [COUNT]: the transit sends edge COUNT (default 100,000) IPv4 routes, as a
+  transit that ignored "default route only" would; heal takes them back.
 """
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 from netwatch import exitcodes
-from netwatch.lab import netns
+from netwatch.config.secrets import write_private
+from netwatch.lab import bird, netns
 from netwatch.lab.handle import Lab, LabError, stop_pidfile
 from netwatch.lab.topology import GATEWAYS, route_commands
 
@@ -33,8 +40,15 @@ KINDS = (
     "transit-blackhole",
     "session-reset",
     "transit-down",
+    "md5-mismatch",
+    "full-table",
 )
 TABLE = "netwatch_fault"
+FULL_TABLE_ROUTES = 100_000
+WRONG_PASSWORD = "netwatch-lab-wrong-password"
+# Faults that live in a transit's BIRD config: applying or healing one re-renders the config
+# with every such fault still active on that transit and reconfigures BIRD.
+_CONFIG_FAULTS = ("md5-mismatch", "full-table")
 
 
 def _nft(lab: Lab, node: str, script: str) -> None:
@@ -212,7 +226,59 @@ def _inject(lab: Lab, kind: str, target: str, opts: list[str]) -> dict:
         if not stop_pidfile(lab.pidfile(t.name), "bird"):
             raise LabError(f"BIRD of {t.name} is not running", exitcodes.FAILURE)
         return {"node": t.name}
+    if kind == "md5-mismatch":
+        t = _transit(lab, target)
+        if not t.md5:
+            raise LabError(
+                f"{t.name} has no TCP-MD5 password (md5_password_file) to get wrong",
+                exitcodes.USAGE,
+            )
+        record = {"node": t.name}
+        _reconfigure_transit(lab, t.name, add={kind: record})
+        return record
+    if kind == "full-table":
+        t = _transit(lab, target)
+        try:
+            count = int(opts[0]) if opts else FULL_TABLE_ROUTES
+        except ValueError:
+            raise LabError(
+                "full-table takes a number of routes: `lab fault full-table tN [COUNT]`",
+                exitcodes.USAGE,
+            ) from None
+        if not 1 <= count <= bird.FULL_TABLE_MAX:
+            raise LabError(f"full-table {count}: 1..{bird.FULL_TABLE_MAX} routes", exitcodes.USAGE)
+        record = {"node": t.name, "routes": count}
+        _reconfigure_transit(lab, t.name, add={kind: record})
+        return record
     raise LabError(f"unknown fault kind {kind!r}", exitcodes.USAGE)
+
+
+def _reconfigure_transit(
+    lab: Lab, node: str, add: dict | None = None, remove: str | None = None
+) -> None:
+    """Rewrite `node`'s BIRD config with its active config faults (plus `add`, minus the
+    kind `remove`) and make BIRD load it. A changed password makes BIRD restart the sessions
+    to edge; a changed export filter re-exports over the running sessions."""
+    active = {
+        r["kind"]: r
+        for r in lab.read_state().get("faults", {}).values()
+        if r.get("node") == node and r.get("kind") in _CONFIG_FAULTS
+    }
+    active.update(add or {})
+    active.pop(remove, None)
+    text = lab.transit_bird_config(
+        node,
+        password=WRONG_PASSWORD if "md5-mismatch" in active else None,
+        full_table=active.get("full-table", {}).get("routes", 0),
+    )
+    write_private(lab.run_dir / f"{node}.bird.conf", text)
+    try:
+        reply = lab.birdc(node, "configure")
+    except subprocess.CalledProcessError as exc:
+        raise LabError(f"{node}: birdc configure failed: {exc.stderr or exc.stdout}",
+                       exitcodes.SOFTWARE) from None
+    if "Reconfigured" not in reply and "Reconfiguration in progress" not in reply:
+        raise LabError(f"{node}: BIRD refused its new config: {reply.strip()}", exitcodes.SOFTWARE)
 
 
 def _undo(lab: Lab, record: dict) -> None:
@@ -245,6 +311,8 @@ def _undo(lab: Lab, record: dict) -> None:
     elif kind == "transit-down":
         conf = (lab.run_dir / f"{node}.bird.conf").read_text()
         netns.run(lab.start_bird(node, conf))
+    elif kind in _CONFIG_FAULTS:
+        _reconfigure_transit(lab, node, remove=kind)
 
 
 def heal(lab: Lab, target: str | None = None) -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from netwatch import exitcodes
 from netwatch.config import load_site
+from netwatch.config.secrets import read_md5_passwords, write_private
 from netwatch.lab import bird, netns
 from netwatch.lab.topology import Topology, build_topology
 
@@ -65,6 +66,24 @@ class Lab:
 
     def topology(self) -> Topology:
         return build_topology(load_site(self.site_file))
+
+    def md5_passwords(self) -> dict[str, str]:
+        """{upstream name: TCP-MD5 password}, read from the lab's password files (0600 in the
+        run directory, written by `up`). Raises ConfigError when one is unusable."""
+        return read_md5_passwords(self.site_file, load_site(self.site_file))
+
+    def transit_bird_config(
+        self, node: str, *, password: str | None = None, full_table: int = 0
+    ) -> str:
+        """The BIRD config of transit `node`: its own password unless `password` is given (a
+        wrong one, for a fault), and `full_table` static routes exported to edge."""
+        topo = self.topology()
+        transit = topo.transit(node)
+        if password is None and transit.md5:
+            password = self.md5_passwords()[transit.upstream]
+        return bird.transit_config(
+            topo, transit, self.run_dir / f"{node}.log", password, full_table
+        )
 
     def bird_socket(self, node: str) -> Path:
         return self.run_dir / f"{node}.ctl"
@@ -142,7 +161,7 @@ class Lab:
     def start_bird(self, node: str, config_text: str) -> list[str]:
         """Write `node`'s BIRD config and return the argv that starts it (daemonizing)."""
         conf = self.run_dir / f"{node}.bird.conf"
-        conf.write_text(config_text)
+        write_private(conf, config_text)  # a transit's config may hold a TCP-MD5 password
         return netns.exec_argv(
             self.ns(node),
             [
@@ -185,7 +204,7 @@ def _is_ours(pid: int, expect: str, run_dir: Path) -> bool:
 def is_running(pidfile: Path, expect: str) -> bool:
     """Whether the process `pidfile` names is alive and still ours (see `_is_ours`)."""
     pid = _pid_from(pidfile)
-    return pid is not None and _is_ours(pid, expect, pidfile.parent) and not _zombie(pid)
+    return pid is not None and _is_ours(pid, expect, pidfile.parent) and not process_gone(pid)
 
 
 def stop_pidfile(pidfile: Path, expect: str, timeout_s: float = 3.0) -> bool:
@@ -197,14 +216,15 @@ def stop_pidfile(pidfile: Path, expect: str, timeout_s: float = 3.0) -> bool:
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if not Path(f"/proc/{pid}").exists() or _zombie(pid):
+        if not Path(f"/proc/{pid}").exists() or process_gone(pid):
             return True
         time.sleep(0.05)
     os.kill(pid, signal.SIGKILL)
     return True
 
 
-def _zombie(pid: int) -> bool:
+def process_gone(pid: int) -> bool:
+    """Whether `pid` has exited (no such process, or a zombie not reaped yet)."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):

@@ -2,15 +2,20 @@
 
 A lab named NAME lives in namespaces `nw-NAME-<node>` and the run directory
 /run/netwatch/lab/NAME/ (BIRD configs, control sockets, pidfiles, ExaBGP config/env/log,
-`state.json` with the active faults, `site.yaml`: the site file rendered for this lab).
+`state.json` with the active faults, `site.yaml`: the site file rendered for this lab,
+`md5-UPSTREAM.key`: the TCP-MD5 passwords it made up; every file holding one is 0600).
+`restart_exabgp` stops ExaBGP the way the shipped systemd unit does and starts it again.
 `down` works from the namespace names and pidfiles alone, so it also cleans up after a crash
 or a half-finished `up`; it signals only PIDs read from the lab's own pidfiles.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,9 +25,18 @@ import yaml
 
 from netwatch import exitcodes
 from netwatch.config import ConfigError, load_site
+from netwatch.config.secrets import write_private
 from netwatch.exabgp.config import exabgp_environment, render_exabgp_config
 from netwatch.lab import bird, netns
-from netwatch.lab.handle import RUN_ROOT, Lab, LabError, check_name, is_running, stop_pidfile
+from netwatch.lab.handle import (
+    RUN_ROOT,
+    Lab,
+    LabError,
+    check_name,
+    is_running,
+    process_gone,
+    stop_pidfile,
+)
 from netwatch.lab.topology import Topology, build_topology, node_commands, route_commands
 
 # The lab's site file ships inside the package, so `netwatch lab up` works from an installed
@@ -30,6 +44,9 @@ from netwatch.lab.topology import Topology, build_topology, node_commands, route
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "site" / "lab-site.yaml"
 DEFAULT_NAME = "lab"
 UP_TIMEOUT_S = 60.0
+# How long ExaBGP gets to exit on SIGTERM before SIGKILL, as TimeoutStopSec in the systemd
+# unit; it took 1.3-2.1 s in the lab.
+STOP_TIMEOUT_S = 10.0
 
 
 def running_labs(run_root: Path = RUN_ROOT) -> list[str]:
@@ -82,7 +99,9 @@ def preflight(name: str) -> None:
 
 def render_site_file(lab: Lab, config: Path) -> None:
     """Write the lab's own copy of the site file: state and control socket inside the run dir,
-    the targets file by absolute path."""
+    the targets file by absolute path, and for every upstream with `md5_password_file` a
+    fresh random password in `md5-NAME.key` (0600) in the run dir, which the transit's BIRD
+    uses too."""
     raw = yaml.safe_load(config.read_text())  # validated by the caller
     raw["state_dir"] = str(lab.run_dir / "state")
     control = raw.setdefault("control", {})
@@ -91,6 +110,11 @@ def render_site_file(lab: Lab, config: Path) -> None:
     probe = raw.get("controller", {}).get("probe", {})
     if probe.get("targets_file"):
         probe["targets_file"] = str((config.parent / probe["targets_file"]).resolve())
+    for upstream in raw.get("controller", {}).get("upstreams", []):
+        if upstream.get("md5_password_file"):
+            key = lab.run_dir / f"md5-{upstream['name']}.key"
+            write_private(key, secrets.token_urlsafe(24) + "\n")
+            upstream["md5_password_file"] = str(key)
     lab.site_file.write_text(
         f"# netwatch lab {lab.name}: rendered from {config.resolve()}\n"
         + yaml.safe_dump(raw, sort_keys=False)
@@ -136,7 +160,8 @@ def start_exabgp(lab: Lab, site) -> None:
         str(lab.site_file),
     ]
     conf = lab.run_dir / "exabgp.conf"
-    conf.write_text(render_exabgp_config(site, announcer))
+    # 0600 from its creation: it holds the TCP-MD5 passwords.
+    write_private(conf, render_exabgp_config(site, announcer, lab.md5_passwords()))
     env_vars = exabgp_environment(lab.run_dir / "exabgp.log")
     (lab.run_dir / "exabgp.env").write_text(
         "".join(f"{k}={v}\n" for k, v in sorted(env_vars.items()))
@@ -285,13 +310,62 @@ def _build(lab: Lab, site, topo: Topology) -> None:
     )
     for node in topo.nodes:
         netns.batch(lab.ns(node), node_commands(topo, node) + route_commands(topo, node))
-    birds = [
-        lab.start_bird(t.name, bird.transit_config(topo, t, lab.run_dir / f"{t.name}.log"))
-        for t in topo.transits
-    ]
+    birds = [lab.start_bird(t.name, lab.transit_bird_config(t.name)) for t in topo.transits]
     birds.append(lab.start_bird("inet", bird.inet_config(topo, lab.run_dir / "inet.log")))
     _parallel(birds)
     start_exabgp(lab, site)
+
+
+def exabgp_children(lab: Lab) -> list[int]:
+    """PIDs of the processes ExaBGP runs (the controller), from /proc: none when it is gone."""
+    try:
+        pid = int(lab.pidfile("exabgp").read_text().split()[0])
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except (OSError, ValueError, IndexError):
+        return []
+    return [int(c) for c in children]
+
+
+def _wait_gone(pids: list[int], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not [p for p in pids if Path(f"/proc/{p}").exists() and not process_gone(p)]:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def stop_exabgp(lab: Lab, *, sig: int = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S
+                ) -> float:
+    """Stop the lab's ExaBGP the way the shipped systemd unit does (KillMode=mixed): `sig` to
+    ExaBGP alone, which stops its controller itself; SIGKILL to whatever is left after
+    `timeout_s` (systemd's TimeoutStopSec). ExaBGP 5.0.15 sends no NOTIFICATION on any of
+    these (it closes its sockets), so the transits keep our routes in graceful-restart
+    helper mode. Returns the seconds until ExaBGP and the controller were gone. Raises
+    LabError when ExaBGP is not running."""
+    pidfile = lab.pidfile("exabgp")
+    if not is_running(pidfile, "exabgp"):
+        raise LabError(f"ExaBGP of lab {lab.name} is not running", exitcodes.FAILURE)
+    pid = int(pidfile.read_text().split()[0])
+    family = [pid, *exabgp_children(lab)]
+    started = time.monotonic()
+    os.kill(pid, sig)
+    if not _wait_gone(family, timeout_s):
+        for p in family:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGKILL)
+        _wait_gone(family, 5.0)
+    return time.monotonic() - started
+
+
+def restart_exabgp(lab: Lab, *, gap_s: float = 2.0, sig: int = signal.SIGTERM) -> dict:
+    """Stop ExaBGP like the systemd unit does (`stop_exabgp`), wait `gap_s`, start it again
+    with a freshly rendered config (`start_exabgp`): what `systemctl restart` does, with
+    the gap standing for an upgrade or a slow start. Returns {"stop_s", "gap_s"}."""
+    stop_s = stop_exabgp(lab, sig=sig)
+    time.sleep(gap_s)
+    start_exabgp(lab, load_site(lab.site_file))
+    return {"stop_s": round(stop_s, 3), "gap_s": gap_s}
 
 
 def down(name: str, *, quiet: bool = False, out=sys.stdout) -> int:

@@ -53,6 +53,9 @@ class Transit:
     inet_peer4: str  # inet's address towards the transit
     inet_side6: str
     inet_peer6: str
+    upstream: str = ""  # the site file's upstream name (keys its TCP-MD5 password)
+    md5: bool = False  # TCP-MD5 on both sessions to edge (the password is not in here)
+    ttl_security: bool = False  # GTSM on both sessions to edge
 
 
 @dataclass
@@ -122,6 +125,9 @@ def build_topology(site) -> Topology:
                 inet_peer4=f"100.64.{100 + index}.2",
                 inet_side6=f"2001:db8:fffe:{index}::1",
                 inet_peer6=f"2001:db8:fffe:{index}::2",
+                upstream=_s(up.name),
+                md5=up.md5_password_file is not None,
+                ttl_security=bool(up.ttl_security),
             )
         )
     nodes = ["srv", *GATEWAYS, "edge", *[t.name for t in transits], "inet"]

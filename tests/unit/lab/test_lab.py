@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from netwatch.config import load_site
 from netwatch.exabgp.config import exabgp_environment, render_exabgp_config
 from netwatch.lab import bird
@@ -31,8 +33,13 @@ def test_route_commands_spell_out_the_family_of_defaults():
     assert "route replace ::/0 via fe80::1 dev eth0 src 2001:db8:100:1::10" in lines
 
 
+PASSWORDS = {"t3": "t3-secret", "t4": "t4-secret"}  # what `lab up` writes, in the run dir
+
+
 def test_exabgp_config_has_a_json_process_and_a_neighbor_per_family():
-    text = render_exabgp_config(_site(), ["/usr/bin/netwatch", "controller", "--config", "/x"])
+    text = render_exabgp_config(
+        _site(), ["/usr/bin/netwatch", "controller", "--config", "/x"], PASSWORDS
+    )
     assert "run /usr/bin/netwatch controller --config /x;" in text
     assert "encoder json;" in text
     assert text.count("neighbor ") == 8
@@ -64,6 +71,33 @@ def test_bird_configs_filter_explicitly():
     assert "import all; export none;" in conf
     assert "198.51.100.0/24+" in conf
     assert "neighbor 192.0.2.2 as 64500" in conf
+
+
+def test_transits_are_graceful_restart_helpers_and_t3_t4_use_md5_and_gtsm():
+    topo = build_topology(_site())
+    by_name = {t.name: t for t in topo.transits}
+    assert [t.name for t in topo.transits if t.md5 and t.ttl_security] == ["t3", "t4"]
+    plain = bird.transit_config(topo, by_name["t1"], "/tmp/x.log")
+    assert plain.count("graceful restart on;") == 2  # edge4 and edge6
+    assert "password" not in plain and "ttl security" not in plain
+    guarded = bird.transit_config(topo, by_name["t3"], "/tmp/x.log", password="t3-secret")
+    assert guarded.count('password "t3-secret";') == 2
+    assert guarded.count("ttl security on;") == 2
+    with pytest.raises(ValueError, match="t3 uses TCP-MD5"):
+        bird.transit_config(topo, by_name["t3"], "/tmp/x.log")
+
+
+def test_a_full_table_is_static_routes_exported_to_edge_over_ipv4_only():
+    topo = build_topology(_site())
+    conf = bird.transit_config(topo, topo.transits[0], "/tmp/x.log", full_table=3)
+    assert "protocol static fulltable4 {" in conf
+    assert "route 100.112.0.0/32 blackhole;" in conf and "route 100.112.0.2/32 blackhole;" in conf
+    assert "ipv4 { import all; export where source = RTS_STATIC; };" in conf
+    assert "ipv6 { import all; export none; };" in conf
+    assert len(bird.full_table_routes(100_000)) == 100_000
+    assert bird.full_table_routes(100_000)[-1] == "100.113.134.159/32"
+    with pytest.raises(ValueError):
+        bird.full_table_routes(bird.FULL_TABLE_MAX + 1)
 
 
 def test_parse_routes_reads_as_path_of_every_path():
@@ -109,12 +143,20 @@ def test_preflight_errors_are_one_clear_line(monkeypatch):
     assert info.value.exit_code == exitcodes.USAGE
 
 
-def test_exabgp_config_command_prints_the_config(capsys):
+def test_exabgp_config_command_on_the_lab_site_names_the_password_files_lab_up_writes(capsys):
+    """The shipped lab site points t3 and t4 at password files that only `lab up` creates (in
+    its run dir): rendering the shipped file on its own says which, with their lines."""
     from netwatch.cli import main
 
-    assert main(["exabgp-config", str(DEFAULT_CONFIG)]) == 0
-    out = capsys.readouterr().out
-    assert f"--config {DEFAULT_CONFIG}" in out and "encoder json;" in out
+    assert main(["exabgp-config", str(DEFAULT_CONFIG)]) == 65
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert [line.split(": ", 2)[1:] for line in captured.err.splitlines()] == [
+        ["controller.upstreams[2].md5_password_file",
+         f"'{DEFAULT_CONFIG.parent}/md5/t3.key' does not exist"],
+        ["controller.upstreams[3].md5_password_file",
+         f"'{DEFAULT_CONFIG.parent}/md5/t4.key' does not exist"],
+    ]
 
 
 def test_a_lab_name_can_never_reach_outside_the_run_root(tmp_path):
