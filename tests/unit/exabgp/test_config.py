@@ -164,3 +164,26 @@ def test_the_config_command_writes_a_private_file_and_refuses_bad_password_files
 def test_a_value_that_is_not_one_plain_token_is_refused(site, argv):
     with pytest.raises(ValueError):
         render_exabgp_config(site, argv, PASSWORDS)
+
+
+def test_the_shipped_unit_stops_exabgp_the_way_the_lab_tests_pin_and_writes_the_config_0600():
+    """The lab's restart (netwatch.lab.lifecycle.stop_exabgp, used by tests/lab/
+    test_bgp_sessions.py) signals ExaBGP alone with SIGTERM, SIGKILL after 10 s: the unit
+    must do the same, and render the config with --output (0600: it holds the passwords)."""
+    from netwatch.lab.lifecycle import STOP_TIMEOUT_S
+
+    unit = (ROOT / "probes/systemd/netwatch-exabgp.service").read_text()
+    settings = dict(
+        line.split("=", 1) for line in unit.splitlines() if "=" in line and line[:1].isupper()
+    )
+    assert settings["KillSignal"] == "SIGTERM"
+    assert settings["KillMode"] == "mixed"
+    assert float(settings["TimeoutStopSec"]) == STOP_TIMEOUT_S
+    assert settings["Restart"] == "always"
+    assert settings["ExecStartPre"].split()[1:] == [
+        "exabgp-config", "/etc/netwatch/site.yaml", "--output", "/run/netwatch/exabgp.conf"
+    ]
+    assert settings["ExecStart"].split()[1:] == ["/run/netwatch/exabgp.conf"]
+    for key, value in exabgp_environment().items():
+        if key not in ("exabgp_log_level", "exabgp_log_statistics"):
+            assert f"Environment={key}={value}" in unit, key
