@@ -418,8 +418,8 @@ class Controller:
             await supervise({"exabgp-events": self.read_events(stop),
                              "probes": self.probe_loop()}, stop)
         except WorkerDied as died:
-            # A dead worker stops the daemon (STYLE rule 8). The announcements stay as ExaBGP
-            # holds them (the last plan); ExaBGP respawns a controller that probes again.
+            # A dead worker stops the daemon. The announcements stay as ExaBGP holds them
+            # (the last plan); ExaBGP respawns a controller that probes again.
             log.error(kv("worker_died", worker=died.worker, error=repr(died.error),
                          note="announcements left as they are; exiting for a respawn"),
                       exc_info=died.error)

@@ -21,7 +21,7 @@ Events (what ExaBGP writes to us with `encoder json`, `neighbor-changes`, api ac
 JSON objects of `"type": "state"` (neighbor up / down / connected), `notification: shutdown`,
 the JSON list that answers `show neighbor json`, and the plain-text acknowledgements
 `done` / `error`, one per command, in command order (ExaBGP 5.0.15 runs the API commands'
-callbacks one after the other from one FIFO, reactor/asynchronous.py).
+callbacks one after the other from one FIFO).
 """
 
 from __future__ import annotations
@@ -316,8 +316,8 @@ class NeighborSummary:
     """The answer to `show neighbor json`: {peer address: up} for every configured session,
     and {peer address: UPDATE messages received} where ExaBGP reported the count.
 
-    The count is ExaBGP's per-session statistic, incremented before the message is decoded
-    (reactor/protocol.py), so it costs nothing even with `adj-rib-in false`: a transit that
+    The count is ExaBGP's per-session statistic, incremented (by ExaBGP 5.0.15) before the
+    message is decoded, so it costs nothing even with `adj-rib-in false`: a transit that
     sends a default route sends a handful of UPDATEs, one that sends a full table thousands
     (BIRD packed 100,000 routes into ~320)."""
 
