@@ -4,6 +4,11 @@ Names follow the Prometheus conventions: base units (`_seconds`), `_total` for c
 `_ratio` for 0..1 fractions. Labels: `uplink` (primary, secondary), `kind` (a `ProbeKind`
 value: gateway, gateway6, beyond4, beyond6), `reason` for failovers (carrier, gateway, beyond,
 failback, operator): a small, fixed set, so no label can grow without bound.
+
+The counters whose label values are known in advance start at 0 for each of them: `rate()` and
+`increase()` need a sample before the first event, or the first failover of a process would
+never show in a dashboard or an alert. Every metric is listed, with the alerts and panels that
+read it, in docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -12,13 +17,16 @@ from collections import deque
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from netwatch.agent.decision import ProbeKind
-from netwatch.core.vocabulary import Health, UplinkRole
+from netwatch import __version__
+from netwatch.agent.decision import FailoverCause, ProbeKind
+from netwatch.core.vocabulary import Family, Health, UplinkRole
 
 # Gateway RTTs on a LAN are 50 us .. 1 ms; beyond targets a few ms; timeouts are not observed.
 RTT_BUCKETS_S = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                  0.5, 1.0)
 LOSS_WINDOW = 20  # probes per uplink and kind in netwatch_agent_probe_loss_ratio (1 s at 20 Hz)
+ROUTE_CAUSES = ("failover", "repair")  # netwatch_agent_route_changes_total{cause}
+NETLINK_OPS = ("events", "snapshot")  # netwatch_agent_netlink_errors_total{op}
 
 
 class StreamMetrics:
@@ -44,6 +52,10 @@ class AgentMetrics:
     """Every metric the agent exports; methods take the values the daemon already has."""
 
     def __init__(self, registry: CollectorRegistry):
+        self.build_info = Gauge(
+            "netwatch_build_info", "Always 1: the netwatch version and which daemon serves it",
+            ["version", "daemon"], registry=registry)
+        self.build_info.labels(__version__, "agent").set(1)
         self.uplink_up = Gauge(
             "netwatch_agent_uplink_up", "1 when the uplink is judged UP, 0 when DOWN or unknown",
             ["uplink"], registry=registry)
@@ -93,6 +105,14 @@ class AgentMetrics:
             self.active.labels(role.value).set(0)
             self.carrier.labels(role.value).set(0)
         self.both_down.set(0)
+        for cause in FailoverCause:
+            self.failovers.labels(cause.value)
+        for family in Family:
+            self.route_errors.labels(family.label)
+            for route_cause in ROUTE_CAUSES:
+                self.route_changes.labels(family.label, route_cause)
+        for op in NETLINK_OPS:
+            self.netlink_errors.labels(op)
 
     def stream(self, uplink: UplinkRole, kind: ProbeKind) -> StreamMetrics:
         """The counters of one probe stream; the agent keeps it beside the stream's prober."""

@@ -1,15 +1,32 @@
-"""The controller's Prometheus metrics, on a registry the caller passes in."""
+"""The controller's Prometheus metrics, on a registry the caller passes in.
+
+Labels: `upstream` (the site file's upstreams), `family` (ipv4, ipv6), `state`, `mode`, `kind`
+(enums), `prefix` (the site's prefixes), `target` (the targets file), `where` (the places an
+error is survived): each bounded by the site file or by the code. The counters whose label
+values are known in advance start at 0 for each, so `rate()` and `increase()` see the first
+action and the first error. Every metric is listed, with the alerts and panels that read it,
+in docs/metrics.md.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from netwatch import __version__
 from netwatch.controller.params import TransitState
 from netwatch.controller.plan import AnnouncementMode
+
+# netwatch_controller_errors_total{where}: the places the daemon survives an error.
+ERROR_SITES = ("state", "send", "sync", "event", "start", "persist", "judge", "probe_path",
+               "probe")
 
 
 class ControllerMetrics:
     def __init__(self, registry: CollectorRegistry):
+        self.build_info = Gauge(
+            "netwatch_build_info", "Always 1: the netwatch version and which daemon serves it",
+            ["version", "daemon"], registry=registry)
+        self.build_info.labels(__version__, "controller").set(1)
         self.state = Gauge(
             "netwatch_transit_state", "1 for the upstream's current state",
             ["upstream", "state"], registry=registry,
@@ -47,7 +64,9 @@ class ControllerMetrics:
             ["upstream", "prefix", "mode"], registry=registry,
         )
         self.actions = Counter(
-            "netwatch_transit_actions", "Automatic actions by kind", ["kind"], registry=registry
+            "netwatch_transit_actions_total",
+            "Automatic state changes of an upstream, by the state entered (kind)", ["kind"],
+            registry=registry,
         )
         self.safety_hold = Gauge(
             "netwatch_transit_safety_hold",
@@ -63,13 +82,18 @@ class ControllerMetrics:
             "1 while max_actions_per_hour holds back an action", registry=registry,
         )
         self.rejected = Counter(
-            "netwatch_exabgp_commands_rejected", "Commands ExaBGP answered with error",
+            "netwatch_exabgp_commands_rejected_total",
+            "Commands ExaBGP answered with error or left unacknowledged (ack timeout)",
             registry=registry,
         )
         self.errors = Counter(
-            "netwatch_controller_errors", "Errors survived (bad event, failing probe)",
+            "netwatch_controller_errors_total", "Errors survived (bad event, failing probe)",
             ["where"], registry=registry,
         )
+        for state in TransitState:
+            self.actions.labels(state.value)
+        for where in ERROR_SITES:
+            self.errors.labels(where)
 
     def set_state(self, upstream: str, state: TransitState) -> None:
         for s in TransitState:
