@@ -138,7 +138,7 @@ def exabgp_environment(log_file: Path | None = None) -> dict[str, str]:
         "exabgp_log_level": "INFO",
         "exabgp_log_statistics": "false",  # one line per keepalive otherwise
         # Logging received routes would make ExaBGP decode every UPDATE a transit sends (a
-        # full table) even with `adj-rib-in false` (reactor/protocol.py). The default; pinned.
+        # full table) even with `adj-rib-in false` (ExaBGP 5.0.15). The default; pinned.
         "exabgp_log_routes": "false",
     }
     if log_file is not None:
