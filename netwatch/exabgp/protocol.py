@@ -152,6 +152,24 @@ class Command:
         return bool(self.effect) and next(iter(self.effect.values())) is None
 
 
+@dataclass(frozen=True)
+class EndOfRib(Command):
+    """The End-of-RIB of `neighbor`'s session (`eor_line`): it changes no key (`effect` is
+    empty), and tells the peer that what we announced since the session came up is all we
+    announce: a peer in graceful-restart helper mode then drops the stale routes we did not
+    announce again, and keeps them until then (or until the restart time runs out)."""
+
+    neighbor: str = ""
+
+
+def end_of_rib(neighbor) -> EndOfRib:
+    """The End-of-RIB command for `neighbor`, whose session carries the family of its own
+    address (netwatch.exabgp.config). Raises UnsafeValue."""
+    address = _address(neighbor)
+    version = ipaddress.ip_address(address.split("%")[0]).version
+    return EndOfRib(eor_line(address, version), {}, address)
+
+
 def diff(desired: Desired, known: Mapping[Key, Announcement | None]) -> list[Command]:
     """Commands that take ExaBGP from `known` (acknowledged, plus in flight) to `desired`.
 

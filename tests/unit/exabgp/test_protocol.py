@@ -262,3 +262,12 @@ def test_a_show_neighbor_answer_without_counts_still_gives_the_sessions():
     assert exabgp.parse_event(line).updates_received == {}
     line = '[{"peer": {"address": "192.0.2.1"}, "fsm": "IDLE", "messages": [1]}]'
     assert exabgp.parse_event(line) == exabgp.NeighborSummary({"192.0.2.1": False}, {})
+
+
+def test_an_end_of_rib_command_changes_no_key_and_names_its_session():
+    eor = exabgp.end_of_rib("2001:db8:ffff:2::1")
+    assert eor.line == "neighbor 2001:db8:ffff:2::1 announce eor ipv6 unicast"
+    assert eor.neighbor == "2001:db8:ffff:2::1" and eor.effect == {} and not eor.withdraws
+    assert exabgp.end_of_rib("192.0.2.5").line == "neighbor 192.0.2.5 announce eor ipv4 unicast"
+    with pytest.raises(exabgp.UnsafeValue):
+        exabgp.end_of_rib("192.0.2.5 announce route 0.0.0.0/0")
