@@ -16,16 +16,34 @@ from netwatch.commands import (
     agent_cmd,
     config_cmd,
     controller_cmd,
+    events_cmd,
     exabgp_cmd,
+    failover_cmd,
     lab_cmd,
+    overrides_cmd,
+    status_cmd,
+    upstream_cmd,
 )
 
-# Command groups, in the order `netwatch --help` lists them.
-COMMAND_GROUPS = [agent_cmd, config_cmd, controller_cmd, exabgp_cmd, lab_cmd]
+# Command groups, in the order `netwatch --help` lists them: the daemons and their tools,
+# then what an operator runs against them.
+COMMAND_GROUPS = [
+    agent_cmd, config_cmd, controller_cmd, exabgp_cmd, lab_cmd,
+    status_cmd, failover_cmd, upstream_cmd, overrides_cmd, events_cmd,
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, exiting with EX_USAGE (64) on a wrong command line, as the exit codes say
+    (argparse's own is 2). Every subparser inherits the class."""
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(exitcodes.USAGE, f"{self.prog}: error: {message}\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="netwatch",
         description="Network and BGP failover monitor: uplink agent, transit controller, lab.",
     )
