@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from netwatch import __version__
 from netwatch.agent.decision import FailoverCause, ProbeKind
@@ -56,6 +56,8 @@ class AgentMetrics:
             "netwatch_build_info", "Always 1: the netwatch version and which daemon serves it",
             ["version", "daemon"], registry=registry)
         self.build_info.labels(__version__, "agent").set(1)
+        # process_start_time_seconds (restarts: NetwatchDaemonRestarting), CPU and memory.
+        ProcessCollector(registry=registry)
         self.uplink_up = Gauge(
             "netwatch_agent_uplink_up", "1 when the uplink is judged UP, 0 when DOWN or unknown",
             ["uplink"], registry=registry)

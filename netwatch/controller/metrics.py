@@ -10,7 +10,7 @@ in docs/metrics.md.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 from netwatch import __version__
 from netwatch.controller.params import TransitState
@@ -27,6 +27,8 @@ class ControllerMetrics:
             "netwatch_build_info", "Always 1: the netwatch version and which daemon serves it",
             ["version", "daemon"], registry=registry)
         self.build_info.labels(__version__, "controller").set(1)
+        # process_start_time_seconds (restarts: NetwatchDaemonRestarting), CPU and memory.
+        ProcessCollector(registry=registry)
         self.state = Gauge(
             "netwatch_transit_state", "1 for the upstream's current state",
             ["upstream", "state"], registry=registry,
