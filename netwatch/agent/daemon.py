@@ -86,6 +86,10 @@ class Kernel(RouteTable, Protocol):
     async def address_towards(self, ifname: str, gateway: IPv4Address) -> IPv4Address | None: ...
 
 
+def _labels(families: tuple[core.Family, ...]) -> str:
+    return ",".join(f.label for f in families)
+
+
 def carrier_of(link: LinkState) -> core.Carrier:
     if not link.exists:
         return core.Carrier.VANISHED
@@ -147,6 +151,9 @@ class Agent:
         self.metrics = AgentMetrics(registry)
         self.settings = settings_of(cfg)
         self.state = core.initial_state(self.settings)
+        for role in UplinkRole:
+            for family in self.settings.families:
+                self.metrics.set_family_health(role, family, Health.UNKNOWN)
         self.uplinks = {UplinkRole.PRIMARY: cfg.uplinks.primary,
                         UplinkRole.SECONDARY: cfg.uplinks.secondary}
         self.by_ifname = {u.interface: role for role, u in self.uplinks.items()}
@@ -168,7 +175,7 @@ class Agent:
 
     def feed(self, obs: core.Observation, metered: bool = False) -> None:
         """Apply one observation; queue its actions for the worker (keeps their order).
-        `metered`: a probe result already counted in the metrics."""
+        `metered`: probe results already counted in the metrics."""
         if isinstance(obs, core.ProbeResult):
             if not metered:
                 self.metrics.probe(obs.uplink, obs.kind, obs.rtt_s)
@@ -178,12 +185,16 @@ class Agent:
             if obs.carrier is not self.state.uplinks[obs.uplink].carrier:
                 log.info(kv("carrier", uplink=obs.uplink, interface=self.uplinks[obs.uplink]
                             .interface, state=obs.carrier))
-        before = self.state.mode
+        before = self.state.routing
         self.state, actions = core.step(self.state, obs, self.clock())
-        if self.state.mode is not before:
-            self.metrics.set_active(self.state.active)
-            if before is core.Mode.STARTING:
-                log.info(kv("adopted", uplink=self.state.active))
+        if self.state.routing is not before:
+            routes = {f: r.active for f, r in self.state.routing.items()}
+            if routes != {f: r.active for f, r in before.items()}:
+                self.metrics.set_routes(routes)
+                adopted = [f for f, r in before.items()
+                           if r.mode is core.Mode.STARTING and routes[f] is not None]
+                if adopted:
+                    log.info(kv("adopted", **{f.label: routes[f] for f in adopted}))
         for action in actions:
             self._actions.put_nowait(action)
 
@@ -202,14 +213,19 @@ class Agent:
             self.metrics.failovers.labels(action.cause.value).inc()
             self.metrics.last_failover.set(time.time())
             log.warning(kv("failover", uplink=action.to_uplink, previous=action.from_uplink,
-                           cause=action.cause, reason=action.reason))
+                           families=_labels(action.families), cause=action.cause,
+                           reason=action.reason))
         elif isinstance(action, core.UplinkHealthChanged):
-            self.metrics.set_health(action.uplink, action.health)
+            for family in action.families:
+                self.metrics.set_family_health(action.uplink, family, action.health)
+            self.metrics.set_health(action.uplink, self.state.health(action.uplink))
             level = logging.WARNING if action.health is Health.DOWN else logging.INFO
-            log.log(level, kv("uplink_health", uplink=action.uplink, health=action.health,
+            log.log(level, kv("uplink_health", uplink=action.uplink,
+                              families=_labels(action.families), health=action.health,
                               reason=action.reason))
         elif isinstance(action, core.BothDown):
-            log.error(kv("both_down", uplink=self.state.active, reason=action.reason))
+            log.error(kv("both_down", uplink=self.state.active(action.family),
+                         family=action.family.label, reason=action.reason))
         self.metrics.both_down.set(1 if self.state.both_down else 0)
 
     async def _set_route(self, action: core.SetDefaultRoute) -> None:
@@ -350,15 +366,20 @@ class Agent:
             await asyncio.sleep(delay)
 
     def _judge(self, pending: list[Stream]) -> None:
+        """Judge the probes of one tick and feed them as one round: families that fail in
+        the same round move in one decision (one failover, one log line)."""
         timeout = self.timeout_s
         now = self.clock()
+        results = []
         for stream in pending:
             rtt = stream.prober.result(timeout)
             stream.counters.count(rtt)
             if rtt is not None and core.steady(self.state, stream.role, now):
                 continue  # nothing can change: no observation built, no step taken
-            self.feed(core.ProbeResult(stream.role, stream.kind, rtt, stream.target, timeout),
-                      metered=True)
+            results.append(core.ProbeResult(stream.role, stream.kind, rtt, stream.target,
+                                            timeout))
+        if results:
+            self.feed(core.ProbeRound(tuple(results)), metered=True)
         if now - self._loss_at >= 1.0:
             self._loss_at = now
             self.metrics.update_loss()
@@ -367,6 +388,10 @@ class Agent:
 
     def stop(self) -> None:
         self._stopping.set()
+
+    def _routes_kv(self) -> dict[str, object]:
+        """`ipv4=primary ipv6=secondary`: where each family's default route is."""
+        return {f.label: r.active for f, r in self.state.routing.items()}
 
     def request(self, role: UplinkRole, reason: str) -> None:
         log.warning(kv("operator_request", uplink=role, reason=reason))
@@ -402,7 +427,7 @@ class Agent:
             await self._read_links()
             self.feed(await self.routes.snapshot())
             await self._install_paths()
-            log.info(kv("started", active=self.state.active, method=self.cfg.probe.method,
+            log.info(kv("started", **self._routes_kv(), method=self.cfg.probe.method,
                         kinds=",".join(k.value for k in self.settings.kinds),
                         interval_ms=self.cfg.probe.interval_ms, fall=self.settings.fall,
                         rise=self.settings.rise, hold_down_s=self.settings.hold_down_s,
@@ -435,7 +460,7 @@ class Agent:
                              else f"{type(error).__name__}: {error}",
                              note="routes left as they are; exiting for a restart"))
                 raise
-            log.info(kv("stopped", active=self.state.active, note="routes left as they are"))
+            log.info(kv("stopped", **self._routes_kv(), note="routes left as they are"))
         finally:
             self._stopping.set()  # callback errors from here on are asyncio's to log
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):

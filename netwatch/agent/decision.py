@@ -1,26 +1,41 @@
-"""The uplink state machine: observations in, the desired default route out. Pure.
+"""The uplink state machine: observations in, the desired default routes out. Pure.
 
-One server, two uplinks (primary, secondary), one active uplink that carries the IPv4 and
-IPv6 default routes. `step(state, observation, now) -> (state, actions)` is the whole decision:
+One server, two uplinks (primary, secondary), and one default route per managed address
+family (IPv4, and IPv6 when both uplinks have a `gateway6`). Each family follows its own
+health: an IPv6 gateway that stops answering moves the IPv6 default route and leaves IPv4
+where it is, and the reverse. `step(state, observation, now) -> (state, actions)` is the
+whole decision:
 
-- Each uplink is judged on its own: its carrier (a hard fact from netlink) and one rise/fall
-  hysteresis per probe kind (the gateway over ARP/ICMP, the IPv6 gateway over neighbour
-  solicitation, the targets beyond the gateway per family). An uplink is DOWN when its carrier
-  is lost or any of its probe kinds is DOWN, UP when its carrier is up and every kind is UP,
-  and UNKNOWN otherwise (at start, or while a kind climbs back).
-- Fail over when the active uplink is DOWN and the other one is UP. Fail back to the primary
-  once it has been UP for `hold_down_s` without interruption, when failback is automatic;
-  never by itself when it is manual (an operator's `UseUplink` does it).
-- Both uplinks DOWN: keep the current routes (a route that may still work beats no route)
-  and report it once, with a `BothDown` action.
-- The active uplink's link is gone (carrier lost, admin down, vanished) while the other's
-  carrier is up: move to the other at once, whatever its probes say. The kernel has deleted
-  (or cannot use) every route through a dead link, so "keeping" it would leave the server
-  with no default route at all; a probe-dead uplink with a link beats that.
+- Each uplink is judged per family: its carrier (a hard fact from netlink, shared by both
+  families) and one rise/fall hysteresis per probe kind of that family (the gateway over
+  ARP/ICMP and the targets beyond it for IPv4; the IPv6 gateway over neighbour solicitation
+  and the IPv6 targets beyond it for IPv6). A family of an uplink is DOWN when the carrier
+  is lost or any of its kinds is DOWN, UP when the carrier is up and every kind is UP, and
+  UNKNOWN otherwise (at start, after the carrier returns, while a kind climbs back). The
+  whole uplink (metrics, logs) is DOWN when any family is, UP when every family is.
+- An uplink that has not been judged is UNKNOWN, never DOWN. A probe sent while its source
+  address was still tentative (IPv6 duplicate address detection, 1-2 s after a link comes
+  up) and not answered is no verdict at all (`ProbeResult.tentative`): it leaves the
+  hysteresis where it was, so DAD cannot condemn a working uplink.
+- Per family: fail over when the family's uplink is DOWN and the other one is UP. Fail back
+  to the primary once the primary's family has been UP for `hold_down_s` without
+  interruption, when failback is automatic; never by itself when it is manual (an operator's
+  `UseUplink` moves every family).
+- Both uplinks DOWN in a family: keep that family's route (a route that may still work beats
+  no route) and report it once, with a `BothDown` action.
+- The link of the uplink carrying a family is gone (carrier lost, admin down, interface
+  vanished or renamed) while the other's carrier is up: move that family to the other at once,
+  whatever its probes say. The kernel has deleted (or cannot use) every route through a dead
+  link, so "keeping" it would leave the server with no default route at all; a probe-dead
+  uplink with a link beats that.
+- Families that move in one step, from the same uplink to the other for the same cause, are
+  one `Failover` (one log line, one count): a silent gateway usually takes both families in
+  the same probe round (`ProbeRound`).
 - Route snapshots (the kernel's real default routes, read after every route or link event
   and periodically) are compared with the desired state; any difference, whether an
   operator's manual change or the kernel deleting the routes of a link set admin-down, gives
-  a `SetDefaultRoute` to repair it. The first snapshot adopts the uplink it finds.
+  a `SetDefaultRoute` to repair it. The first snapshot adopts, per family, the uplink it
+  finds (the primary when there is none).
 
 Nothing here reads a clock or touches a socket: `now` is seconds on any monotonic origin.
 """
@@ -28,6 +43,7 @@ Nothing here reads a clock or touches a socket: `now` is seconds on any monotoni
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from netwatch.core.hysteresis import HoldDown, Hysteresis
@@ -68,7 +84,8 @@ class ProbeKind(enum.Enum):
 
 
 class Mode(enum.Enum):
-    """Which uplink carries the default routes. STARTING lasts until the first route snapshot."""
+    """Which uplink carries one family's default route. STARTING lasts until the first route
+    snapshot."""
 
     STARTING = "starting"
     ON_PRIMARY = "on_primary"
@@ -94,10 +111,10 @@ _TRANSITIONS: dict[Mode, frozenset[Mode]] = {
 
 
 class FailoverCause(enum.Enum):
-    """Why the active uplink changed. The value is the `reason` label of
+    """Why a family's uplink changed. The value is the `reason` label of
     netwatch_agent_failovers_total, which dashboards and alerts read."""
 
-    CARRIER = "carrier"  # the active uplink's link is gone (carrier, admin down, vanished)
+    CARRIER = "carrier"  # the uplink's link is gone (carrier, admin down, vanished, renamed)
     GATEWAY = "gateway"  # its gateway stopped answering (a gray failure)
     BEYOND = "beyond"  # its gateway answers, the targets beyond it do not
     FAILBACK = "failback"  # the primary has been stable for the hold-down
@@ -108,7 +125,7 @@ class Carrier(enum.Enum):
     UP = "up"
     NO_CARRIER = "carrier lost"
     ADMIN_DOWN = "admin down"
-    VANISHED = "interface vanished"
+    VANISHED = "interface vanished"  # deleted, or renamed: the configured name is gone
 
 
 # ---------------------------------------------------------------------------- observations
@@ -116,17 +133,30 @@ class Carrier(enum.Enum):
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """One probe of one kind through one uplink: `rtt_s` None means no answer in time."""
+    """One probe of one kind through one uplink: `rtt_s` None means no answer in time.
+
+    `tentative`: the probe's source address was still tentative (IPv6 DAD) when it was sent
+    or judged. Unanswered, it is no verdict (the kernel refused it, or the gateway cannot
+    answer an address it does not know yet); answered, it counts as any good probe."""
 
     uplink: UplinkRole
     kind: ProbeKind
     rtt_s: float | None
     target: str = ""
     timeout_s: float = 0.0
+    tentative: bool = False
 
     @property
     def ok(self) -> bool:
         return self.rtt_s is not None
+
+
+@dataclass(frozen=True)
+class ProbeRound:
+    """The probes of one tick, judged in one step: families that fail in the same round
+    move together (one Failover)."""
+
+    results: tuple[ProbeResult, ...]
 
 
 @dataclass(frozen=True)
@@ -148,16 +178,19 @@ class RouteSnapshot:
     def get(self, family: Family) -> UplinkRole | None:
         return self.v4 if family is Family.V4 else self.v6
 
+    def with_(self, family: Family, role: UplinkRole | None) -> RouteSnapshot:
+        return replace(self, v4=role) if family is Family.V4 else replace(self, v6=role)
+
 
 @dataclass(frozen=True)
 class UseUplink:
-    """An operator's order: carry the default routes through `uplink` (manual failback)."""
+    """An operator's order: carry every default route through `uplink` (manual failback)."""
 
     uplink: UplinkRole
     reason: str = "operator request"
 
 
-Observation = ProbeResult | CarrierChange | RouteSnapshot | UseUplink
+Observation = ProbeResult | ProbeRound | CarrierChange | RouteSnapshot | UseUplink
 
 
 # --------------------------------------------------------------------------------- actions
@@ -170,33 +203,38 @@ class SetDefaultRoute:
     family: Family
     uplink: UplinkRole
     reason: str
-    failover: bool  # True: the active uplink changed; False: a repair of the same choice
+    failover: bool  # True: the family's uplink changed; False: a repair of the same choice
 
 
 @dataclass(frozen=True)
 class BothDown:
-    """Both uplinks are DOWN: the routes are kept as they are. Reported once per episode."""
+    """Both uplinks are DOWN in `family`: its route is kept as it is. Reported once per
+    episode."""
 
+    family: Family
     reason: str
 
 
 @dataclass(frozen=True)
 class UplinkHealthChanged:
-    """An uplink's verdict changed (for logs and metrics)."""
+    """The verdict on `families` of an uplink changed to `health` (for logs and metrics)."""
 
     uplink: UplinkRole
+    families: tuple[Family, ...]
     health: Health
     reason: str
 
 
 @dataclass(frozen=True)
 class Failover:
-    """The active uplink changed, for `cause`; `reason` says what happened, for the log."""
+    """The default routes of `families` moved from one uplink to the other, for `cause`;
+    `reason` says what happened, for the log."""
 
     from_uplink: UplinkRole | None
     to_uplink: UplinkRole
     cause: FailoverCause
     reason: str
+    families: tuple[Family, ...]
 
 
 Action = SetDefaultRoute | BothDown | UplinkHealthChanged | Failover
@@ -205,16 +243,32 @@ Action = SetDefaultRoute | BothDown | UplinkHealthChanged | Failover
 # ----------------------------------------------------------------------------------- state
 
 
+def _combine(healths: Iterable[Health]) -> Health:
+    """DOWN when any is DOWN, UP when every one is UP, else UNKNOWN."""
+    healths = list(healths)
+    if Health.DOWN in healths:
+        return Health.DOWN
+    if healths and all(h is Health.UP for h in healths):
+        return Health.UP
+    return Health.UNKNOWN
+
+
 @dataclass(frozen=True)
 class UplinkView:
-    """Everything known about one uplink."""
+    """Everything known about one uplink: its link, its probe kinds, and per family the
+    verdict and why it is what it is."""
 
     carrier: Carrier | None
     probes: tuple[tuple[ProbeKind, Hysteresis], ...]  # in config order
-    health: Health = Health.UNKNOWN
+    families: dict[Family, Health] = field(default_factory=dict)
+    reasons: dict[Family, str] = field(default_factory=dict)  # why each is what it is
     failing_since: dict[ProbeKind, float] = field(default_factory=dict, compare=False)
     failures: dict[ProbeKind, int] = field(default_factory=dict, compare=False)
-    reason: str = ""  # why it is in its current health
+
+    @property
+    def health(self) -> Health:
+        """The whole uplink: DOWN when any family is, UP when every family is."""
+        return _combine(self.families.values())
 
     def kind(self, kind: ProbeKind) -> Hysteresis:
         for known, hyst in self.probes:
@@ -225,15 +279,29 @@ class UplinkView:
     def with_kind(self, kind: ProbeKind, hyst: Hysteresis) -> UplinkView:
         return replace(self, probes=tuple((k, hyst if k is kind else h) for k, h in self.probes))
 
-    def verdict(self) -> Health:
+    def verdict(self, family: Family) -> Health:
+        """The family's health from the carrier and the family's probe kinds."""
         if self.carrier is not None and self.carrier is not Carrier.UP:
             return Health.DOWN
-        healths = [h.health for _, h in self.probes]
+        healths = [h.health for k, h in self.probes if k.family is family]
         if Health.DOWN in healths:
             return Health.DOWN
         if self.carrier is Carrier.UP and all(h is Health.UP for h in healths):
             return Health.UP
         return Health.UNKNOWN
+
+    def failing_now(self, family: Family) -> bool:
+        """True while any probe kind of `family` has its latest run bad: an UP uplink that is
+        starting to fail (and both gateways going silent together reach it a probe apart) is
+        no place to go."""
+        return any(h.score < 0 for k, h in self.probes if k.family is family)
+
+    @property
+    def link_lost(self) -> bool:
+        """True when the uplink's link is known to be unusable (carrier lost, admin down,
+        vanished): no default route through it can carry a packet, and the kernel deletes
+        them on admin down. Unknown (None, before the first link read) is not lost."""
+        return self.carrier is not None and self.carrier is not Carrier.UP
 
 
 @dataclass(frozen=True)
@@ -250,41 +318,84 @@ class Settings:
         for kind in self.kinds:
             if not isinstance(kind, ProbeKind):
                 raise TypeError(f"probe kind {kind!r} is not a ProbeKind")
+        # Each family follows its own probes: one without any would follow the carrier
+        # alone, and a probe of an unmanaged family would judge a route nobody writes.
+        for family in self.families:
+            if not any(k.family is family for k in self.kinds):
+                raise ValueError(f"{family.label} is managed but has no probe kind")
+        for kind in self.kinds:
+            if kind.family not in self.families:
+                raise ValueError(f"probe kind {kind.value} is of an unmanaged family")
 
 
 @dataclass(frozen=True)
-class State:
-    settings: Settings
+class FamilyRoute:
+    """One managed family's default route: which uplink carries it, since when the primary
+    has been stable in this family (failback), and whether both uplinks are DOWN in it."""
+
     mode: Mode
-    uplinks: dict[UplinkRole, UplinkView]
     primary_stable: HoldDown
     both_down: bool = False
-    routes: RouteSnapshot | None = None  # the last snapshot seen
 
     @property
     def active(self) -> UplinkRole | None:
         return self.mode.role
 
-    def health(self, role: UplinkRole) -> Health:
-        return self.uplinks[role].health
+
+@dataclass(frozen=True)
+class State:
+    settings: Settings
+    routing: dict[Family, FamilyRoute]  # one per managed family, in settings order
+    uplinks: dict[UplinkRole, UplinkView]
+    routes: RouteSnapshot | None = None  # the last snapshot seen
+
+    def active(self, family: Family) -> UplinkRole | None:
+        """The uplink that carries `family`'s default route (None while starting)."""
+        return self.routing[family].mode.role
+
+    @property
+    def carrying(self) -> frozenset[UplinkRole]:
+        """The uplinks that carry at least one managed family's default route."""
+        return frozenset(r.mode.role for r in self.routing.values() if r.mode.role is not None)
+
+    @property
+    def starting(self) -> bool:
+        return any(r.mode is Mode.STARTING for r in self.routing.values())
+
+    @property
+    def both_down(self) -> bool:
+        """True while some family has both uplinks DOWN."""
+        return any(r.both_down for r in self.routing.values())
+
+    def health(self, role: UplinkRole, family: Family | None = None) -> Health:
+        """An uplink's verdict on `family`, or on the whole uplink (every family)."""
+        view = self.uplinks[role]
+        return view.health if family is None else view.families[family]
 
 
 def initial_state(settings: Settings) -> State:
-    """The state before any observation: STARTING, both uplinks UNKNOWN."""
+    """The state before any observation: every family STARTING, both uplinks UNKNOWN."""
     fresh = Hysteresis(fall=settings.fall, rise=settings.rise)
-    view = UplinkView(carrier=None, probes=tuple((k, fresh) for k in settings.kinds))
+    view = UplinkView(carrier=None, probes=tuple((k, fresh) for k in settings.kinds),
+                      families=dict.fromkeys(settings.families, Health.UNKNOWN))
+    route = FamilyRoute(Mode.STARTING, HoldDown(settings.hold_down_s))
     return State(
         settings=settings,
-        mode=Mode.STARTING,
+        routing=dict.fromkeys(settings.families, route),
         uplinks={UplinkRole.PRIMARY: view, UplinkRole.SECONDARY: view},
-        primary_stable=HoldDown(settings.hold_down_s),
     )
 
 
-def _transition(state: State, mode: Mode) -> State:
-    if mode not in _TRANSITIONS[state.mode]:
-        raise TransitionError(f"uplink mode {state.mode.value} -> {mode.value} is not allowed")
-    return replace(state, mode=mode)
+def _transition(route: FamilyRoute, mode: Mode) -> FamilyRoute:
+    if mode not in _TRANSITIONS[route.mode]:
+        raise TransitionError(f"uplink mode {route.mode.value} -> {mode.value} is not allowed")
+    return replace(route, mode=mode)
+
+
+def _with_route(state: State, family: Family, route: FamilyRoute) -> State:
+    routing = dict(state.routing)
+    routing[family] = route
+    return replace(state, routing=routing)
 
 
 # ------------------------------------------------------------------------------------ step
@@ -298,21 +409,35 @@ def step(state: State, obs: Observation, now: float) -> tuple[State, list[Action
     """
     actions: list[Action] = []
     if isinstance(obs, ProbeResult):
-        if obs.ok and steady(state, obs.uplink, now):
-            # The common case, 20 times a second per kind and uplink: nothing can change.
-            # Skipping the copies cut the agent's CPU by a third (measured, 160 probes/s).
+        obs = ProbeRound((obs,))
+    if isinstance(obs, ProbeRound):
+        changed = False
+        for result in obs.results:
+            if result.ok and steady(state, result.uplink, now):
+                # The common case, 20 times a second per kind and uplink: nothing can change.
+                # Skipping the copies cut the agent's CPU by a third (measured, 160 probes/s).
+                continue
+            if not result.ok and result.tentative:
+                state.uplinks[result.uplink].kind(result.kind)  # undeclared: KeyError
+                continue  # no verdict: DAD has not finished
+            state = _observe_probe(state, result, now, actions)
+            changed = True
+        if not changed:
             return state, actions
-        state = _observe_probe(state, obs, now, actions)
     elif isinstance(obs, CarrierChange):
         state = _observe_carrier(state, obs, now, actions)
     elif isinstance(obs, RouteSnapshot):
         state = replace(state, routes=obs)
-        if state.mode is Mode.STARTING:
-            adopted = obs.v4 or obs.v6 or UplinkRole.PRIMARY
-            state = _transition(state, Mode.using(adopted))
+        for family, route in state.routing.items():
+            if route.mode is Mode.STARTING:
+                adopted = obs.get(family) or UplinkRole.PRIMARY
+                state = _with_route(state, family, _transition(route, Mode.using(adopted)))
     elif isinstance(obs, UseUplink):
-        if state.mode is not Mode.STARTING and obs.uplink is not state.active:
-            state = _switch(state, obs.uplink, FailoverCause.OPERATOR, obs.reason, actions)
+        moving = tuple(f for f, r in state.routing.items()
+                       if r.mode is not Mode.STARTING and r.mode.role is not obs.uplink)
+        if moving:
+            state = _switch(state, moving, obs.uplink, FailoverCause.OPERATOR, obs.reason,
+                            actions)
     else:
         raise TypeError(f"not an observation: {obs!r}")
     state = _decide(state, now, actions)
@@ -322,31 +447,33 @@ def step(state: State, obs: Observation, now: float) -> tuple[State, list[Action
 
 def steady(state: State, role: UplinkRole, now: float) -> bool:
     """True when a *good* probe of any kind on uplink `role` at `now` changes nothing, so
-    `step` would return `state` and no action: the uplink is UP with every kind saturated at
-    +rise and no failure pending (the hysteresis stays put), the primary's hold-down has
-    started (its update is a no-op), the routes seen match the active uplink (no repair), and
-    no failback is due. Any other decision was already taken by the step that led to `state`:
-    a saturated good probe changes no input of it but the clock, and only failback reads it.
-    The agent asks this before building an observation (the cheapest path per probe)."""
-    active = state.mode.role
-    if active is None:
-        return False
+    `step` would return `state` and no action: the uplink is UP in every family with every
+    kind saturated at +rise and no failure pending (the hysteresis stays put), the primary's
+    hold-downs have started (their updates are no-ops), the routes seen match every family's
+    uplink (no repair), and no failback is due. Any other decision was already taken by the
+    step that led to `state`: a saturated good probe changes no input of it but the clock,
+    and only failback reads it. The agent asks this before building an observation (the
+    cheapest path per probe)."""
     view = state.uplinks[role]
-    if (
-        view.health is not Health.UP
-        or view.failing_since
-        or not all(h.score == h.rise for _, h in view.probes)
-        or state.routes is None
-        or not all(state.routes.get(f) is active for f in state.settings.families)
-    ):
+    routes = state.routes
+    if view.failing_since or routes is None:
         return False
-    if role is UplinkRole.PRIMARY and state.primary_stable.since is None:
-        return False
-    return not (
-        active is UplinkRole.SECONDARY
-        and state.settings.failback_auto
-        and state.primary_stable.ready(now)
-    )
+    for _, hyst in view.probes:
+        if hyst.score != hyst.rise:
+            return False
+    for health in view.families.values():
+        if health is not Health.UP:
+            return False
+    auto = state.settings.failback_auto
+    for family, route in state.routing.items():
+        active = route.mode.role
+        if active is None or routes.get(family) is not active:
+            return False
+        if role is UplinkRole.PRIMARY and route.primary_stable.since is None:
+            return False
+        if active is UplinkRole.SECONDARY and auto and route.primary_stable.ready(now):
+            return False
+    return True
 
 
 def _observe_probe(state: State, obs: ProbeResult, now: float, actions: list[Action]) -> State:
@@ -366,7 +493,7 @@ def _observe_probe(state: State, obs: ProbeResult, now: float, actions: list[Act
     else:
         silent_ms = (now - failing_since[obs.kind]) * 1000
         why = f"{_what(obs)} silent: {failures[obs.kind]} probes, {silent_ms:.0f} ms"
-    return _set_view(state, obs.uplink, view, why, now, actions)
+    return _set_view(state, obs.uplink, view, {obs.kind.family: why}, now, actions)
 
 
 def _what(obs: ProbeResult) -> str:
@@ -387,121 +514,150 @@ def _observe_carrier(state: State, obs: CarrierChange, now: float, actions: list
         probes = tuple((k, h.force(Health.DOWN)) for k, h in view.probes)
         why = obs.carrier.value
     view = replace(view, carrier=obs.carrier, probes=probes, failing_since={}, failures={})
-    return _set_view(state, obs.uplink, view, why, now, actions)
+    return _set_view(state, obs.uplink, view, dict.fromkeys(view.families, why), now, actions)
 
 
-def _set_view(
-    state: State, role: UplinkRole, view: UplinkView, why: str, now: float, actions: list[Action]
-) -> State:
-    health = view.verdict()
-    if health is not view.health:
-        view = replace(view, health=health, reason=why)
-        actions.append(UplinkHealthChanged(role, health, why))
+def _set_view(state: State, role: UplinkRole, view: UplinkView, why: dict[Family, str],
+              now: float, actions: list[Action]) -> State:
+    """Store `view` for `role` with each family's verdict recomputed; `why` says, per family
+    the observation touched, what happened. Reports the families whose verdict changed."""
+    families, reasons = dict(view.families), dict(view.reasons)
+    changed: dict[tuple[Health, str], list[Family]] = {}
+    for family, reason in why.items():
+        health = view.verdict(family)
+        if health is not families[family]:
+            families[family], reasons[family] = health, reason
+            changed.setdefault((health, reason), []).append(family)
+    if changed:
+        view = replace(view, families=families, reasons=reasons)
+        for (health, reason), which in changed.items():
+            actions.append(UplinkHealthChanged(role, tuple(which), health, reason))
     uplinks = dict(state.uplinks)
     uplinks[role] = view
     state = replace(state, uplinks=uplinks)
     if role is UplinkRole.PRIMARY:
-        # Stable means UP with no failed probe since: one lost probe restarts the hold-down.
-        stable = health is Health.UP and not _failing_now(view)
-        state = replace(state, primary_stable=state.primary_stable.update(stable, now))
+        for family in why:
+            # Stable means UP with no failed probe since: one lost probe restarts the hold-down.
+            stable = families[family] is Health.UP and not view.failing_now(family)
+            route = state.routing[family]
+            held = route.primary_stable.update(stable, now)
+            if held is not route.primary_stable:
+                state = _with_route(state, family, replace(route, primary_stable=held))
     return state
 
 
-def _cause(view: UplinkView) -> FailoverCause:
-    if view.carrier is not None and view.carrier is not Carrier.UP:
+def _cause(view: UplinkView, family: Family) -> FailoverCause:
+    if view.link_lost:
         return FailoverCause.CARRIER
-    down = [k for k, h in view.probes if h.health is Health.DOWN]
+    down = [k for k, h in view.probes if k.family is family and h.health is Health.DOWN]
     if down and all(k.beyond for k in down):
         return FailoverCause.BEYOND
     return FailoverCause.GATEWAY
 
 
-def _failing_now(view: UplinkView) -> bool:
-    """True while any probe kind's latest run is bad: an UP uplink that is starting to fail
-    (and both gateways going silent together reach it a probe apart) is no place to go."""
-    return any(h.score < 0 for _, h in view.probes)
-
-
-def _link_lost(view: UplinkView) -> bool:
-    """True when the uplink's link is known to be unusable (carrier lost, admin down,
-    vanished): no default route through it can carry a packet, and the kernel deletes them
-    on admin down. Unknown (None, before the first link read) is not lost."""
-    return view.carrier is not None and view.carrier is not Carrier.UP
-
-
 def _decide(state: State, now: float, actions: list[Action]) -> State:
-    active = state.active
-    if active is None:
-        return state
-    other = active.other
-    a, o = state.health(active), state.health(other)
-    if _link_lost(state.uplinks[active]) and state.uplinks[other].carrier is Carrier.UP:
-        # Checked before the health rule: an UP other that is failing now, or one DOWN or
-        # still UNKNOWN on its probes, is a worse place than usual but still better than no
-        # route at all (with the secondary's gateway silent and the primary set admin-down,
-        # keeping the primary meant re-adding a route the kernel refuses, for ever). It
-        # cannot flap: the new active's carrier is up, so this rule needs another carrier
-        # event to fire again, and going back through the health rule needs the old active
-        # UP, `rise` good probes after its carrier returned (and failback its hold-down).
-        state = _switch(state, other, FailoverCause.CARRIER, _link_lost_reason(state, active),
-                        actions)
-    elif a is Health.DOWN and o is Health.UP and _failing_now(state.uplinks[other]) is False:
-        view = state.uplinks[active]
-        state = _switch(state, other, _cause(view), f"{active.value}: {view.reason}", actions)
-    elif (
-        active is UplinkRole.SECONDARY
-        and state.settings.failback_auto
-        and state.primary_stable.ready(now)
-    ):
-        held = now - (state.primary_stable.since or now)
-        reason = f"primary stable for {held:.1f} s (hold-down {state.settings.hold_down_s:g} s)"
-        state = _switch(state, UplinkRole.PRIMARY, FailoverCause.FAILBACK, reason, actions)
+    # Per family: (from, to, cause) -> the families that take that move in this step.
+    moves: dict[tuple[UplinkRole, UplinkRole, FailoverCause], list[Family]] = {}
+    for family, route in state.routing.items():
+        active = route.mode.role
+        if active is None:
+            continue
+        other = active.other
+        view, other_view = state.uplinks[active], state.uplinks[other]
+        if view.link_lost and other_view.carrier is Carrier.UP:
+            # Checked before the health rule: an UP other that is failing now, or one DOWN or
+            # still UNKNOWN on its probes, is a worse place than usual but still better than no
+            # route at all (with the secondary's gateway silent and the primary set admin-down,
+            # keeping the primary meant re-adding a route the kernel refuses, for ever). It
+            # cannot flap: the new active's carrier is up, so this rule needs another carrier
+            # event to fire again, and going back through the health rule needs the old active
+            # UP, `rise` good probes after its carrier returned (and failback its hold-down).
+            moves.setdefault((active, other, FailoverCause.CARRIER), []).append(family)
+        elif (view.families[family] is Health.DOWN
+              and other_view.families[family] is Health.UP
+              and not other_view.failing_now(family)):
+            moves.setdefault((active, other, _cause(view, family)), []).append(family)
+        elif (active is UplinkRole.SECONDARY and state.settings.failback_auto
+              and route.primary_stable.ready(now)):
+            moves.setdefault((active, other, FailoverCause.FAILBACK), []).append(family)
 
-    both = all(v.health is Health.DOWN for v in state.uplinks.values())
-    if both and not state.both_down:
-        reasons = "; ".join(f"{r.value}: {v.reason}" for r, v in state.uplinks.items())
-        if state.active is active:
-            where = f"keeping the routes via {active.value}"
-        else:
-            where = f"routes moved to {state.active.value}, whose link is up"
-        actions.append(BothDown(f"both uplinks down, {where}: {reasons}"))
-    return replace(state, both_down=both)
+    before = {family: route.mode.role for family, route in state.routing.items()}
+    for (active, to, cause), families in moves.items():
+        reason = _reason(state, active, cause, families, now)
+        state = _switch(state, tuple(families), to, cause, reason, actions)
+
+    for family, route in state.routing.items():
+        if route.mode is Mode.STARTING:
+            continue
+        both = all(v.families[family] is Health.DOWN for v in state.uplinks.values())
+        if both and not route.both_down:
+            reasons = "; ".join(f"{r.value}: {v.reasons.get(family, '')}"
+                                for r, v in state.uplinks.items())
+            was, now_on = before[family], route.mode.role
+            if was is now_on:
+                where = f"keeping the route via {was.value}"
+            else:
+                where = f"route moved to {now_on.value}, whose link is up"
+            actions.append(BothDown(family, f"both uplinks down for IPv{family.value}, {where}: "
+                                            f"{reasons}"))
+        if both is not route.both_down:
+            state = _with_route(state, family, replace(route, both_down=both))
+    return state
 
 
-def _link_lost_reason(state: State, active: UplinkRole) -> str:
-    """`primary: admin down`, and when the other uplink is not UP, why it is used anyway."""
+def _reason(state: State, active: UplinkRole, cause: FailoverCause, families: list[Family],
+            now: float) -> str:
+    """Why `families` leave `active`, for the log: what failed, or how long the primary has
+    been stable; a link-made move says when the uplink it goes to is not UP."""
     lost, other = state.uplinks[active], state.uplinks[active.other]
-    reason = f"{active.value}: {lost.carrier.value}"
-    if other.health is Health.UP:
+    if cause is FailoverCause.FAILBACK:
+        held = min(now - (state.routing[f].primary_stable.since or now) for f in families)
+        return f"primary stable for {held:.1f} s (hold-down {state.settings.hold_down_s:g} s)"
+    if cause is FailoverCause.CARRIER:
+        reason = f"{active.value}: {lost.carrier.value}"
+        worse = [f for f in families if other.families[f] is not Health.UP]
+        for family in worse:
+            health = other.families[family].value.upper()
+            why = other.reasons.get(family)
+            label = (f"{active.other.value}'s IPv{family.value}" if len(state.routing) > 1
+                     else active.other.value)
+            reason += f"; {label} is {health}" + (f" ({why})" if why else "")
+        if worse:
+            reason += " but its link is up: a route that may work beats none"
         return reason
-    state_of = f"{other.health.value.upper()}" + (f" ({other.reason})" if other.reason else "")
-    return (f"{reason}; {active.other.value} is {state_of} but its link is up: "
-            f"a route that may work beats none")
+    whys = list(dict.fromkeys(lost.reasons.get(f, "") for f in families))
+    return f"{active.value}: " + "; ".join(whys)
 
 
-def _switch(
-    state: State, to: UplinkRole, cause: FailoverCause, reason: str, actions: list[Action]
-) -> State:
-    previous = state.active
-    state = _transition(state, Mode.using(to))
-    actions.append(Failover(previous, to, cause, reason))
-    for family in state.settings.families:
+def _switch(state: State, families: tuple[Family, ...], to: UplinkRole, cause: FailoverCause,
+            reason: str, actions: list[Action]) -> State:
+    previous = state.routing[families[0]].mode.role
+    routes = state.routes or RouteSnapshot(v4=None, v6=None)
+    for family in families:
+        state = _with_route(state, family, _transition(state.routing[family], Mode.using(to)))
+        # The route now matches the new choice as far as this state knows: a later snapshot
+        # that still shows the old uplink (read before the replace landed) is repaired
+        # again, which is idempotent.
+        routes = routes.with_(family, to)
+    actions.append(Failover(previous, to, cause, reason, families))
+    for family in families:
         actions.append(SetDefaultRoute(family, to, reason, failover=True))
-    # The routes now match the new choice as far as this state knows: a later snapshot that
-    # still shows the old uplink (read before the replace landed) is repaired again, which
-    # is idempotent.
-    routes = RouteSnapshot(v4=to, v6=to if Family.V6 in state.settings.families else None)
     return replace(state, routes=routes)
 
 
 def _repair_routes(state: State, actions: list[Action]) -> State:
-    active, routes = state.active, state.routes
-    if active is None or routes is None:
+    routes = state.routes
+    if routes is None:
         return state
-    for family in state.settings.families:
+    fixed = routes
+    for family, route in state.routing.items():
+        active = route.mode.role
+        if active is None:
+            continue
         seen = routes.get(family)
         if seen is active:
             continue
+        fixed = fixed.with_(family, active)  # assume the repair lands; the next snapshot tells
         if any(isinstance(a, SetDefaultRoute) and a.family is family for a in actions):
             continue
         what = f"via {seen.value}" if seen is not None else "missing or foreign"
@@ -509,9 +665,4 @@ def _repair_routes(state: State, actions: list[Action]) -> State:
             family, active, f"IPv{family.value} default route {what}, expected via {active.value}",
             failover=False,
         ))
-    # Assume the repair lands; the next snapshot tells.
-    fixed = RouteSnapshot(
-        v4=active if Family.V4 in state.settings.families else routes.v4,
-        v6=active if Family.V6 in state.settings.families else routes.v6,
-    )
-    return replace(state, routes=fixed)
+    return replace(state, routes=fixed) if fixed != routes else state

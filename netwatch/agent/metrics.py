@@ -33,10 +33,16 @@ class StreamMetrics:
     """The labelled children of one probe stream (uplink, kind), looked up once: `labels()`
     per probe (a lock and a dict lookup each, four per probe) was a tenth of the agent's CPU."""
 
-    __slots__ = ("_lost", "_ok", "_rtt", "window")
+    __slots__ = ("_lost", "_no_verdict", "_ok", "_rtt", "window")
 
-    def __init__(self, window: deque[bool], ok, lost, rtt):
+    def __init__(self, window: deque[bool], ok, lost, rtt, no_verdict):
         self.window, self._ok, self._lost, self._rtt = window, ok, lost, rtt
+        self._no_verdict = no_verdict
+
+    def no_verdict(self) -> None:
+        """Count an unanswered probe that says nothing (sent from a tentative address): not
+        a loss, so it stays out of the loss ratio."""
+        self._no_verdict.inc()
 
     def count(self, rtt_s: float | None) -> None:
         """Count one probe (and observe its RTT when answered)."""
@@ -64,12 +70,21 @@ class AgentMetrics:
         self.uplink_state = Gauge(
             "netwatch_agent_uplink_state", "1 for the uplink's current verdict (up, down, unknown)",
             ["uplink", "state"], registry=registry)
+        self.family_up = Gauge(
+            "netwatch_agent_uplink_family_up",
+            "1 when the uplink is judged UP for the family, 0 when DOWN or unknown",
+            ["uplink", "family"], registry=registry)
         self.carrier = Gauge(
             "netwatch_agent_uplink_carrier", "1 when the uplink's interface is up with carrier",
             ["uplink"], registry=registry)
         self.active = Gauge(
-            "netwatch_agent_active_uplink", "1 for the uplink that carries the default routes",
+            "netwatch_agent_active_uplink",
+            "1 for each uplink that carries at least one family's default route",
             ["uplink"], registry=registry)
+        self.route_uplink = Gauge(
+            "netwatch_agent_default_route_uplink",
+            "1 for the uplink that carries the family's default route", ["family", "uplink"],
+            registry=registry)
         self.rtt = Histogram(
             "netwatch_agent_probe_rtt_seconds", "Round-trip time of answered probes",
             ["uplink", "kind"], buckets=RTT_BUCKETS_S, registry=registry)
@@ -78,11 +93,13 @@ class AgentMetrics:
             f"Unanswered fraction of the last {LOSS_WINDOW} probes", ["uplink", "kind"],
             registry=registry)
         self.probes = Counter(
-            "netwatch_agent_probes_total", "Probes sent, by result (ok, lost)",
-            ["uplink", "kind", "result"], registry=registry)
+            "netwatch_agent_probes_total",
+            "Probes sent, by result (ok, lost; no_verdict: unanswered while the IPv6 source "
+            "address was tentative)", ["uplink", "kind", "result"], registry=registry)
         self.failovers = Counter(
-            "netwatch_agent_failovers_total", "Changes of the active uplink, by reason",
-            ["reason"], registry=registry)
+            "netwatch_agent_failovers_total",
+            "Default routes moved to the other uplink, by reason (families moved in one "
+            "decision count once)", ["reason"], registry=registry)
         self.route_changes = Counter(
             "netwatch_agent_route_changes_total",
             "Default routes written, by family and cause (failover, repair)",
@@ -95,8 +112,8 @@ class AgentMetrics:
             "Netlink errors retried, by operation (events: the event socket, reopened; "
             "snapshot: a read of the default routes)", ["op"], registry=registry)
         self.both_down = Gauge(
-            "netwatch_agent_both_uplinks_down", "1 while both uplinks are DOWN (routes kept)",
-            registry=registry)
+            "netwatch_agent_both_uplinks_down",
+            "1 while both uplinks are DOWN in some family (its route kept)", registry=registry)
         # Wall-clock by definition (dashboards show "last failover at"); never read back.
         self.last_failover = Gauge(
             "netwatch_agent_last_failover_timestamp_seconds", "Unix time of the last failover",
@@ -122,7 +139,8 @@ class AgentMetrics:
         if found is None:
             labels = (uplink.value, kind.value)
             found = StreamMetrics(deque(maxlen=LOSS_WINDOW), self.probes.labels(*labels, "ok"),
-                                  self.probes.labels(*labels, "lost"), self.rtt.labels(*labels))
+                                  self.probes.labels(*labels, "lost"), self.rtt.labels(*labels),
+                                  self.probes.labels(*labels, "no_verdict"))
             self._streams[(uplink, kind)] = found
         return found
 
@@ -139,10 +157,19 @@ class AgentMetrics:
                     sum(stream.window) / len(stream.window))
 
     def set_health(self, uplink: UplinkRole, health: Health) -> None:
+        """The verdict on the whole uplink (UP only when every family is)."""
         self.uplink_up.labels(uplink.value).set(1 if health is Health.UP else 0)
         for state in Health:
             self.uplink_state.labels(uplink.value, state.value).set(1 if state is health else 0)
 
-    def set_active(self, uplink: UplinkRole | None) -> None:
+    def set_family_health(self, uplink: UplinkRole, family: Family, health: Health) -> None:
+        self.family_up.labels(uplink.value, family.label).set(1 if health is Health.UP else 0)
+
+    def set_routes(self, routes: dict[Family, UplinkRole | None]) -> None:
+        """Where each managed family's default route is (None: not decided yet)."""
+        for family, uplink in routes.items():
+            for role in UplinkRole:
+                self.route_uplink.labels(family.label, role.value).set(1 if role is uplink else 0)
+        carrying = set(routes.values())
         for role in UplinkRole:
-            self.active.labels(role.value).set(1 if role is uplink else 0)
+            self.active.labels(role.value).set(1 if role in carrying else 0)

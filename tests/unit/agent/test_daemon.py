@@ -149,11 +149,13 @@ class FakeKernel:
 
 
 class FakeProbers:
-    """Every stream of an uplink answers while `alive[uplink]`; `make` is the agent's factory;
-    `sent[uplink, kind]` counts the probes sent."""
+    """Every stream of an uplink answers while `alive[uplink]` and its kind is not in
+    `silent` (a set of (uplink, kind)); `make` is the agent's factory; `sent[uplink, kind]`
+    counts the probes sent."""
 
     def __init__(self):
         self.alive = {P: True, S: True}
+        self.silent: set[tuple[UplinkRole, ProbeKind]] = set()
         self.sent: collections.Counter = collections.Counter()
 
     async def make(self, role, kind):
@@ -165,7 +167,9 @@ class FakeProbers:
                 return True
 
             def result(self, timeout_s):
-                return 0.0005 if probers.alive[role] else None
+                if probers.alive[role] and (role, kind) not in probers.silent:
+                    return 0.0005
+                return None
 
             def close(self):
                 pass
@@ -245,13 +249,57 @@ def test_a_link_event_moves_the_routes_at_once():
     assert sample(registry, "netwatch_agent_active_uplink", uplink="secondary") == 1
 
 
+def test_an_ipv6_failure_moves_the_ipv6_route_only(caplog):
+    """The primary's IPv6 gateway goes silent: the IPv6 default route moves to the secondary,
+    IPv4 stays on the primary, and the metrics say where each one is."""
+
+    async def scenario(agent, kernel, probers, task):
+        probers.silent.add((P, ProbeKind.GATEWAY6))
+        await until(lambda: kernel.routes[socket.AF_INET6] == "eth1")
+        await asyncio.sleep(0.2)  # ten more rounds: IPv4 stays
+        assert kernel.routes[socket.AF_INET] == "eth0"
+        assert kernel.writes == [(socket.AF_INET6, "eth1")]
+
+    registry, error = run_agent(scenario)
+    assert error is None
+    routes = {(f, u): sample(registry, "netwatch_agent_default_route_uplink", family=f,
+                             uplink=u) for f in ("ipv4", "ipv6") for u in ("primary", "secondary")}
+    assert routes == {("ipv4", "primary"): 1, ("ipv4", "secondary"): 0,
+                      ("ipv6", "primary"): 0, ("ipv6", "secondary"): 1}
+    # Both uplinks carry a default route; the primary is DOWN as a whole, UP for IPv4.
+    assert [sample(registry, "netwatch_agent_active_uplink", uplink=u)
+            for u in ("primary", "secondary")] == [1, 1]
+    assert sample(registry, "netwatch_agent_uplink_up", uplink="primary") == 0
+    assert sample(registry, "netwatch_agent_uplink_family_up", uplink="primary",
+                  family="ipv4") == 1
+    assert sample(registry, "netwatch_agent_uplink_family_up", uplink="primary",
+                  family="ipv6") == 0
+    assert sample(registry, "netwatch_agent_failovers_total", reason="gateway") == 1
+    assert ("event=failover uplink=secondary previous=primary families=ipv6 cause=gateway "
+            "reason=\"primary: gateway primary-gateway6 silent: 3 probes") in caplog.text
+
+
+def test_one_failure_of_both_families_is_one_failover(caplog):
+    """The primary's gateway silent for ARP and ND in the same rounds: both routes move, in
+    one decision: one failover counted, one log line naming both families."""
+
+    async def scenario(agent, kernel, probers, task):
+        probers.alive[P] = False
+        await until(lambda: kernel.on("eth1"))
+
+    registry, error = run_agent(scenario)
+    assert error is None
+    assert sample(registry, "netwatch_agent_failovers_total", reason="gateway") == 1
+    assert "families=ipv4,ipv6 cause=gateway" in caplog.text
+
+
 def test_the_standby_uplink_is_probed_at_the_full_rate():
     """Every stream goes out every tick, the standby's beyond probes too: the secondary's
     loss ratio is as fresh as the primary's, and it is as ready to carry traffic."""
 
     async def scenario(agent, kernel, probers, task):
         await until(lambda: probers.sent[P, ProbeKind.BEYOND4] >= 10)
-        assert agent.state.active is P
+        assert agent.state.carrying == {P}
         assert len(probers.sent) == 6  # two uplinks: gateway, gateway6, beyond4
         assert len(set(probers.sent.values())) == 1, probers.sent
 
