@@ -12,10 +12,12 @@ Contract:
   (config + persisted state) before any probe is trusted; again to each neighbor whenever its
   session goes up or down. Before the answer, the plan would be made on guesses: nothing is
   sent;
-* decisions run on the monotonic clock; the state file holds wall-clock times (a recovery
-  hold survives a restart, an NTP step does not shorten it). A state file that cannot be read
-  or is not what the controller writes is logged (`state_unreadable`) and ignored: the
-  controller starts from the site file's defaults;
+* decisions run on the monotonic clock, and so do the state file's times, with the boot's id
+  (controller/persistence.py): a recovery hold survives a restart, and no wall-clock step
+  can shorten it or refill the action budget. A state file that cannot be read or is not what
+  the controller writes is logged (`state_unreadable`) and ignored: the controller starts
+  from the site file's defaults. A save that fails (a full disk) is logged once per episode,
+  counted, and the controller runs on from its state in memory;
 * a command ExaBGP rejects (`error`), or does not acknowledge within ACK_TIMEOUT_S of
   reaching the head of the queue, is counted (netwatch_exabgp_commands_rejected_total) and
   retried after 1 s, doubling up to 30 s, per key and per rejected value; late acks of
@@ -69,7 +71,7 @@ from netwatch.exabgp.sync import (
     WithdrawalsHeld,
 )
 from netwatch.runtime.logs import kv, setup_logging
-from netwatch.runtime.state_store import StateStore
+from netwatch.runtime.state_store import StateStore, boot_id
 from netwatch.runtime.supervise import WorkerDied, supervise
 
 log = logging.getLogger("netwatch.controller")
@@ -79,11 +81,11 @@ LINE_LOGGED = 200  # characters of an ExaBGP line that go into a log message
 
 class Controller:
     def __init__(self, site, registry: CollectorRegistry | None = None, pipe=None,
-                 clock=time.time, mono=time.monotonic, routes: ProbeRoutes | None = None,
-                 prober: ProberFactory = probing.open_prober):
-        """`clock` is the wall clock (the state file's times), `mono` the decision clock;
-        `routes` the kernel's policy routing (default: netlink, opened when the probes
-        start), `prober` opens the probers.
+                 mono=time.monotonic, routes: ProbeRoutes | None = None,
+                 prober: ProberFactory = probing.open_prober, boot=boot_id):
+        """`mono` is the decision clock (CLOCK_MONOTONIC: the state file's times too),
+        `boot()` this boot's id, `routes` the kernel's policy routing (default: netlink,
+        opened when the probes start), `prober` opens the probers.
         Raises ValueError for a site the controller cannot run (tcp probes without a port, a
         prefix ExaBGP's lines cannot carry)."""
         self.site = site
@@ -93,18 +95,20 @@ class Controller:
             missing = [t.label for t in self.ctl.probe.targets if t.port is None]
             if missing:
                 raise ValueError(f"probe method tcp: no port for {', '.join(missing)}")
-        self.clock, self.mono = clock, mono  # wall clock for the state file; decisions: mono
+        self.mono = mono  # decisions and the state file: never the wall clock
         self.metrics = ControllerMetrics(registry or CollectorRegistry())
         self.store = StateStore(f"{site.state_dir}/controller.json")
+        self.boot_id = boot()
+        self._save_failing = False  # logged once per episode of failed saves (a full disk)
         try:
             self.state = restore(self.params, self.store.load(), now=mono(),
-                                 wall_offset_s=self.wall_offset_s())
+                                 boot_id=self.boot_id)
         except ValueError as exc:  # unreadable, not JSON, or not what to_json writes
             self.metrics.errors.labels("state").inc()
             log.error(kv("state_unreadable", path=self.store.path, error=exc,
                          note="starting from the site file's defaults"))
             self.state = restore(self.params, now=mono())
-        self.pipe = pipe or ExabgpPipe()
+        self.pipe = pipe or ExabgpPipe(on_oversized=self._oversized_line)
         self.routes = routes
         self.prober = prober
         self.sessions: dict[tuple[str, int], str] = {}
@@ -115,7 +119,10 @@ class Controller:
         self.by_address = {addr: key for key, addr in self.sessions.items()}
         self.sync = Sync(self.params.min_announcing_upstreams)
         self.sync.want(self.desired(), self.neighbors_up())
-        self.window = ProbeWindow(self.ctl.probe.window_s, self.params.recent_probes)
+        # A probe counts once its fate is known: `timeout` after it was sent (verdict.py).
+        timeout_s = (self.ctl.probe.timeout_ms or self.ctl.probe.interval_ms) / 1000
+        self.window = ProbeWindow(self.ctl.probe.window_s, self.params.recent_probes,
+                                  settle_s=timeout_s)
         self.started = mono()
         self._persisted = to_json(self.state)  # on the decision clock: compared, not saved
 
@@ -187,6 +194,11 @@ class Controller:
                 log.warning(kv("withdrawals_held", commands=commands, in_flight=in_flight,
                                note="until enough announcements are acknowledged"))
 
+    def _oversized_line(self, size: int) -> None:
+        """ExaBGP wrote a line over the pipe's limit: it was dropped, the rest goes on."""
+        self.metrics.errors.labels("event").inc()
+        log.error(kv("exabgp_line_too_long", bytes=size, note="dropped; reading on"))
+
     def on_event(self, line: str) -> None:
         """One line from ExaBGP: an acknowledgement, a session event, the answer to `show
         neighbor json`; then whatever is due."""
@@ -237,10 +249,6 @@ class Controller:
 
     # --- decisions -------------------------------------------------------------------------
 
-    def wall_offset_s(self) -> float:
-        """wall clock - decision clock: converts the state file's times."""
-        return self.clock() - self.mono()
-
     def apply(self, observation) -> None:
         """Feed one observation to the decision: log and count its actions, hand a changed
         plan (or changed sessions) to Sync, publish the gauges, persist the state."""
@@ -286,15 +294,27 @@ class Controller:
                         self.metrics.set_mode(name, str(p), mode)
 
     def persist(self) -> None:
-        snapshot = to_json(self.state)  # decision clock: changes only when the state does
+        """Save the state when it changed. A failed save (a full disk, a read-only file
+        system) is counted every time, logged once per episode, and tried again at the next
+        judgement; the controller runs on from its state in memory meanwhile."""
+        snapshot = to_json(self.state)  # changes only when the state does
         if snapshot == self._persisted:
             return
         try:
-            self.store.save(to_json(self.state, self.wall_offset_s()))
-            self._persisted = snapshot
+            self.store.save(to_json(self.state, saved_at=self.mono(), boot_id=self.boot_id))
         except OSError as exc:
             self.metrics.errors.labels("persist").inc()
-            log.error(kv("persist_failed", path=self.store.path, error=exc))
+            self.metrics.state_stale.set(1)
+            if not self._save_failing:
+                self._save_failing = True
+                log.error(kv("persist_failed", path=self.store.path, error=exc,
+                             note="running on the state in memory; retried at each change"))
+            return
+        self._persisted = snapshot
+        self.metrics.state_stale.set(0)
+        if self._save_failing:
+            self._save_failing = False
+            log.info(kv("persist_recovered", path=self.store.path))
 
     def judge(self) -> None:
         if self.mono() - self.started < self.ctl.probe.window_s:

@@ -88,6 +88,11 @@ class ControllerMetrics:
             "Commands ExaBGP answered with error or left unacknowledged (ack timeout)",
             registry=registry,
         )
+        self.state_stale = Gauge(
+            "netwatch_controller_state_file_stale",
+            "1 while the last save of the state file failed (a full disk): a restart now would "
+            "start from older state", registry=registry,
+        )
         self.errors = Counter(
             "netwatch_controller_errors_total", "Errors survived (bad event, failing probe)",
             ["where"], registry=registry,

@@ -1,10 +1,11 @@
 """What of the transit decision survives a restart, and how it comes back. Pure.
 
-`to_json(state, wall_offset_s)` is what the controller writes to its state file: states,
-candidates and recovery holds, the action budget, the upstreams the safety holds keep.
-`restore(params, persisted, now, wall_offset_s)` is the state at start from it. Times are
-stored on the wall clock (wall = monotonic + offset) and brought back onto the decision's
-monotonic clock, so a recovery hold goes on where it was after a restart.
+`to_json(state, saved_at=now, boot_id=...)` is what the controller writes to its state file:
+states, candidates and recovery holds, the action budget, the upstreams the safety holds
+keep. `restore(params, persisted, now=..., boot_id=...)` is the state at start from it. Times
+are stored on the decision clock (CLOCK_MONOTONIC, which every process of one boot shares and
+no one steps), never on the wall clock: a wall-clock step across a restart used to shorten a
+recovery hold or empty the action budget.
 """
 
 from __future__ import annotations
@@ -22,20 +23,32 @@ from netwatch.core.vocabulary import Family, Health
 
 def restore(
     params: Params, persisted: Mapping | None = None, *, now: float = 0.0,
-    wall_offset_s: float = 0.0,
+    boot_id: str | None = None,
 ) -> State:
     """The state at start: HEALTHY everywhere, or what `persisted` (see `to_json`) recorded.
 
-    Persisted times are wall-clock: `t - wall_offset_s` puts them on the decision clock, and a
-    time after `now` (the wall clock was stepped back since) counts as `now`. A recovery hold in
-    progress goes on where it was; the upstreams a safety hold kept are kept again; upstreams
+    Persisted times are on the decision clock (CLOCK_MONOTONIC: one per boot, shared by every
+    process, never stepped). Saved in this boot (`boot_id` matches), they are used as they are,
+    so a recovery hold counts the time the controller was down and a wall-clock step changes
+    nothing. Saved in another boot (or by an older netwatch), every time moves forward by
+    `now - saved_at`: the downtime counts as nothing, so a hold resumes where it was at the
+    last save and the action budget is not refilled by a reboot (the safe direction). A time
+    after `now` counts as `now`. The upstreams a safety hold kept are kept again; upstreams
     the site file no longer has are ignored. Raises ValueError, naming the field, when
     `persisted` is not what `to_json` writes.
     """
     saved = _Persisted.parse(persisted or {})
+    if saved.boot_id is not None and saved.boot_id == boot_id:
+        shift = 0.0
+    else:
+        times = [t for t in (*saved.action_times, *(
+            v for rec in saved.upstreams.values() for v in (rec.recovery_since, rec.changed_at)
+        )) if t is not None]
+        latest = saved.saved_at if saved.saved_at is not None else max(times, default=now)
+        shift = now - latest
 
     def mono(t: float | None) -> float | None:
-        return None if t is None else min(now, t - wall_offset_s)
+        return None if t is None else min(now, t + shift)
 
     ups = {}
     for u in params.upstreams:
@@ -69,25 +82,28 @@ def restore(
     return replace(state, plan=plan_of(state))
 
 
-def to_json(state: State, wall_offset_s: float = 0.0) -> dict:
+def to_json(
+    state: State, *, saved_at: float | None = None, boot_id: str | None = None
+) -> dict:
     """What survives a restart: states, candidates and recovery holds, the action budget, the
-    upstreams the safety holds keep. Times are `t + wall_offset_s` (the wall clock)."""
-
-    def wall(t: float | None) -> float | None:
-        return None if t is None else t + wall_offset_s
+    upstreams the safety holds keep, on the decision clock; with `saved_at` (the decision
+    clock's now) and `boot_id` when written to disk (see `restore`). Without them the result
+    changes only when the state does: the daemon compares it to know when to save."""
 
     holds = state.plan.holds if state.plan is not None else ()
+    stamp = {} if saved_at is None else {"saved_at": saved_at, "boot_id": boot_id}
     return {
+        **stamp,
         "upstreams": {
             name: {
                 "state": u.state.value,
                 "candidate": u.candidate.value,
-                "recovery_since": wall(u.recovery.since),
-                "changed_at": wall(u.changed_at),
+                "recovery_since": u.recovery.since,
+                "changed_at": u.changed_at,
             }
             for name, u in state.upstreams.items()
         },
-        "action_times": [wall(t) for t in state.budget.times],
+        "action_times": list(state.budget.times),
         "holds": {h.family.label: list(h.kept) for h in holds},
     }
 
@@ -107,6 +123,8 @@ class _Persisted:
     upstreams: Mapping[str, _PersistedUpstream]
     action_times: tuple[float, ...]
     holds: Mapping[Family, tuple[str, ...]]
+    saved_at: float | None = None
+    boot_id: str | None = None
 
     @classmethod
     def parse(cls, data: object) -> _Persisted:
@@ -137,7 +155,11 @@ class _Persisted:
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                 raise ValueError(f"holds.{key}: expected a list of upstream names")
             holds[fam] = tuple(names)
-        return cls(ups, action_times, holds)
+        boot = data.get("boot_id")
+        if boot is not None and not isinstance(boot, str):
+            raise ValueError(f"boot_id: expected a string, got {type(boot).__name__}")
+        return cls(ups, action_times, holds,
+                   _time(data.get("saved_at"), "saved_at", optional=True), boot)
 
 
 def _mapping(value: object, where: str) -> Mapping:

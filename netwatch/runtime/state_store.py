@@ -67,3 +67,12 @@ class StateStore:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def boot_id() -> str | None:
+    """This boot's id (the kernel's random boot_id): times on CLOCK_MONOTONIC saved under
+    another id belong to an earlier boot. None where the kernel does not say."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None

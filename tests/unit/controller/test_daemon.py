@@ -101,7 +101,6 @@ class Rig:
     pipe: RecordingPipe
     registry: CollectorRegistry
     mono: object
-    wall: object
 
     def sample(self, name: str, **labels) -> float | None:
         return self.registry.get_sample_value(name, labels)
@@ -119,11 +118,11 @@ def make(site_copy, lab_site, clock, tmp_path):
     """make(...) -> Rig: a controller on the lab's site file. `policy` changes the policy
     (FAST: every verdict acted on at once), `edit(controller_section)` anything else, `state`
     is written to the state file first; `mono` starts a new decision clock (default: the
-    `clock` fixture), `wall` the wall clock."""
+    `clock` fixture), `boot` is the boot id the controller reads."""
     raw = yaml.safe_load(lab_site.read_text())
     targets = (lab_site.parent / raw["controller"]["probe"]["targets_file"]).resolve()
 
-    def build(pipe=None, *, policy=None, edit=None, state=None, mono=None, wall=1.7e9,
+    def build(pipe=None, *, policy=None, edit=None, state=None, mono=None, boot="boot-1",
               routes=None, prober=None) -> Rig:
         section = copy.deepcopy(raw["controller"])
         section["probe"]["targets_file"] = str(targets)
@@ -136,11 +135,10 @@ def make(site_copy, lab_site, clock, tmp_path):
             (tmp_path / "state" / "controller.json").write_text(json.dumps(state))
         registry = CollectorRegistry()
         mono_clock = clock if mono is None else type(clock)(mono)
-        wall_clock = type(clock)(wall)
         pipe = pipe if pipe is not None else RecordingPipe()
-        c = Controller(load_site(path), registry, pipe, clock=wall_clock, mono=mono_clock,
+        c = Controller(load_site(path), registry, pipe, mono=mono_clock, boot=lambda: boot,
                        routes=routes or RecordingRoutes(), prober=prober or FakeProbers())
-        return Rig(c, pipe, registry, mono_clock, wall_clock)
+        return Rig(c, pipe, registry, mono_clock)
 
     return build
 
@@ -763,41 +761,40 @@ def test_an_unreadable_state_file_is_logged_and_ignored(make, tmp_path, logs, mo
     assert state_of(r, "t1") == "healthy"
 
 
-def test_decisions_ignore_a_wall_clock_step(make):
-    """An NTP step of one hour forward does not serve the 10 s recovery hold at once."""
-    r = started(make(state={"upstreams": {"t2": {"state": "failed"}}}))
-    for _ in range(5):  # rise: the hold starts
-        r.mono.now += 0.2
-        r.wall.now += 0.2
-        r.c.apply(window())
-    r.wall.now += 3600
-    r.mono.now += 0.2
-    r.c.apply(window())
-    assert state_of(r, "t2") == "failed"
-    r.mono.now += 10
-    r.c.apply(window())
-    assert state_of(r, "t2") == "healthy"
-
-
-def test_a_recovery_hold_survives_a_restart(make):
-    """Half-way through t2's hold the controller restarts (new monotonic origin, wall clock
-    on): it recovers when the hold ends, not a whole hold (or never) after the restart."""
+def _hold_begins(make):
+    """A controller whose t2 was FAILED: five good windows (rise) start its 10 s recovery
+    hold at mono 1001; the state file is saved then."""
     r = started(make(state={"upstreams": {"t2": {"state": "failed"}}}, mono=1000.0))
-    for _ in range(5):  # rise: the 10 s hold starts at mono 1001
+    for _ in range(5):
         r.mono.now += 0.2
-        r.wall.now += 0.2
         r.c.apply(window())
-    r.mono.now += 5
-    r.wall.now += 5
-    r.c.apply(window())
     assert state_of(r, "t2") == "failed"
-    # One second later, the monotonic clock from 7 (a reboot): 6 s into the hold.
-    again = started(make(wall=r.wall.now + 1, mono=7.0))
-    assert state_of(again, "t2") == "failed"
-    again.mono.now += 3.0  # 9 s into the hold: not yet
+    return r
+
+
+def test_a_recovery_hold_counts_the_downtime_of_a_restart_in_the_same_boot(make):
+    """The decision clock (CLOCK_MONOTONIC) is one per boot: a controller respawned 5 s
+    later goes on with the same hold, downtime included, whatever the wall clock did."""
+    r = _hold_begins(make)
+    again = started(make(mono=r.mono.now + 5))  # same boot id
+    again.mono.now += 4.5  # 9.5 s into the hold
     again.c.apply(window())
     assert state_of(again, "t2") == "failed"
-    again.mono.now += 1.5
+    again.mono.now += 1.0
+    again.c.apply(window())
+    assert state_of(again, "t2") == "healthy"
+
+
+def test_after_a_reboot_a_hold_resumes_where_it_was_saved(make):
+    """Another boot: the old monotonic times mean nothing and the wall clock may have been
+    stepped, so the downtime counts as nothing: the hold resumes at what it had served when
+    the state was saved (here nothing), never shorter."""
+    _hold_begins(make)
+    again = started(make(mono=7.0, boot="boot-2"))
+    again.mono.now += 9.5
+    again.c.apply(window())
+    assert state_of(again, "t2") == "failed"
+    again.mono.now += 1.0
     again.c.apply(window())
     assert state_of(again, "t2") == "healthy"
 
@@ -927,3 +924,27 @@ def test_exabgp_closing_the_pipe_stops_the_controller_cleanly(make, logs):
     assert asyncio.run(asyncio.wait_for(scenario(), 5)) == exitcodes.OK
     assert [x.levelno for x in logged(logs, "stop")] == [logging.INFO]
     assert logged(logs, "worker_died") == []
+
+
+def test_a_failing_save_is_logged_once_per_episode_and_the_controller_runs_on(
+        make, logs, caplog, tmp_path):
+    """A state_dir that cannot be written (here: a file where the directory should be; a full
+    disk alike): every failure is counted, logged once, and the gauge says the file is stale;
+    once the directory can be written again, the state is saved and the gauge cleared."""
+    blocker = tmp_path / "state"  # the site copy's state_dir
+    blocker.write_text("a file, not a directory")
+    r = started(make(policy=FAST))
+    for quality in ("failed", "healthy", "failed"):
+        r.mono.now += 1
+        r.c.apply(window(t2=quality))
+    assert len(logged(caplog, "persist_failed")) == 1
+    assert r.sample("netwatch_controller_errors_total", where="persist") == 3
+    assert r.sample("netwatch_controller_state_file_stale") == 1
+    assert state_of(r, "t2") == "failed"  # decisions went on from the state in memory
+    blocker.unlink()
+    blocker.mkdir()
+    r.mono.now += 1
+    r.c.apply(window(t2="healthy"))
+    assert r.sample("netwatch_controller_state_file_stale") == 0
+    assert len(logged(caplog, "persist_recovered")) == 1
+    assert (blocker / "controller.json").exists()

@@ -256,24 +256,29 @@ def test_an_event_wins_over_the_summary_that_follows_it():
     assert s.sessions[("t3", Family.V4)] is SessionState.UNKNOWN
 
 
-def test_persisted_times_are_wall_clock_and_converted_both_ways():
+def test_persisted_times_are_the_decision_clocks_with_the_boot():
     p = params(max_actions_per_hour=5)
     s = up_everywhere(restore(p))
     s = run(s, stats({"t2": 1.0}), [100.0])  # FAILED at monotonic 100
     s = run(s, stats({}), [101.0 + 0.2 * i for i in range(5)])  # rise: hold since 101.8
-    saved = to_json(s, wall_offset_s=1.7e9)  # wall = monotonic + 1.7e9
+    saved = to_json(s, saved_at=102.0, boot_id="b1")
     t2 = saved["upstreams"]["t2"]
-    assert t2["changed_at"] == pytest.approx(1.7e9 + 100)
-    assert t2["recovery_since"] == pytest.approx(1.7e9 + 101.8)
-    assert saved["action_times"] == [pytest.approx(1.7e9 + 100)]
-    # Restarted on a new monotonic origin (a reboot) 3 s of wall time later.
-    again = restore(p, saved, now=5.0, wall_offset_s=1.7e9 + 106.8 - 5.0)
-    assert again.upstreams["t2"].recovery.since == pytest.approx(0.0)
-    assert again.upstreams["t2"].changed_at == pytest.approx(-1.8)
-    assert again.budget.times == (pytest.approx(-1.8),)
-    # A wall clock stepped back since: times "in the future" count as now (never shorter).
-    back = restore(p, saved, now=5.0, wall_offset_s=1.7e9)
-    assert back.upstreams["t2"].recovery.since == 5.0 and back.budget.times == (5.0,)
+    assert (saved["saved_at"], saved["boot_id"]) == (102.0, "b1")
+    assert t2["changed_at"] == pytest.approx(100) and saved["action_times"] == [pytest.approx(100)]
+    assert t2["recovery_since"] == pytest.approx(101.8)
+    # The same boot 4.8 s later: the same clock, used as it is (the downtime counts).
+    same = restore(p, saved, now=106.8, boot_id="b1")
+    assert same.upstreams["t2"].recovery.since == pytest.approx(101.8)
+    assert same.budget.times == (pytest.approx(100),)
+    # Another boot (the monotonic clock restarted near 0; the wall clock may say anything):
+    # every time moves by now - saved_at, the downtime counts as nothing.
+    other = restore(p, saved, now=5.0, boot_id="b2")
+    assert other.upstreams["t2"].recovery.since == pytest.approx(4.8)  # 0.2 s served, kept
+    assert other.upstreams["t2"].changed_at == pytest.approx(3.0)
+    assert other.budget.times == (pytest.approx(3.0),)  # the budget is not refilled
+    # Saved without a boot id (an older file): treated as another boot, from its latest time.
+    legacy = {k: v for k, v in saved.items() if k not in ("saved_at", "boot_id")}
+    assert restore(p, legacy, now=5.0, boot_id="b1").upstreams["t2"].recovery.since == 5.0
 
 
 def test_a_recovery_hold_in_progress_survives_a_restart():
@@ -281,7 +286,8 @@ def test_a_recovery_hold_in_progress_survives_a_restart():
     s = up_everywhere(restore(p))
     s = run(s, stats({"t2": 1.0}), [1.0])
     s = run(s, stats({}), [2.0 + 0.2 * i for i in range(5)])  # hold since 2.8, ends 12.8
-    again = up_everywhere(restore(p, to_json(s), now=8.0))
+    saved = to_json(s, saved_at=3.0, boot_id="b1")
+    again = up_everywhere(restore(p, saved, now=8.0, boot_id="b1"))
     again = run(again, stats({}), [12.7])
     assert again.upstreams["t2"].state is TransitState.FAILED
     again = run(again, stats({}), [12.9])
