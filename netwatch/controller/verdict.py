@@ -172,8 +172,8 @@ def is_local_fault(
 ) -> bool:
     """Every upstream with samples (at least 2 of them) loses at least `degraded_loss` of its
     probes: it is us. Upstreams without samples are left out, not counted as good: one that is
-    not probed (found in review: no `interface`, or its prober failed) made the guard
-    impossible, and three probed upstreams all losing 30-60 % were judged against each other."""
+    not probed (its prober failed) would make the guard impossible, and three probed upstreams
+    all losing 30-60 % would be judged against each other."""
     seen = {up for (up, _), ps in stats.paths.items() if ps.sent >= MIN_SAMPLES}
     judged = [a for name, a in assessments.items() if name in seen]
     return len(judged) >= 2 and all(a.loss >= params.degraded_loss for a in judged)
