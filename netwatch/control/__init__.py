@@ -5,6 +5,8 @@
 - `overrides` (pure): a write command applied to a lease book;
 - `store`: the lease book in the daemon's state_dir (atomic, fsync; a damaged file is set
   aside, never fatal);
+- `keeper`: a daemon's overrides kept: loaded, applied (with the daemon's safety check),
+  expired, saved, audited;
 - `audit`: the append-only audit log (JSON lines, fsync per record, rotated by size);
 - `server`: the asyncio Unix-socket server (SO_PEERCRED, limits, timeouts);
 - `client`: the CLI's small synchronous client.

@@ -3,9 +3,10 @@ behind it, and the status a daemon would send.
 
 - `ctl_dir`: a short directory under /tmp (a socket path has at most 107 bytes) that other
   users may traverse (0711), so a permission test is refused by the socket, not the path;
-- `FakeHandler`: a daemon's handler: answers status from `statuses`, keeps a real LeaseBook
-  through `netwatch.control.overrides.apply` on a fake clock, refuses a drain of an upstream
-  in `interlocked` unless forced, and records every (request, peer) it was given;
+- `FakeHandler`: a daemon's handler, plugged in as a daemon would: answers status from
+  `statuses`, keeps its overrides with a real LeaseKeeper (state in `state_dir`, clock
+  `now`), refuses a drain of an upstream in `interlocked` unless forced (the check a
+  controller makes), and records every (request, peer) it was given;
 - `serve(handler=None, daemon="agent", **server_kwargs)` -> Running: a ControlServer on its own
   event loop in a thread (`.path`, `.server`, `.audit`, `.handler`, `.run(coro)`); every one is
   closed after the test;
@@ -33,17 +34,17 @@ from pathlib import Path
 
 import pytest
 
-from netwatch.control import overrides
 from netwatch.control.audit import AuditLog
-from netwatch.control.leases import LeaseBook
+from netwatch.control.keeper import LeaseKeeper
+from netwatch.control.leases import LeaseBook, LeaseKind
 from netwatch.control.protocol import (
-    LEASE_ID_PREFIX,
     Command,
     Peer,
     Refused,
     Request,
 )
 from netwatch.control.server import ControlServer, Limits
+from netwatch.control.store import LeaseStore
 
 REPO = Path(__file__).resolve().parents[3]
 NOBODY = 65534
@@ -51,35 +52,44 @@ NOBODY = 65534
 
 @dataclass
 class FakeHandler:
+    state_dir: Path
     daemon: str = "agent"
+    audit: AuditLog | None = None
     statuses: dict = field(default_factory=dict)
     now: float = 1_800_000_000.0
     interlocked: frozenset = frozenset()
     upstreams: tuple = ("t1", "t2", "t3", "t4")
     seen: list = field(default_factory=list)
-    book: LeaseBook | None = None
     delay_s: float = 0.0
 
     def __post_init__(self):
-        self.book = self.book or LeaseBook(LEASE_ID_PREFIX[self.daemon])
+        # The way a daemon keeps its overrides: a LeaseKeeper on its state_dir.
+        self.keeper = LeaseKeeper(LeaseStore(self.state_dir, self.daemon), self.audit,
+                                  clock=lambda: self.now)
+
+    @property
+    def book(self) -> LeaseBook:
+        return self.keeper.book
 
     async def handle(self, request: Request, peer: Peer):
         self.seen.append((request, peer))
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
         if request.cmd is Command.STATUS:
-            return {**self.statuses.get(self.daemon, {"daemon": self.daemon}),
-                    "overrides": overrides.listing(self.book, self.now)["overrides"]}
+            status = self.statuses.get(self.daemon, {"daemon": self.daemon})
+            return {**status, "overrides": self.keeper.live()}
         if request.cmd is Command.OVERRIDES:
-            return overrides.listing(self.book, self.now)
+            return self.keeper.listing()
         upstreams = self.upstreams if self.daemon == "controller" else None
-        change = overrides.apply(self.book, request, peer.who, self.now, upstreams)
-        if (request.cmd is Command.DRAIN and request.args["upstream"] in self.interlocked
-                and not request.args["force"]):
-            raise Refused(f"draining {request.args['upstream']} would leave ipv4 announced to "
+        return self.keeper.apply(request, peer, upstreams=upstreams,
+                                 check=self._interlock).to_json()
+
+    def _interlock(self, change) -> None:
+        lease = change.lease
+        if (lease is not None and lease.kind is LeaseKind.DRAIN
+                and lease.target in self.interlocked and not lease.forced):
+            raise Refused(f"draining {lease.target} would leave ipv4 announced to "
                           "1 upstream (min_announcing_upstreams 2); --force to override")
-        self.book = change.book
-        return change.to_json()
 
 
 @dataclass
@@ -119,10 +129,10 @@ def serve(ctl_dir):
 
     def start(handler: FakeHandler | None = None, daemon: str | None = None, *,
               audit: bool = True, limits: Limits | None = None, **kwargs) -> Running:
-        handler = handler or FakeHandler(daemon or "agent")
-        daemon = daemon or handler.daemon
-        loop = asyncio.new_event_loop()
+        daemon = daemon or getattr(handler, "daemon", "agent")
         log = AuditLog(ctl_dir / f"audit-{daemon}.jsonl") if audit else None
+        handler = handler or FakeHandler(ctl_dir / f"state-{daemon}", daemon, log)
+        loop = asyncio.new_event_loop()
         server = ControlServer(ctl_dir / f"{daemon}.sock", daemon, handler, audit=log,
                                limits=limits or Limits(idle_timeout_s=2.0, write_timeout_s=2.0),
                                **kwargs)

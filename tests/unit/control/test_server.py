@@ -432,3 +432,14 @@ def test_the_server_thread_survives_many_short_connections(serve):
         thread.join()
     assert wait_until(lambda: running.connections() == 0)
     assert client.request(running.path, Command.STATUS)
+
+
+def test_an_override_outlives_the_daemon_that_took_it(serve, ctl_dir):
+    """A daemon restarted with the same state_dir answers with the same override."""
+    first = serve(daemon="agent")
+    client.request(first.path, Command.FAILOVER, {"to": "secondary", "reason": "CHG-9"})
+    first.run(first.server.close())
+    second = serve(daemon="agent")  # a new server and handler on the same state_dir
+    listing = client.request(second.path, Command.OVERRIDES)
+    assert [(x["id"], x["target"], x["reason"]) for x in listing["overrides"]] == [
+        ("a1", "secondary", "CHG-9")]
