@@ -10,6 +10,7 @@ events and asked for lines; it never reads a clock (every call that needs the ti
     sync.want(expand(plan), neighbors_up)   # whenever the plan or the sessions change
     sync.sessions_reported()                # the answer to `show neighbor json` is in
     sync.peer_reset(neighbor)               # a session went up or down
+    sync.session_up(neighbor)               # ... up: its End-of-RIB follows its full state
     report = sync.on_ack(AckKind.DONE, now) # one acknowledgement from ExaBGP
     due = sync.due(now)                     # at every round and after every event:
     for command in due.commands: write(command.line)   # `sync.unsent(command)` if that fails
@@ -36,6 +37,16 @@ Contract:
   unknown: its keys leave the acknowledged state, so their desired state is sent again;
 * a diff that raises (a value `protocol` refuses to format) is reported (`DiffFailed`) and
   retried, the whole diff, after the same kind of backoff;
+* End-of-RIB (ExaBGP runs with `manual-eor true`): after `session_up(neighbor)`, once every
+  key of that neighbor's desired state has been written (acknowledged or in flight: ExaBGP
+  sends the routes before the End-of-RIB queued behind them), its End-of-RIB is due, once.
+  Never before: a peer in graceful-restart helper mode drops every stale route it has not
+  been sent again when the End-of-RIB arrives, so an early one withdraws everything for as
+  long as the announcements take. A neighbor withdrawn in the plan gets no announcement and
+  its End-of-RIB at once; one whose withdrawal is held (make-before-break) or whose
+  announcement is backing off waits with it (its stale routes, if any, stay until then). A
+  rejected or timed-out End-of-RIB (ExaBGP refuses it for a session not established) is
+  sent again after the same kind of backoff, while the neighbor's session is up;
 * make-before-break is a wait: `due` returns the announcements, then only the withdrawals
   that leave every prefix announced through `minimum` neighbors whose session is up,
   counting only acknowledged announcements (`protocol.safe_withdrawals`). The others are held
@@ -54,7 +65,7 @@ from types import MappingProxyType
 
 from netwatch.controller.plan import Announcement
 from netwatch.exabgp import protocol
-from netwatch.exabgp.protocol import AckKind, Command, Desired, Key
+from netwatch.exabgp.protocol import AckKind, Command, Desired, EndOfRib, Key
 
 RETRY_MIN_S = 1.0  # a rejected command is retried after this long ...
 RETRY_MAX_S = 30.0  # ... doubling up to this while ExaBGP keeps rejecting it
@@ -182,6 +193,10 @@ class Sync:
         # None: not asked yet; a number: asked, nothing is sent before the answer or this time
         self._sessions_deadline: float | None = None
         self._sessions_known = False
+        # Neighbors whose End-of-RIB is owed (their session came up), and the backoff of
+        # those ExaBGP refused it for (effect unused).
+        self._eor_owed: set[str] = set()
+        self._eor_backoff: dict[str, Backoff] = {}
 
     # --- read-only views (status, tests) --------------------------------------------------
 
@@ -225,6 +240,18 @@ class Sync:
             del self._acked[key]
         self._dirty = True
 
+    def session_up(self, neighbor: str) -> None:
+        """`neighbor`'s session is up (an event, or the answer to `show neighbor json`): its
+        End-of-RIB is due once its full desired state has been written (module docstring).
+        Call it with `peer_reset` on an `up` event."""
+        self._eor_owed.add(neighbor)
+        self._eor_backoff.pop(neighbor, None)
+
+    @property
+    def end_of_rib_owed(self) -> frozenset[str]:
+        """The neighbors whose End-of-RIB has not been written yet."""
+        return frozenset(self._eor_owed)
+
     def on_ack(self, kind: AckKind, now: float) -> Report | None:
         """One `done` or `error`, matched to the oldest command in flight (none: None)."""
         if self._orphan_acks:
@@ -243,13 +270,18 @@ class Sync:
                 return None
             self._sessions_known = True
             return SessionsUnanswered(kind)
+        if isinstance(command, EndOfRib):
+            if kind is AckKind.ERROR:
+                return Rejected(command, self._eor_again(command.neighbor, now))
+            self._eor_backoff.pop(command.neighbor, None)
+            return Accepted(command)
         if kind is AckKind.ERROR:
             return Rejected(command, self._back_off(command, now))
         self._acked.update(command.effect)
         for key in command.effect:
             self._backoff.pop(key, None)
         if (self._withdrawals_held and not command.withdraws
-                and all(c.withdraws for c in self._pending)):
+                and all(c.withdraws or isinstance(c, EndOfRib) for c in self._pending)):
             self._dirty = True  # the last announcement in flight is in: look at them again
         return Accepted(command)
 
@@ -260,6 +292,8 @@ class Sync:
             if c is command:
                 del self._pending[i]
                 break
+        if isinstance(command, EndOfRib):
+            self._eor_owed.add(command.neighbor)
         self._dirty = True
 
     # --- output ---------------------------------------------------------------------------
@@ -274,8 +308,14 @@ class Sync:
             reports.append(timeout)
         if self._next_retry is not None and now >= self._next_retry:
             self._dirty = True  # a held-back key may go again
-        if not self._dirty or self._diff_retry_at > now or not self._may_send(now, reports):
+        if not self._may_send(now, reports):
             return Due((), tuple(reports))
+        commands = self._diff(now, reports) if self._dirty and self._diff_retry_at <= now else []
+        return Due((*commands, *self._end_of_ribs(now)), tuple(reports))
+
+    def _diff(self, now: float, reports: list[Report]) -> list[Command]:
+        """The announcements, then the withdrawals make-before-break lets through, of the
+        diff between the plan and what ExaBGP knows; marked written."""
         try:
             desired = self._desired
             waiting = [b.retry_at for k, b in self._backoff.items()
@@ -287,7 +327,7 @@ class Sync:
             reports.append(DiffFailed(exc, self._diff_retry_s))
             self._diff_retry_at = now + self._diff_retry_s
             self._diff_retry_s = min(RETRY_MAX_S, 2 * self._diff_retry_s)
-            return Due((), tuple(reports))
+            return []
         self._diff_retry_s = RETRY_MIN_S
         self._next_retry = min(waiting) if waiting else None
         self._dirty = False
@@ -302,7 +342,35 @@ class Sync:
             reports.append(WithdrawalsHeld(self._withdrawals_held, len(self._pending)))
         for command in ready:
             self._sent(command, now)
-        return Due((*out, *ready), tuple(reports))
+        return [*out, *ready]
+
+    def _end_of_ribs(self, now: float) -> list[Command]:
+        """The End-of-RIBs due now: owed, session up, not backing off, and every desired key
+        of the neighbor written (acknowledged or in flight) with its desired value."""
+        ready = [n for n in self._eor_owed if n in self._up and not (
+            n in self._eor_backoff and self._eor_backoff[n].retry_at > now)]
+        if not ready:
+            return []
+        known = self._known()
+        missing = object()
+        out = []
+        for neighbor in sorted(ready):
+            if all(known.get(key, missing) == want
+                   for key, want in self._desired.items() if key[0] == neighbor):
+                command = protocol.end_of_rib(neighbor)
+                self._eor_owed.discard(neighbor)
+                self._sent(command, now)
+                out.append(command)
+        return out
+
+    def _eor_again(self, neighbor: str, now: float) -> float:
+        """Owe `neighbor`'s End-of-RIB again after RETRY_MIN_S, doubling up to RETRY_MAX_S
+        while ExaBGP keeps refusing it. Returns the wait."""
+        b = self._eor_backoff.get(neighbor)
+        wait = b.next_s if b is not None else RETRY_MIN_S
+        self._eor_backoff[neighbor] = Backoff(None, now + wait, min(RETRY_MAX_S, 2 * wait))
+        self._eor_owed.add(neighbor)
+        return wait
 
     # --- inside ---------------------------------------------------------------------------
 
@@ -349,6 +417,9 @@ class Sync:
         self._orphan_acks += len(timed_out)
         waits = []
         for command in timed_out:
+            if isinstance(command, EndOfRib):  # not known to be sent: owed again
+                waits.append(self._eor_again(command.neighbor, now))
+                continue
             for key in command.effect:
                 self._acked.pop(key, None)
             waits.append(self._back_off(command, now))

@@ -13,7 +13,7 @@ from netwatch.controller.params import SessionState, TransitState, params_from_s
 from netwatch.controller.plan import Announcement, make_plan
 from netwatch.core.vocabulary import Family
 from netwatch.exabgp import protocol
-from netwatch.exabgp.protocol import AckKind
+from netwatch.exabgp.protocol import AckKind, EndOfRib
 from netwatch.exabgp.sync import (
     ACK_TIMEOUT_S,
     RETRY_MAX_S,
@@ -472,3 +472,200 @@ def test_make_before_break_holds_at_every_command_written(lab_params, steps):
     assert exa.violations == []
     want = protocol.expand(plan.desired, sessions, prefixes)
     assert {k for k, ann in want.items() if ann is not None} == exa.announced
+
+
+# --- End-of-RIB after a session comes up --------------------------------------------------------
+
+
+def eor(neighbor: str) -> str:
+    return protocol.eor_line(neighbor, 4)
+
+
+def test_a_session_up_gets_its_full_desired_state_then_its_end_of_rib(clock):
+    """After a restart every session comes up with nothing acknowledged: each neighbor's
+    announcement is written before its End-of-RIB, and a neighbor withdrawn in the plan gets
+    only its End-of-RIB (after its withdrawal), so it stays withdrawn."""
+    sync = started(clock, desired(N1, N3, N4))
+    for n in NEIGHBORS:
+        sync.session_up(n)
+    first = lines(sync.due(clock.now))
+    assert sorted(first[:3]) == sorted([announce(N1), announce(N3), announce(N4)])
+    assert sorted(first[3:]) == sorted([eor(N1), eor(N3), eor(N4)])
+    # N2's withdrawal (of whatever it may still hold) waits for those announcements to be
+    # acknowledged (make-before-break); its End-of-RIB waits with it.
+    assert sync.end_of_rib_owed == {N2}
+    for _ in range(6):
+        assert isinstance(sync.on_ack(DONE, clock.now), Accepted)
+    assert lines(sync.due(clock.now)) == [withdraw(N2), eor(N2)]
+    settle(sync, clock)
+    assert sync.due(clock.now).commands == ()  # once per session up, not at every round
+
+
+def test_no_end_of_rib_for_a_session_that_is_not_up_and_none_before_the_gate_opens(clock):
+    sync = Sync(2)
+    sync.want(desired(*NEIGHBORS), {N1, N2, N3})
+    sync.session_up(N1)
+    sync.session_up(N4)  # reported up, but the plan's view says down: ExaBGP would refuse it
+    sync.ask_sessions(clock.now)
+    assert sync.due(clock.now).commands == ()  # the session gate is closed
+    sync.sessions_reported()
+    sync.on_ack(DONE, clock.now)
+    assert [c.line for c in sync.due(clock.now).commands if isinstance(c, EndOfRib)] == [
+        eor(N1)
+    ]
+    assert sync.end_of_rib_owed == {N4}
+    sync.want(desired(*NEIGHBORS), NEIGHBORS)
+    assert lines(sync.due(clock.now)) == [eor(N4)]
+
+
+def test_a_held_withdrawal_holds_that_neighbors_end_of_rib(clock):
+    """N3 replaces N2 while N2's session comes up again: N2's withdrawal waits for N3's
+    announcement (make-before-break), and so does N2's End-of-RIB, which would drop N2's
+    stale routes at the peer as surely as the withdrawal."""
+    sync = n3_replaces_n2(clock)
+    sync.session_up(N2)
+    assert sync.due(clock.now).commands == ()
+    assert isinstance(sync.on_ack(DONE, clock.now), Accepted)  # N3's announcement
+    assert lines(sync.due(clock.now)) == [withdraw(N2), eor(N2)]
+
+
+def test_an_end_of_rib_waits_for_an_announcement_that_is_backing_off(clock):
+    sync = started(clock, desired(*NEIGHBORS))
+    settle(sync, clock)
+    sync.peer_reset(N1)
+    sync.session_up(N1)
+    assert lines(sync.due(clock.now)) == [announce(N1), eor(N1)]
+    assert isinstance(sync.on_ack(ERROR, clock.now), Rejected)  # the announcement
+    assert isinstance(sync.on_ack(DONE, clock.now), Accepted)  # the End-of-RIB
+    # The peer has had its End-of-RIB for this session: a rejected announcement after it is
+    # retried on its own backoff, no second End-of-RIB.
+    clock.now += 1.0
+    assert lines(sync.due(clock.now)) == [announce(N1)]
+    sync.peer_reset(N2)
+    sync.session_up(N2)
+    assert lines(sync.due(clock.now)) == [announce(N2), eor(N2)]
+    assert isinstance(sync.on_ack(DONE, clock.now), Accepted)
+    sync.peer_reset(N3)
+    sync.session_up(N3)
+    due = sync.due(clock.now)
+    assert lines(due) == [announce(N3), eor(N3)]
+
+
+def test_an_announcement_rejected_before_its_end_of_rib_went_out_holds_it(clock):
+    sync = started(clock, desired(*NEIGHBORS))
+    settle(sync, clock)
+    sync.peer_reset(N1)
+    sync.want(desired(*NEIGHBORS), {N2, N3, N4})  # N1 went down ...
+    assert lines(sync.due(clock.now)) == [announce(N1)]
+    assert isinstance(sync.on_ack(ERROR, clock.now), Rejected)
+    sync.want(desired(*NEIGHBORS), NEIGHBORS)  # ... and came up again
+    sync.peer_reset(N1)
+    sync.session_up(N1)
+    assert lines(sync.due(clock.now)) == []  # its announcement is backing off: no EOR yet
+    assert sync.end_of_rib_owed == {N1}
+    clock.now += 1.0
+    assert lines(sync.due(clock.now)) == [announce(N1), eor(N1)]
+
+
+def test_a_refused_or_unanswered_end_of_rib_is_sent_again_after_a_backoff(clock):
+    sync = started(clock, desired(*NEIGHBORS))
+    settle(sync, clock)
+    sync.session_up(N1)
+    assert lines(sync.due(clock.now)) == [eor(N1)]
+    report = sync.on_ack(ERROR, clock.now)  # ExaBGP: no established neighbor matches
+    assert isinstance(report, Rejected) and report.retry_in_s == 1.0
+    assert lines(sync.due(clock.now)) == []
+    clock.now += 1.0
+    assert lines(sync.due(clock.now)) == [eor(N1)]
+    clock.now += ACK_TIMEOUT_S
+    due = sync.due(clock.now)
+    assert isinstance(due.reports[0], AckTimeout)
+    assert lines(due) == []  # timed out: owed again, after its (doubled) backoff
+    clock.now += 2.0
+    assert lines(sync.due(clock.now)) == [eor(N1)]
+    assert isinstance(sync.on_ack(DONE, clock.now), LateAck)
+    assert isinstance(sync.on_ack(DONE, clock.now), Accepted)
+    assert sync.end_of_rib_owed == frozenset()
+    commands = []
+    sync.session_up(N2)
+    commands = sync.due(clock.now).commands
+    sync.unsent(commands[0])  # the pipe refused it: owed again at once
+    assert lines(sync.due(clock.now)) == [eor(N2)]
+
+
+RESETS = st.tuples(st.just("reset"), st.integers(0, 7))
+
+
+@settings(max_examples=100, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.one_of(STEPS, RESETS), max_size=40))
+def test_an_end_of_rib_never_goes_before_its_neighbors_desired_state(lab_params, steps):
+    """Random plans, rejections, timeouts and sessions coming up again: whenever an
+    End-of-RIB is written for a neighbor, every key of that neighbor's desired state is in
+    ExaBGP's RIB or written before it, with the desired value; and once ExaBGP accepts
+    everything, every session that came up has had its End-of-RIB."""
+    params, sessions, prefixes = lab_params
+    now = 1000.0
+    neighbors = sorted(sessions.values())
+    every_session_up = {(u.name, f): SessionState.UP for u in params.upstreams for f in Family}
+    sync = Sync(params.min_announcing_upstreams)
+    rib: dict = {}
+    queue: list[protocol.Command] = [protocol.show_neighbors()]
+    early: list[str] = []
+    plan = make_plan(params, {u.name: TransitState.HEALTHY for u in params.upstreams}, {},
+                     every_session_up, None)
+    want = protocol.expand(plan.desired, sessions, prefixes)
+    sync.want(want, neighbors)
+    sync.ask_sessions(now)
+    sync.sessions_reported()
+    for n in neighbors:
+        sync.session_up(n)
+
+    def round_() -> None:
+        for command in sync.due(now).commands:
+            if isinstance(command, EndOfRib):
+                view = dict(rib)
+                for queued in queue:
+                    view.update(queued.effect)
+                missing = object()
+                wrong = [k for k, v in want.items()
+                         if k[0] == command.neighbor and view.get(k, missing) != v]
+                if wrong:
+                    early.append(f"{command.line} before {wrong}")
+            queue.append(command)
+
+    def answer(kind) -> None:
+        if queue:
+            command = queue.pop(0)
+            if kind is DONE:
+                rib.update(command.effect)
+            sync.on_ack(kind, now)
+
+    for kind, value in steps:
+        if kind == "plan":
+            levels = dict(zip((u.name for u in params.upstreams), value, strict=True))
+            plan = make_plan(params, levels, {}, every_session_up, plan)
+            want = protocol.expand(plan.desired, sessions, prefixes)
+            sync.want(want, neighbors)
+        elif kind == "ack":
+            answer(value)
+        elif kind == "reset":
+            neighbor = neighbors[value]
+            for key in [k for k in rib if k[0] == neighbor]:
+                del rib[key]  # ExaBGP's RIB for a new session starts empty
+            sync.peer_reset(neighbor)
+            sync.session_up(neighbor)
+        else:
+            now += value
+        round_()
+        assert early == []
+    for _ in range(20):
+        while queue:
+            answer(DONE)
+            round_()
+        now += RETRY_MAX_S + 1
+        round_()
+        if not queue:
+            break
+    assert early == []
+    assert sync.end_of_rib_owed == frozenset()
