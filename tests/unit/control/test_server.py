@@ -3,6 +3,7 @@ streams, and no crash or leaked descriptor whatever a client sends."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -305,8 +306,6 @@ def test_a_stale_socket_is_replaced_but_a_file_or_a_live_daemon_is_not(serve, ct
     running = serve(daemon="agent")
     assert client.request(running.path, Command.STATUS)
 
-    import asyncio
-
     second = ControlServer(stale, "agent", running.handler)
     with pytest.raises(OSError, match="another process is listening"):
         asyncio.run(second.start())
@@ -443,3 +442,26 @@ def test_an_override_outlives_the_daemon_that_took_it(serve, ctl_dir):
     listing = client.request(second.path, Command.OVERRIDES)
     assert [(x["id"], x["target"], x["reason"]) for x in listing["overrides"]] == [
         ("a1", "secondary", "CHG-9")]
+
+
+def test_serve_is_a_worker_that_cleans_up_when_cancelled(ctl_dir):
+    """How a daemon runs it: `server.serve()` among its supervised workers."""
+
+    class Status:
+        async def handle(self, request, peer):
+            return {"daemon": "controller"}
+
+    path = ctl_dir / "controller.sock"
+
+    async def scenario():
+        server = ControlServer(path, "controller", Status())
+        worker = asyncio.ensure_future(server.serve())
+        while not path.exists():
+            await asyncio.sleep(0.01)
+        answer = await asyncio.to_thread(client.request, path, Command.STATUS)
+        worker.cancel()
+        await asyncio.gather(worker, return_exceptions=True)
+        return answer
+
+    assert asyncio.run(scenario()) == {"daemon": "controller"}
+    assert not path.exists()
