@@ -30,6 +30,7 @@ PURE = (
     "netwatch.exabgp.sync",
     "netwatch.control.protocol",
     "netwatch.control.leases",
+    "netwatch.control.overrides",
 )
 # What a pure module may never import: I/O, concurrency, and every layer above the core.
 IMPURE = (
