@@ -11,7 +11,9 @@ Contract:
   SESSIONS_TIMEOUT_S, sessions not reported staying UNKNOWN), sends the full desired state
   (config + persisted state) before any probe is trusted; again to each neighbor whenever its
   session goes up or down. Before the answer, the plan would be made on guesses: nothing is
-  sent;
+  sent. After a session comes up (or is reported up at start), its End-of-RIB follows its
+  full desired state, never goes before it (ExaBGP runs with manual-eor: the peers keep our
+  routes across an ExaBGP restart until then; see Sync);
 * decisions run on the monotonic clock, and so do the state file's times, with the boot's id
   (controller/persistence.py): a recovery hold survives a restart, and no wall-clock step
   can shorten it or refill the action budget. A state file that cannot be read or is not what
@@ -232,6 +234,11 @@ class Controller:
                 (log.info if up else log.warning)(kv(
                     "session", upstream=name, family=fam.label, state=state,
                     reason="show neighbor"))
+        for peer, up in event.sessions.items():
+            if up and peer in self.by_address:
+                # Up before this controller started (respawned; or ExaBGP restarted and the
+                # controller before it died first): its End-of-RIB may still be owed.
+                self.sync.session_up(peer)
         self.sync.sessions_reported()
 
     def on_neighbor(self, event: exabgp.NeighborState) -> None:
@@ -245,6 +252,8 @@ class Controller:
             "session", upstream=name, family=fam.label, state=event.state,
             reason=event.reason))
         self.sync.peer_reset(event.peer)
+        if up:  # its End-of-RIB goes out after its full desired state (Sync)
+            self.sync.session_up(event.peer)
         self.apply(SessionChange(name, fam, up))
 
     # --- decisions -------------------------------------------------------------------------

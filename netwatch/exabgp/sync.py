@@ -37,16 +37,18 @@ Contract:
   unknown: its keys leave the acknowledged state, so their desired state is sent again;
 * a diff that raises (a value `protocol` refuses to format) is reported (`DiffFailed`) and
   retried, the whole diff, after the same kind of backoff;
-* End-of-RIB (ExaBGP runs with `manual-eor true`): after `session_up(neighbor)`, once every
-  key of that neighbor's desired state has been written (acknowledged or in flight: ExaBGP
-  sends the routes before the End-of-RIB queued behind them), its End-of-RIB is due, once.
+* End-of-RIB (ExaBGP runs with `manual-eor true`): after `session_up(neighbor)`, once ExaBGP
+  has acknowledged every key of that neighbor's desired state, its End-of-RIB is due, once.
   Never before: a peer in graceful-restart helper mode drops every stale route it has not
   been sent again when the End-of-RIB arrives, so an early one withdraws everything for as
-  long as the announcements take. A neighbor withdrawn in the plan gets no announcement and
-  its End-of-RIB at once; one whose withdrawal is held (make-before-break) or whose
-  announcement is backing off waits with it (its stale routes, if any, stay until then). A
-  rejected or timed-out End-of-RIB (ExaBGP refuses it for a session not established) is
-  sent again after the same kind of backoff, while the neighbor's session is up;
+  long as the announcements take, and one behind a rejected announcement drops the route
+  that announcement was to refresh (acknowledged, not only written: one ack round trip
+  later). A neighbor withdrawn in the plan gets no announcement, its withdrawal and its
+  End-of-RIB, so it stays withdrawn; one whose withdrawal is held (make-before-break) or
+  whose announcement is rejected waits with it (its stale routes stay until then, at most
+  the restart time). A rejected or timed-out End-of-RIB (ExaBGP refuses it for a session
+  that is not established) is sent again after the same kind of backoff while the
+  neighbor's session is up;
 * make-before-break is a wait: `due` returns the announcements, then only the withdrawals
   that leave every prefix announced through `minimum` neighbors whose session is up,
   counting only acknowledged announcements (`protocol.safe_withdrawals`). The others are held
@@ -242,7 +244,7 @@ class Sync:
 
     def session_up(self, neighbor: str) -> None:
         """`neighbor`'s session is up (an event, or the answer to `show neighbor json`): its
-        End-of-RIB is due once its full desired state has been written (module docstring).
+        End-of-RIB is due once its full desired state is acknowledged (module docstring).
         Call it with `peer_reset` on an `up` event."""
         self._eor_owed.add(neighbor)
         self._eor_backoff.pop(neighbor, None)
@@ -346,16 +348,15 @@ class Sync:
 
     def _end_of_ribs(self, now: float) -> list[Command]:
         """The End-of-RIBs due now: owed, session up, not backing off, and every desired key
-        of the neighbor written (acknowledged or in flight) with its desired value."""
+        of the neighbor acknowledged by ExaBGP with its desired value."""
         ready = [n for n in self._eor_owed if n in self._up and not (
             n in self._eor_backoff and self._eor_backoff[n].retry_at > now)]
         if not ready:
             return []
-        known = self._known()
         missing = object()
         out = []
         for neighbor in sorted(ready):
-            if all(known.get(key, missing) == want
+            if all(self._acked.get(key, missing) == want
                    for key, want in self._desired.items() if key[0] == neighbor):
                 command = protocol.end_of_rib(neighbor)
                 self._eor_owed.discard(neighbor)

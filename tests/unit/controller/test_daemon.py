@@ -39,6 +39,12 @@ def announce(upstream: str, family: int = 4, attributes: str = "") -> str:
     return f"neighbor {neighbor} announce attributes next-hop self {attributes}nlri {prefix}"
 
 
+def eor(upstream: str, family: int = 4) -> str:
+    """The End-of-RIB that follows a session's acknowledged desired state (Sync)."""
+    neighbor = T[upstream] if family == 4 else T6[upstream]
+    return f"neighbor {neighbor} announce eor ipv{family} unicast"
+
+
 class RecordingPipe:
     """The ExaBGP pipe, recording every line; it refuses the next `refuse` writes."""
 
@@ -274,6 +280,9 @@ def test_restart_with_three_failed_keeps_the_persisted_hold(make):
         f"neighbor {T['t3']} withdraw attributes next-hop self nlri {V4}",
         f"neighbor {T6['t1']} withdraw attributes next-hop self nlri {V6}",
         f"neighbor {T6['t3']} withdraw attributes next-hop self nlri {V6}",
+        # t2's and t4's state is acknowledged: their End-of-RIBs (t1's and t3's follow their
+        # withdrawals)
+        eor("t2"), eor("t4"), eor("t2", 6), eor("t4", 6),
     ])
 
 
@@ -289,6 +298,9 @@ def test_rejected_commands_back_off_up_to_the_cap_and_are_counted(make, logs):
         r.c.on_event("error")  # ExaBGP rejects the first command in flight ...
         for _ in range(7 if i == 0 else 0):
             r.c.on_event("done")  # ... and accepts the others
+        for _ in range(7 if i == 0 else 0):
+            r.c.on_event("done")  # ... and their sessions' End-of-RIBs
+        r.pipe.written.clear()
         sent_at = r.mono.now
         while not r.pipe.written:
             r.mono.now += 0.5
@@ -302,6 +314,7 @@ def test_rejected_commands_back_off_up_to_the_cap_and_are_counted(make, logs):
     assert len(records) == 8 and {x.levelno for x in records} == {logging.WARNING}
     assert "retry_in_s=30.0" in records[-1].getMessage()
     r.c.on_event("done")  # accepted at last: the next rejection of it waits 1 s again
+    r.c.on_event("done")  # (its session's End-of-RIB, due once its state was accepted)
     r.c.on_event(neighbor_up(T["t1"]))  # its full desired state again ...
     r.pipe.written.clear()
     r.c.on_event("error")  # ... rejected
@@ -322,6 +335,8 @@ def test_a_persistently_rejected_command_does_not_delay_other_changes(make):
     r.c.on_event("error")
     for _ in range(7):
         r.c.on_event("done")
+    for _ in range(7):
+        r.c.on_event("done")  # the End-of-RIBs of the sessions whose state is accepted
     for _ in range(5):  # sent again after 1, 2, 4, 8, 16 s and rejected again
         r.pipe.written.clear()
         while not r.pipe.written:
@@ -361,18 +376,19 @@ def test_a_changed_plan_for_a_backed_off_key_goes_out_at_once(make):
 def test_unacknowledged_commands_time_out_and_are_sent_again(make, logs):
     r = started(make())
     r.c.on_event("done")  # one of the 8 announcements acknowledged, 7 never
+    assert r.pipe.written[-1] == eor("t1")  # that session's state is in: its End-of-RIB
     r.pipe.written.clear()
     r.mono.now += ACK_TIMEOUT_S - 0.5
     r.c.send_due()
     assert r.pipe.written == [] and r.rejected == 0
     r.mono.now += 1.0
     r.c.send_due()  # timed out: counted, backoff started
-    assert r.pipe.written == [] and r.rejected == 7
+    assert r.pipe.written == [] and r.rejected == 8
     [record] = logged(logs, "ack_timeout")
-    assert record.levelno == logging.WARNING and "commands=7" in record.getMessage()
+    assert record.levelno == logging.WARNING and "commands=8" in record.getMessage()
     r.mono.now += 1.0
     r.c.send_due()
-    assert len(r.pipe.written) == 7  # what was not confirmed, again
+    assert len(r.pipe.written) == 8  # what was not confirmed, again (the End-of-RIB too)
 
 
 def test_late_acks_after_a_timeout_are_not_matched_to_newer_commands(make, logs):
@@ -394,7 +410,30 @@ def test_late_acks_after_a_timeout_are_not_matched_to_newer_commands(make, logs)
     assert len(logged(logs, "late_ack")) == 1
     r.mono.now += 60
     r.c.send_due()
-    assert r.pipe.written == [announce("t2")]  # c1' was accepted: t1 is not sent again
+    # c1' was accepted: t1 is not sent again, its End-of-RIB followed the acknowledgement
+    assert r.pipe.written == [eor("t1"), announce("t2")]
+
+
+def test_each_session_gets_its_end_of_rib_once_its_state_is_acknowledged(make):
+    """After ExaBGP restarted, the transits keep our routes as stale until the End-of-RIB
+    (manual-eor): the sessions reported up at start get theirs one by one, each after its own
+    announcement is acknowledged, never before; a session that comes up later likewise."""
+    r = started(make())
+    announcements = r.pipe.written[1:]
+    assert len(announcements) == 8 and not [line for line in announcements if " eor " in line]
+    r.pipe.written.clear()
+    for line in announcements:
+        r.c.on_event("done")
+        neighbor = line.split()[1]
+        family = 6 if ":" in neighbor else 4
+        assert r.pipe.written[-1] == f"neighbor {neighbor} announce eor ipv{family} unicast"
+    for _ in range(8):
+        r.c.on_event("done")
+    r.pipe.written.clear()
+    r.c.on_event(neighbor_up(T["t2"]))
+    assert r.pipe.written == [announce("t2")]
+    r.c.on_event("done")
+    assert r.pipe.written == [announce("t2"), eor("t2")]
 
 
 def test_a_late_answer_to_show_neighbor_does_not_shift_the_acks(make):
