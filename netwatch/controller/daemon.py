@@ -11,9 +11,9 @@ Contract:
   SESSIONS_TIMEOUT_S, sessions not reported staying UNKNOWN), sends the full desired state
   (config + persisted state) before any probe is trusted; again to each neighbor whenever its
   session goes up or down. Before the answer, the plan would be made on guesses: nothing is
-  sent. After a session comes up (or is reported up at start), its End-of-RIB follows its
-  full desired state, never goes before it (ExaBGP runs with manual-eor: the peers keep our
-  routes across an ExaBGP restart until then; see Sync);
+  sent. After a session comes up (or is reported up at start), its End-of-RIB goes once
+  ExaBGP acknowledged its full desired state, never before (ExaBGP runs with manual-eor: the
+  peers keep our routes across an ExaBGP restart until then; see Sync);
 * decisions run on the monotonic clock, and so do the state file's times, with the boot's id
   (controller/persistence.py): a recovery hold survives a restart, and no wall-clock step
   can shorten it or refill the action budget. A state file that cannot be read or is not what
