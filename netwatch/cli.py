@@ -16,11 +16,13 @@ from netwatch.commands import (
     agent_cmd,
     config_cmd,
     controller_cmd,
+    diagnose_cmd,
     events_cmd,
     exabgp_cmd,
     failover_cmd,
     lab_cmd,
     overrides_cmd,
+    playbook_cmd,
     status_cmd,
     upstream_cmd,
 )
@@ -30,6 +32,7 @@ from netwatch.commands import (
 COMMAND_GROUPS = [
     agent_cmd, config_cmd, controller_cmd, exabgp_cmd, lab_cmd,
     status_cmd, failover_cmd, upstream_cmd, overrides_cmd, events_cmd,
+    playbook_cmd, diagnose_cmd,
 ]
 
 
