@@ -10,7 +10,14 @@ Facts that shape the callers, measured on the dev machine:
 - the kernel reports carrier changes at most about once a second per device (linkwatch), so
   the second flap of a fast pair arrives late; admin down and RTM_DELLINK are immediate;
 - setting a link admin-down makes the kernel delete every route through it, in every table;
-- `route replace` of a default route takes about 1 ms.
+- `route replace` of a default route takes about 1 ms;
+- IPv6 duplicate address detection keeps a new address tentative for 1-2 s (a random delay
+  up to 1 s, then one probe and 1 s of waiting): the kernel refuses to send from it
+  (EADDRNOTAVAIL) and refuses it as a route's source ("Invalid source address"). The
+  link-local address a link gets when it comes up is announced only once DAD is over (no
+  RTM_NEWADDR while it is tentative), so the addresses are dumped again on every link event;
+  a carrier that returns restarts DAD on addresses that stay usable meanwhile, an admin
+  down/up (with `keep_addr_on_down`) makes them tentative again.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from ipaddress import IPv4Address, IPv6Address, ip_address
 from pyroute2 import AsyncIPRoute
 from pyroute2.netlink.rtnl import (
     RTMGRP_IPV4_ROUTE,
+    RTMGRP_IPV6_IFADDR,
     RTMGRP_IPV6_ROUTE,
     RTMGRP_LINK,
 )
@@ -36,6 +44,10 @@ IFF_LOWER_UP = 0x10000
 MAIN_TABLE = 254
 # Without an explicit metric the kernel gives IPv4 routes 0 and IPv6 routes 1024 (`ip route`).
 DEFAULT_METRIC = {socket.AF_INET: 0, socket.AF_INET6: 1024}
+# Address flags (linux/if_addr.h).
+IFA_F_OPTIMISTIC = 0x04  # usable while DAD runs (optimistic DAD)
+IFA_F_DADFAILED = 0x08  # a duplicate was found: never usable (stays TENTATIVE too)
+IFA_F_TENTATIVE = 0x40  # DAD has not finished: not usable as a source
 
 
 @dataclass(frozen=True)
@@ -67,6 +79,7 @@ class DefaultRoute:
 class EventKind(enum.Enum):
     LINK = "link"  # a link appeared, changed or vanished: the event carries its new state
     ROUTE = "route"  # a route was added or deleted (in any table): re-read the defaults
+    ADDRESS = "address"  # an IPv6 address appeared, vanished, or finished DAD
 
 
 @dataclass(frozen=True)
@@ -75,6 +88,23 @@ class Event:
 
     kind: EventKind
     link: LinkState | None = None
+
+
+def _address_flags(msg) -> int:
+    """The 32-bit IFA_FLAGS when the kernel sends them, else the header's 8 bits."""
+    flags = msg.get_attr("IFA_FLAGS")
+    return msg["flags"] if flags is None else flags
+
+
+def _dad_running(flags: int) -> bool:
+    """Tentative and not usable meanwhile: not optimistic, and DAD has not failed (an
+    address whose DAD failed stays tentative for ever, and is no more usable than none)."""
+    return bool(flags & IFA_F_TENTATIVE) and not flags & (IFA_F_OPTIMISTIC | IFA_F_DADFAILED)
+
+
+def _usable(flags: int) -> bool:
+    return not flags & IFA_F_DADFAILED and (
+        not flags & IFA_F_TENTATIVE or bool(flags & IFA_F_OPTIMISTIC))
 
 
 def _link_state(msg) -> LinkState:
@@ -92,6 +122,8 @@ class Netlink:
         self.ipr: AsyncIPRoute | None = None
         self._events: AsyncIPRoute | None = None
         self._names: dict[int, str] = {}
+        self._addrs6: dict[int, dict[IPv6Address, int]] = {}  # ifindex -> address -> flags
+        self._tentative: dict[tuple[str, IPv6Address | None], bool] = {}  # answers, cached
 
     async def open(self) -> None:
         self.ipr = AsyncIPRoute()
@@ -106,7 +138,8 @@ class Netlink:
             self._events = None
         events = AsyncIPRoute()
         try:
-            await events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE)
+            await events.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE
+                              | RTMGRP_IPV6_IFADDR)
         except BaseException:
             events.close()
             raise
@@ -126,18 +159,66 @@ class Netlink:
         return None
 
     async def links(self, ifnames: list[str]) -> dict[str, LinkState]:
-        """The current state of each named interface (missing ones with exists=False)."""
+        """The current state of each named interface (missing ones with exists=False), and
+        of every IPv6 address (for `ipv6_tentative`)."""
         found = {name: LinkState(name, exists=False) for name in ifnames}
         self._names = {}
+        self._tentative = {}
         async for msg in await self.ipr.link("dump"):
             state = _link_state(msg)
             self._names[msg["index"]] = state.ifname
             if state.ifname in found:
                 found[state.ifname] = state
+        await self._read_addresses()
         return found
 
+    async def _read_addresses(self) -> None:
+        addrs: dict[int, dict[IPv6Address, int]] = {}
+        async for msg in await self.ipr.addr("dump", family=socket.AF_INET6):
+            address = msg.get("address")
+            if address:
+                addrs.setdefault(msg["index"], {})[IPv6Address(address)] = _address_flags(msg)
+        self._addrs6 = addrs
+        self._tentative = {}
+
+    def _learn_address(self, msg) -> None:
+        address = msg.get("address")
+        if not address:
+            return
+        known = self._addrs6.setdefault(msg["index"], {})
+        if msg["event"] == "RTM_DELADDR":
+            known.pop(IPv6Address(address), None)
+        else:
+            known[IPv6Address(address)] = _address_flags(msg)
+        self._tentative = {}
+
+    def ipv6_tentative(self, ifname: str, address: IPv6Address | None = None) -> bool:
+        """True while IPv6 duplicate address detection runs on the source a probe through
+        `ifname` leaves from, so that an unanswered probe says nothing: `address` (a
+        configured source, on whichever interface it lives) when given, else the interface's
+        link-local address (every one it has is still tentative). False when the address is
+        unknown, usable, or failed DAD (a duplicate: probes from it fail for good, a verdict).
+        From the addresses last dumped and the address events since: no request."""
+        key = (ifname, address)
+        found = self._tentative.get(key)
+        if found is None:
+            found = self._tentative[key] = self._dad_running(ifname, address)
+        return found
+
+    def _dad_running(self, ifname: str, address: IPv6Address | None) -> bool:
+        if address is not None:
+            for addrs in self._addrs6.values():
+                if address in addrs:
+                    return _dad_running(addrs[address])
+            return False
+        index = self._index_of(ifname)
+        local = [f for a, f in self._addrs6.get(index, {}).items() if a.is_link_local]
+        return any(_dad_running(f) for f in local) and not any(_usable(f) for f in local)
+
     async def events(self) -> AsyncIterator[Event]:
-        """Link and route changes, forever. Link events carry the link's new state."""
+        """Link, route and IPv6 address changes, forever. Link events carry the link's new
+        state; the IPv6 addresses are re-read before a link event is handed over, so a caller
+        that reacts to a link coming up already sees its new link-local address tentative."""
         while True:
             async for msg in self._events.get():
                 event = msg.get("event", "")
@@ -147,9 +228,17 @@ class Netlink:
                         self._names[msg["index"]] = state.ifname
                     else:
                         self._names.pop(msg["index"], None)
+                        self._addrs6.pop(msg["index"], None)
+                    self._tentative = {}
+                    if state.exists and state.admin_up and state.carrier:
+                        await self._read_addresses()
                     yield Event(EventKind.LINK, state)
                 elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
                     yield Event(EventKind.ROUTE)
+                elif (event in ("RTM_NEWADDR", "RTM_DELADDR")
+                      and msg.get("family") == socket.AF_INET6):
+                    self._learn_address(msg)
+                    yield Event(EventKind.ADDRESS)
 
     async def default_routes(self, family: int) -> list[DefaultRoute]:
         """The main table's default routes of `family`, best (lowest metric) first."""

@@ -36,7 +36,8 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from functools import partial
+from ipaddress import IPv4Address, IPv6Address
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
@@ -85,6 +86,8 @@ class Kernel(RouteTable, Protocol):
 
     async def address_towards(self, ifname: str, gateway: IPv4Address) -> IPv4Address | None: ...
 
+    def ipv6_tentative(self, ifname: str, address: IPv6Address | None = None) -> bool: ...
+
 
 def _labels(families: tuple[core.Family, ...]) -> str:
     return ",".join(f.label for f in families)
@@ -120,13 +123,18 @@ def settings_of(cfg: AgentSection) -> core.Settings:
 
 @dataclass(slots=True)
 class Stream:
-    """One probe stream: an uplink, what it probes, the prober, and its metric counters."""
+    """One probe stream: an uplink, what it probes, the prober, and its metric counters.
+    `tentative()`, for IPv6 streams: True while the address the probe leaves from is still
+    in duplicate address detection; `sent_tentative`: what it said when the last probe left.
+    """
 
     role: UplinkRole
     kind: core.ProbeKind
     prober: Prober
     target: str  # for the log lines: the gateway, or the beyond targets
     counters: StreamMetrics
+    tentative: Callable[[], bool] | None = None
+    sent_tentative: bool = False
 
 
 class Agent:
@@ -165,6 +173,7 @@ class Agent:
         self._resync_wanted = asyncio.Event()
         self._stopping = asyncio.Event()
         self._loss_at = 0.0
+        self._dad: dict[UplinkRole, bool] = {}  # uplinks whose link-local address is in DAD
         interval = cfg.probe.interval_ms / 1000
         self.interval_s = interval
         self.timeout_s = min((cfg.probe.timeout_ms or cfg.probe.interval_ms) / 1000, interval)
@@ -294,6 +303,10 @@ class Agent:
                     if event.kind is EventKind.LINK and event.link.ifname in self.by_ifname:
                         role = self.by_ifname[event.link.ifname]
                         self.feed(core.CarrierChange(role, carrier_of(event.link)))
+                    if event.kind is not EventKind.ROUTE:
+                        self._note_dad()
+                    # An address event too: a source that finished DAD can now carry the
+                    # routes and probe tables the kernel refused while it was tentative.
                     self._resync_wanted.set()
             except (NetlinkError, OSError) as exc:
                 failures += 1
@@ -306,6 +319,7 @@ class Agent:
         links = await self.netlink.links(list(self.by_ifname))
         for ifname, link in links.items():
             self.feed(core.CarrierChange(self.by_ifname[ifname], carrier_of(link)))
+        self._note_dad()
 
     def _netlink_error(self, op: str, exc: BaseException, failures: int) -> None:
         """Count and log a netlink error of `op`; raise it once it has failed
@@ -319,6 +333,31 @@ class Agent:
                    max_attempts=NETLINK_ATTEMPTS, next="give up" if fatal else "retry"))
         if fatal:
             raise exc
+
+    def _tentative_source(self, role: UplinkRole,
+                          kind: core.ProbeKind) -> Callable[[], bool] | None:
+        """For an IPv6 stream, the check of its source address: the interface's link-local
+        one for the gateway (neighbour solicitation, or echo to a link-local gateway), the
+        uplink's `source6` for the beyond targets (the link-local one when it has none)."""
+        if kind.family is not core.Family.V6:
+            return None
+        up = self.uplinks[role]
+        source = up.source6 if kind.beyond else None
+        return partial(self.netlink.ipv6_tentative, up.interface, source)
+
+    def _note_dad(self) -> None:
+        """Log when an uplink's link-local IPv6 address starts or ends DAD: meanwhile its
+        unanswered IPv6 probes are no verdict. Once per episode, not per probe."""
+        if core.Family.V6 not in self.settings.families:
+            return
+        for role, up in self.uplinks.items():
+            tentative = self.netlink.ipv6_tentative(up.interface)
+            if tentative is not self._dad.get(role, False):
+                self._dad[role] = tentative
+                log.info(kv("ipv6_dad", uplink=role, interface=up.interface,
+                            state="tentative" if tentative else "done",
+                            note="unanswered IPv6 probes are no verdict until DAD is done"
+                            if tentative else None))
 
     async def _install_paths(self, quiet: bool = False) -> None:
         """Create or repair each uplink's probe table and rule. A link that is down refuses
@@ -353,6 +392,8 @@ class Agent:
                 self._judge(pending)
             pending = streams
             for stream in pending:
+                if stream.tentative is not None:
+                    stream.sent_tentative = stream.tentative()
                 stream.prober.send()
             if early:
                 await asyncio.sleep(max(0.0, next_at + timeout - time.monotonic()))
@@ -373,6 +414,13 @@ class Agent:
         results = []
         for stream in pending:
             rtt = stream.prober.result(timeout)
+            if rtt is None and stream.tentative is not None and (
+                    stream.sent_tentative or stream.tentative()):
+                # Left from (or refused for) an address still in DAD: no verdict, no loss.
+                stream.counters.no_verdict()
+                results.append(core.ProbeResult(stream.role, stream.kind, None, stream.target,
+                                                timeout, tentative=True))
+                continue
             stream.counters.count(rtt)
             if rtt is not None and core.steady(self.state, stream.role, now):
                 continue  # nothing can change: no observation built, no step taken
@@ -438,7 +486,8 @@ class Agent:
                     prober, target = await self._make_prober(role, kind)
                     closers.append(prober.close)
                     streams.append(Stream(role, kind, prober, target,
-                                          self.metrics.stream(role, kind)))
+                                          self.metrics.stream(role, kind),
+                                          self._tentative_source(role, kind)))
             for sig, handler in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
                                  (signal.SIGUSR1, lambda: self.request(UplinkRole.PRIMARY,
                                                                        "SIGUSR1")),

@@ -1,21 +1,33 @@
 """The agent's kernel port: what rtnetlink's multicast messages become (`Netlink.events()`),
-with pyroute2's socket replaced by a scripted one."""
+and what it knows of IPv6 duplicate address detection, with pyroute2's socket replaced by a
+scripted one."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+from ipaddress import IPv6Address
 
 from netwatch.adapters import netlink
 from netwatch.adapters.netlink import Event, EventKind, LinkState, Netlink
 
 RTM_NEWLINK, RTM_DELLINK = 16, 17
+UP = netlink.IFF_UP | netlink.IFF_LOWER_UP
+PERMANENT = 0x80
+TENTATIVE, DADFAILED, OPTIMISTIC = (netlink.IFA_F_TENTATIVE, netlink.IFA_F_DADFAILED,
+                                    netlink.IFA_F_OPTIMISTIC)
+LL, GLOBAL = "fe80::a8c1:abff:fe00:1", "2001:db8:100:1::10"
 
 
 class Message(dict):
     """An rtnetlink message as pyroute2 hands it over: a dict with attributes."""
 
+    def __init__(self, attrs=None, **fields):
+        super().__init__(**fields)
+        self.attrs = attrs or {}
+
     def get_attr(self, name):
-        return None
+        return self.attrs.get(name)
 
 
 def link_message(event: str, index: int, ifname: str, flags: int) -> Message:
@@ -24,10 +36,21 @@ def link_message(event: str, index: int, ifname: str, flags: int) -> Message:
                    header={"type": kind})
 
 
+def address_message(event: str, index: int, address: str, flags: int,
+                    family: int = socket.AF_INET6) -> Message:
+    """An address as the kernel describes it: the low 8 flag bits in the header, all 32 in
+    IFA_FLAGS."""
+    return Message(attrs={"IFA_FLAGS": flags}, event=event, index=index, family=family,
+                   address=address, flags=flags & 0xFF)
+
+
 class ScriptedSocket:
-    """Stands for pyroute2's AsyncIPRoute: the event socket reads `SCRIPT` once."""
+    """Stands for pyroute2's AsyncIPRoute: the event socket reads `SCRIPT` once; dumps
+    answer `LINKS` and `ADDRESSES` (read when the dump is asked for)."""
 
     SCRIPT: list[Message] = []
+    LINKS: list[Message] = []
+    ADDRESSES: list[Message] = []
 
     def __init__(self):
         self.closed = False
@@ -40,13 +63,30 @@ class ScriptedSocket:
             yield message
         await asyncio.Event().wait()  # then nothing more, as a quiet kernel
 
+    @staticmethod
+    async def _each(messages):
+        for message in list(messages):
+            yield message
+
+    async def link(self, command, **kwargs):
+        return self._each(self.LINKS)
+
+    async def addr(self, command, family=None, **kwargs):
+        return self._each(m for m in self.ADDRESSES if m["family"] == family)
+
     def close(self):
         self.closed = True
 
 
-def events_of(monkeypatch, messages: list[Message], count: int) -> list[Event]:
+def scripted(monkeypatch, messages, links=(), addresses=()):
     monkeypatch.setattr(netlink, "AsyncIPRoute", ScriptedSocket)
-    monkeypatch.setattr(ScriptedSocket, "SCRIPT", messages)
+    monkeypatch.setattr(ScriptedSocket, "SCRIPT", list(messages))
+    monkeypatch.setattr(ScriptedSocket, "LINKS", list(links))
+    monkeypatch.setattr(ScriptedSocket, "ADDRESSES", list(addresses))
+
+
+def events_of(monkeypatch, messages: list[Message], count: int) -> list[Event]:
+    scripted(monkeypatch, messages)
 
     async def main():
         kernel = Netlink()
@@ -61,13 +101,13 @@ def events_of(monkeypatch, messages: list[Message], count: int) -> list[Event]:
 
 
 def test_link_and_route_messages_become_typed_events(monkeypatch):
-    up = netlink.IFF_UP | netlink.IFF_LOWER_UP
     messages = [
         link_message("RTM_NEWLINK", 2, "eth0", netlink.IFF_UP),  # carrier lost
-        Message(event="RTM_NEWADDR"),  # not a change the agent re-reads for
+        Message(event="RTM_NEWADDR", family=socket.AF_INET, index=2, address="100.64.1.10",
+                flags=PERMANENT),  # IPv4 addresses have no DAD: nothing to re-read
         Message(event="RTM_NEWROUTE"),
         link_message("RTM_DELLINK", 3, "eth1", 0),
-        link_message("RTM_NEWLINK", 2, "eth0", up),
+        link_message("RTM_NEWLINK", 2, "eth0", UP),
         Message(event="RTM_DELROUTE"),
     ]
     assert events_of(monkeypatch, messages, 5) == [
@@ -77,3 +117,80 @@ def test_link_and_route_messages_become_typed_events(monkeypatch):
         Event(EventKind.LINK, LinkState("eth0", exists=True, admin_up=True, carrier=True)),
         Event(EventKind.ROUTE),
     ]
+
+
+def tentative_after(monkeypatch, messages, checks, links=(), addresses=()):
+    """[ipv6_tentative(*check) for check in checks] after `links()` and the events of
+    `messages`, one list per point: at start, then after each event."""
+    scripted(monkeypatch, messages, links, addresses)
+
+    async def main():
+        kernel = Netlink()
+        await kernel.open()
+        try:
+            await kernel.links(["eth0"])
+            seen = [[kernel.ipv6_tentative(*check) for check in checks]]
+            stream = kernel.events()
+            for _ in messages:
+                await asyncio.wait_for(anext(stream), 5)
+                seen.append([kernel.ipv6_tentative(*check) for check in checks])
+            return seen
+        finally:
+            kernel.close()
+
+    return asyncio.run(main())
+
+
+ETH0 = link_message("RTM_NEWLINK", 2, "eth0", UP)
+
+
+def test_dad_is_followed_from_the_address_events(monkeypatch):
+    """A tentative link-local address makes the interface's IPv6 source tentative; the
+    kernel's event at the end of DAD (the same address, without the flag) ends it. A
+    configured source is followed on its own."""
+    messages = [
+        address_message("RTM_NEWADDR", 2, GLOBAL, PERMANENT | TENTATIVE),
+        address_message("RTM_NEWADDR", 2, GLOBAL, PERMANENT),
+        address_message("RTM_NEWADDR", 2, LL, PERMANENT),
+    ]
+    seen = tentative_after(monkeypatch, messages,
+                           [("eth0",), ("eth0", IPv6Address(GLOBAL))], links=[ETH0],
+                           addresses=[address_message("RTM_NEWADDR", 2, LL, TENTATIVE)])
+    assert seen == [[True, False], [True, True], [True, False], [False, False]]
+
+
+def test_a_link_event_reads_the_addresses_again(monkeypatch):
+    """The link-local address a link gets when it comes up is announced only when DAD is
+    over: the adapter dumps the addresses on the link event, and sees it tentative."""
+    scripted(monkeypatch, [ETH0], links=[ETH0])
+
+    async def main():
+        kernel = Netlink()
+        await kernel.open()
+        try:
+            await kernel.links(["eth0"])
+            before = kernel.ipv6_tentative("eth0")
+            ScriptedSocket.ADDRESSES = [address_message("RTM_NEWADDR", 2, LL, TENTATIVE)]
+            await asyncio.wait_for(anext(kernel.events()), 5)
+            return before, kernel.ipv6_tentative("eth0")
+        finally:
+            kernel.close()
+
+    assert asyncio.run(main()) == (False, True)
+
+
+def test_only_an_address_still_in_dad_is_tentative(monkeypatch):
+    """A failed DAD (a duplicate: the address never becomes usable) is a verdict, not a
+    wait; an optimistic address is usable; one usable link-local address is enough."""
+    cases = {
+        "failed": [address_message("RTM_NEWADDR", 2, LL, TENTATIVE | DADFAILED)],
+        "optimistic": [address_message("RTM_NEWADDR", 2, LL, TENTATIVE | OPTIMISTIC)],
+        "one usable": [address_message("RTM_NEWADDR", 2, LL, TENTATIVE),
+                       address_message("RTM_NEWADDR", 2, "fe80::1", PERMANENT)],
+        "none": [],
+        "elsewhere": [address_message("RTM_NEWADDR", 3, LL, TENTATIVE)],
+    }
+    seen = {name: tentative_after(monkeypatch, [], [("eth0",)], links=[ETH0],
+                                  addresses=addresses)[0][0]
+            for name, addresses in cases.items()}
+    assert seen == dict.fromkeys(cases, False)

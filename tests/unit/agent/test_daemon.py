@@ -79,7 +79,8 @@ def test_probe_metrics_keep_the_kind_labels_dashboards_read():
 class FakeKernel:
     """Links up unless `link()` says otherwise, one default route per family, writes recorded;
     errors scripted: `write_errors` / `dump_errors` raise once each (in order),
-    `events_error` on every read of the event socket."""
+    `events_error` on every read of the event socket. `tentative`: the interfaces whose
+    IPv6 addresses are in DAD (`dad_done()` ends it, with the kernel's address event)."""
 
     GATEWAYS = {("eth0", socket.AF_INET): IPv4Address("100.64.1.1"),
                 ("eth1", socket.AF_INET): IPv4Address("100.64.2.1"),
@@ -95,6 +96,7 @@ class FakeKernel:
         self.events_error: BaseException | None = None
         self.reopened = self.link_reads = 0
         self.queue: asyncio.Queue | None = None
+        self.tentative: set[str] = set()
 
     async def open(self):
         self.queue = asyncio.Queue()
@@ -144,6 +146,13 @@ class FakeKernel:
     async def address_towards(self, ifname, gateway):
         return None
 
+    def ipv6_tentative(self, ifname, address=None):
+        return ifname in self.tentative
+
+    def dad_done(self, ifname: str) -> None:
+        self.tentative.discard(ifname)
+        self.queue.put_nowait(Event(EventKind.ADDRESS))
+
     def on(self, ifname: str) -> bool:
         return self.routes == {socket.AF_INET: ifname, socket.AF_INET6: ifname}
 
@@ -185,10 +194,11 @@ async def until(check, timeout_s: float = 10.0) -> None:
         await asyncio.sleep(0.005)
 
 
-def run_agent(scenario, *, clock=None, kernel=None, probers=None, failback="auto"):
+def run_agent(scenario, *, clock=None, kernel=None, probers=None, failback="auto",
+              both_up=True):
     """Run an Agent with fakes, resyncing and retrying netlink in milliseconds, and
-    `await scenario(agent, kernel, probers, task)`; return (registry, the agent task's
-    exception or None)."""
+    `await scenario(agent, kernel, probers, task)` (once both uplinks are UP, unless
+    `both_up` is False); return (registry, the agent task's exception or None)."""
     kernel = kernel or FakeKernel()
     probers = probers or FakeProbers()
     registry = CollectorRegistry()
@@ -199,8 +209,8 @@ def run_agent(scenario, *, clock=None, kernel=None, probers=None, failback="auto
     async def main():
         task = asyncio.create_task(agent.run())
         try:
-            await until(lambda: task.done() or (agent.state.health(P) is Health.UP
-                                                and agent.state.health(S) is Health.UP))
+            await until(lambda: task.done() or not both_up or (
+                agent.state.health(P) is Health.UP and agent.state.health(S) is Health.UP))
             await scenario(agent, kernel, probers, task)
         finally:
             agent.stop()
@@ -277,6 +287,37 @@ def test_an_ipv6_failure_moves_the_ipv6_route_only(caplog):
     assert sample(registry, "netwatch_agent_failovers_total", reason="gateway") == 1
     assert ("event=failover uplink=secondary previous=primary families=ipv6 cause=gateway "
             "reason=\"primary: gateway primary-gateway6 silent: 3 probes") in caplog.text
+
+
+def test_dad_at_start_moves_nothing(caplog):
+    """The agent starts while the primary's link-local address is tentative: its IPv6
+    gateway probes get no answer for a while (the kernel refuses them), which is no verdict.
+    Nothing moves, the probes are counted as no_verdict, not lost, and once DAD is over
+    every family of both uplinks is UP on the primary's routes."""
+    caplog.set_level(logging.INFO, logger="netwatch.agent")
+    kernel, probers = FakeKernel(), FakeProbers()
+    kernel.tentative.add("eth0")
+    probers.silent.add((P, ProbeKind.GATEWAY6))
+
+    async def scenario(agent, kernel, probers, task):
+        await until(lambda: agent.state.health(S) is Health.UP)
+        await asyncio.sleep(0.3)  # 15 rounds, 5 times `fall`
+        assert agent.state.health(P, Family.V6) is Health.UNKNOWN
+        probers.silent.clear()
+        kernel.dad_done("eth0")
+        await until(lambda: agent.state.health(P) is Health.UP)
+
+    registry, error = run_agent(scenario, kernel=kernel, probers=probers, both_up=False)
+    assert error is None
+    assert kernel.writes == [] and kernel.on("eth0")
+    assert sample(registry, "netwatch_agent_probes_total", uplink="primary", kind="gateway6",
+                  result="no_verdict") >= 15
+    assert sample(registry, "netwatch_agent_probes_total", uplink="primary", kind="gateway6",
+                  result="lost") == 0
+    assert sum(sample(registry, "netwatch_agent_failovers_total", reason=r)
+               for r in ("carrier", "gateway", "beyond", "failback", "operator")) == 0
+    assert "event=ipv6_dad uplink=primary interface=eth0 state=tentative" in caplog.text
+    assert "event=ipv6_dad uplink=primary interface=eth0 state=done" in caplog.text
 
 
 def test_one_failure_of_both_families_is_one_failover(caplog):
