@@ -52,12 +52,16 @@ IFA_F_TENTATIVE = 0x40  # DAD has not finished: not usable as a source
 
 @dataclass(frozen=True)
 class LinkState:
-    """What netlink says about one interface. `exists` False: no such interface."""
+    """What netlink says about one interface. `exists` False: no such interface (deleted,
+    moved to another namespace, or renamed: `renamed_to` is then its new name). `index`: the
+    kernel's interface index, which tells a new interface of a name from the old one."""
 
     ifname: str
     exists: bool
     admin_up: bool = False
     carrier: bool = False
+    index: int | None = None
+    renamed_to: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,10 @@ def _usable(flags: int) -> bool:
 def _link_state(msg) -> LinkState:
     name = msg.get("ifname") or msg.get_attr("IFLA_IFNAME") or ""
     if msg["header"]["type"] == 17:  # RTM_DELLINK
-        return LinkState(name, exists=False)
+        return LinkState(name, exists=False, index=msg["index"])
     flags = msg["flags"]
-    return LinkState(name, True, bool(flags & IFF_UP), bool(flags & IFF_LOWER_UP))
+    return LinkState(name, True, bool(flags & IFF_UP), bool(flags & IFF_LOWER_UP),
+                     index=msg["index"])
 
 
 class Netlink:
@@ -217,15 +222,22 @@ class Netlink:
 
     async def events(self) -> AsyncIterator[Event]:
         """Link, route and IPv6 address changes, forever. Link events carry the link's new
-        state; the IPv6 addresses are re-read before a link event is handed over, so a caller
-        that reacts to a link coming up already sees its new link-local address tentative."""
+        state; a rename is two of them: the old name gone (`renamed_to` the new one), then
+        the new name's state. The IPv6 addresses are re-read before a link event is handed
+        over, so a caller that reacts to a link coming up already sees its new link-local
+        address tentative."""
         while True:
             async for msg in self._events.get():
                 event = msg.get("event", "")
                 if event in ("RTM_NEWLINK", "RTM_DELLINK"):
                     state = _link_state(msg)
                     if state.exists:
+                        old = self._names.get(msg["index"])
                         self._names[msg["index"]] = state.ifname
+                        if old is not None and old != state.ifname:
+                            yield Event(EventKind.LINK, LinkState(
+                                old, exists=False, index=msg["index"],
+                                renamed_to=state.ifname))
                     else:
                         self._names.pop(msg["index"], None)
                         self._addrs6.pop(msg["index"], None)
@@ -281,14 +293,18 @@ class Netlink:
         return None
 
     async def ensure_probe_path(self, path: ProbePath) -> bool:
-        """Install `path`'s table route and fwmark rule when either is missing; True when it
-        wrote. Only writes when needed: every write is a route event, and the agent checks the
-        paths again after route events. Raises NetlinkError (link down, no such interface)."""
+        """Install `path`'s table route and fwmark rule when either is missing or the route
+        goes through another interface than the one named `path.ifname` now (renamed away, or
+        deleted and created again); True when it wrote. Only writes when needed: every write
+        is a route event, and the agent checks the paths again after route events. Raises
+        NetlinkError (link down, no such interface)."""
         source = str(path.source) if path.source is not None else None
+        index = self._index_of(path.ifname)
         route = rule = False
         async for msg in await self.ipr.route("dump", family=path.family, table=path.table):
             route = route or (msg["dst_len"] == 0 and msg.get("table") == path.table
-                              and msg.get("prefsrc") == source)
+                              and msg.get("prefsrc") == source and index is not None
+                              and msg.get("oif") == index)
         async for msg in await self.ipr.rule("dump", family=path.family):
             rule = rule or (msg.get("fwmark") == path.mark and msg.get("table") == path.table)
         if route and rule:

@@ -174,6 +174,9 @@ class Agent:
         self._stopping = asyncio.Event()
         self._loss_at = 0.0
         self._dad: dict[UplinkRole, bool] = {}  # uplinks whose link-local address is in DAD
+        self._ifindex: dict[UplinkRole, int | None] = {}  # behind each uplink's name, if any
+        self._streams: list[Stream] = []
+        self._route_failing: dict[core.Family, tuple[str, object]] = {}  # the error repeated
         interval = cfg.probe.interval_ms / 1000
         self.interval_s = interval
         self.timeout_s = min((cfg.probe.timeout_ms or cfg.probe.interval_ms) / 1000, interval)
@@ -191,9 +194,6 @@ class Agent:
         elif isinstance(obs, core.CarrierChange):
             up = obs.carrier is core.Carrier.UP
             self.metrics.carrier.labels(obs.uplink.value).set(1 if up else 0)
-            if obs.carrier is not self.state.uplinks[obs.uplink].carrier:
-                log.info(kv("carrier", uplink=obs.uplink, interface=self.uplinks[obs.uplink]
-                            .interface, state=obs.carrier))
         before = self.state.routing
         self.state, actions = core.step(self.state, obs, self.clock())
         if self.state.routing is not before:
@@ -242,11 +242,19 @@ class Agent:
         try:
             via = await self.routes.replace(action.family, action.uplink)
         except (NetlinkError, OSError) as exc:
-            # ENETUNREACH while the link is down: the next snapshot retries.
+            # ENETUNREACH while the link is down: the next snapshot retries. Logged once per
+            # episode: the same refusal again (every resync) is only counted.
             self.metrics.route_errors.labels(action.family.label).inc()
-            log.error(kv("route_error", uplink=action.uplink, family=action.family.label,
-                         error=exc, reason=action.reason))
+            code = getattr(exc, "code", None) or getattr(exc, "errno", None)
+            key = (action.uplink.value, code)
+            first = self._route_failing.get(action.family) != key
+            self._route_failing[action.family] = key
+            log.log(logging.ERROR if first else logging.DEBUG,
+                    kv("route_error", uplink=action.uplink, family=action.family.label,
+                       error=exc, reason=action.reason,
+                       note=None if first else "the same error again"))
             return
+        self._route_failing.pop(action.family, None)
         took_ms = (time.monotonic() - started) * 1000
         cause = "failover" if action.failover else "repair"
         self.metrics.route_changes.labels(action.family.label, cause).inc()
@@ -301,8 +309,7 @@ class Agent:
                 async for event in self.netlink.events():
                     failures = 0
                     if event.kind is EventKind.LINK and event.link.ifname in self.by_ifname:
-                        role = self.by_ifname[event.link.ifname]
-                        self.feed(core.CarrierChange(role, carrier_of(event.link)))
+                        self._feed_link(event.link)
                     if event.kind is not EventKind.ROUTE:
                         self._note_dad()
                     # An address event too: a source that finished DAD can now carry the
@@ -317,9 +324,31 @@ class Agent:
     async def _read_links(self) -> None:
         """Feed every uplink's current link state (at start, and after lost events)."""
         links = await self.netlink.links(list(self.by_ifname))
-        for ifname, link in links.items():
-            self.feed(core.CarrierChange(self.by_ifname[ifname], carrier_of(link)))
+        for link in links.values():
+            self._feed_link(link)
         self._note_dad()
+
+    def _feed_link(self, link: LinkState) -> None:
+        """Feed the state of an uplink's interface, and log a change once. An interface
+        renamed or deleted is VANISHED: the routes through it move to the other uplink and
+        the agent waits for an interface of the configured name. When another interface
+        stands behind the name (a new one, or none), the probe sockets, bound to the old
+        one, are closed: each reopens on its next probe, on whatever has the name then."""
+        role = self.by_ifname[link.ifname]
+        index = link.index if link.exists else None
+        if role in self._ifindex and self._ifindex[role] != index:
+            for stream in self._streams:
+                if stream.role is role:
+                    stream.prober.close()
+        self._ifindex[role] = index
+        carrier = carrier_of(link)
+        if carrier is not self.state.uplinks[role].carrier:
+            gone = carrier is core.Carrier.VANISHED
+            log.log(logging.WARNING if gone else logging.INFO, kv(
+                "carrier", uplink=role, interface=link.ifname, state=carrier,
+                renamed_to=link.renamed_to,
+                note=f"waiting for an interface named {link.ifname}" if gone else None))
+        self.feed(core.CarrierChange(role, carrier))
 
     def _netlink_error(self, op: str, exc: BaseException, failures: int) -> None:
         """Count and log a netlink error of `op`; raise it once it has failed
@@ -480,7 +509,7 @@ class Agent:
                         interval_ms=self.cfg.probe.interval_ms, fall=self.settings.fall,
                         rise=self.settings.rise, hold_down_s=self.settings.hold_down_s,
                         failback="auto" if self.settings.failback_auto else "manual"))
-            streams = []
+            streams = self._streams
             for role in self.uplinks:
                 for kind in self.settings.kinds:
                     prober, target = await self._make_prober(role, kind)

@@ -34,8 +34,9 @@ whole decision:
 - Route snapshots (the kernel's real default routes, read after every route or link event
   and periodically) are compared with the desired state; any difference, whether an
   operator's manual change or the kernel deleting the routes of a link set admin-down, gives
-  a `SetDefaultRoute` to repair it. The first snapshot adopts, per family, the uplink it
-  finds (the primary when there is none).
+  a `SetDefaultRoute` to repair it, except towards an uplink whose link is admin down or gone
+  (the kernel refuses: the route is written when the link returns, or moves with it). The
+  first snapshot adopts, per family, the uplink it finds (the primary when there is none).
 
 Nothing here reads a clock or touches a socket: `now` is seconds on any monotonic origin.
 """
@@ -126,6 +127,10 @@ class Carrier(enum.Enum):
     NO_CARRIER = "carrier lost"
     ADMIN_DOWN = "admin down"
     VANISHED = "interface vanished"  # deleted, or renamed: the configured name is gone
+
+
+# A link whose routes the kernel deletes and refuses: nothing can be written through it.
+_UNROUTABLE = frozenset({Carrier.ADMIN_DOWN, Carrier.VANISHED})
 
 
 # ---------------------------------------------------------------------------- observations
@@ -656,6 +661,11 @@ def _repair_routes(state: State, actions: list[Action]) -> State:
             continue
         seen = routes.get(family)
         if seen is active:
+            continue
+        if state.uplinks[active].carrier in _UNROUTABLE:
+            # The kernel refuses a route through a link that is admin down or gone (ENODEV,
+            # ENETUNREACH): asking every resync only repeated the error every 2 s. The route
+            # moves with the family, or is written once the link is back.
             continue
         fixed = fixed.with_(family, active)  # assume the repair lands; the next snapshot tells
         if any(isinstance(a, SetDefaultRoute) and a.family is family for a in actions):

@@ -74,6 +74,22 @@ class ScriptedSocket:
     async def addr(self, command, family=None, **kwargs):
         return self._each(m for m in self.ADDRESSES if m["family"] == family)
 
+    # A probe table: `TABLE` holds its routes; writes are recorded in `WRITES`.
+    TABLE: list[Message] = []
+    WRITES: list[tuple] = []
+
+    async def route(self, command, **kwargs):
+        if command == "dump":
+            return self._each(self.TABLE)
+        self.WRITES.append((command, kwargs.get("oif")))
+        return None
+
+    async def rule(self, command, **kwargs):
+        return self._each([Message(fwmark=77, table=1000)])  # the path's rule is there
+
+    async def link_lookup(self, ifname):
+        return [m["index"] for m in self.LINKS if m["ifname"] == ifname]
+
     def close(self):
         self.closed = True
 
@@ -111,11 +127,29 @@ def test_link_and_route_messages_become_typed_events(monkeypatch):
         Message(event="RTM_DELROUTE"),
     ]
     assert events_of(monkeypatch, messages, 5) == [
-        Event(EventKind.LINK, LinkState("eth0", exists=True, admin_up=True, carrier=False)),
+        Event(EventKind.LINK, LinkState("eth0", True, admin_up=True, carrier=False, index=2)),
         Event(EventKind.ROUTE),
-        Event(EventKind.LINK, LinkState("eth1", exists=False)),
-        Event(EventKind.LINK, LinkState("eth0", exists=True, admin_up=True, carrier=True)),
+        Event(EventKind.LINK, LinkState("eth1", exists=False, index=3)),
+        Event(EventKind.LINK, LinkState("eth0", True, admin_up=True, carrier=True, index=2)),
         Event(EventKind.ROUTE),
+    ]
+
+
+def test_a_rename_is_the_old_name_gone_then_the_new_one(monkeypatch):
+    """`ip link set eth0 name wan0`: one RTM_NEWLINK with the new name. The old name is gone
+    (what an agent configured with it must hear), then the new one has the link; renamed
+    back, the old name has it again."""
+    messages = [
+        link_message("RTM_NEWLINK", 2, "eth0", UP),
+        link_message("RTM_NEWLINK", 2, "wan0", UP),
+        link_message("RTM_NEWLINK", 2, "eth0", UP),
+    ]
+    assert events_of(monkeypatch, messages, 5) == [
+        Event(EventKind.LINK, LinkState("eth0", True, True, True, index=2)),
+        Event(EventKind.LINK, LinkState("eth0", exists=False, index=2, renamed_to="wan0")),
+        Event(EventKind.LINK, LinkState("wan0", True, True, True, index=2)),
+        Event(EventKind.LINK, LinkState("wan0", exists=False, index=2, renamed_to="eth0")),
+        Event(EventKind.LINK, LinkState("eth0", True, True, True, index=2)),
     ]
 
 
@@ -194,3 +228,34 @@ def test_only_an_address_still_in_dad_is_tentative(monkeypatch):
                                   addresses=addresses)[0][0]
             for name, addresses in cases.items()}
     assert seen == dict.fromkeys(cases, False)
+
+
+def test_a_probe_table_through_another_interface_is_rewritten(monkeypatch):
+    """The probe table's route goes through interface 2, but the interface named eth0 is now
+    7 (the old one renamed away, or deleted and created again): the route is written again,
+    through 7; through 7 already, nothing is written."""
+    from ipaddress import IPv4Address
+
+    from netwatch.adapters.policy_routing import ProbePath
+
+    path = ProbePath(mark=77, table=1000, gateway=IPv4Address("100.64.1.1"), ifname="eth0")
+
+    def writes(oif: int) -> list[tuple]:
+        scripted(monkeypatch, [], links=[link_message("RTM_NEWLINK", 7, "eth0", UP)])
+        monkeypatch.setattr(ScriptedSocket, "TABLE", [Message(dst_len=0, table=1000, oif=oif)])
+        monkeypatch.setattr(ScriptedSocket, "WRITES", [])
+
+        async def main():
+            kernel = Netlink()
+            await kernel.open()
+            try:
+                await kernel.links(["eth0"])
+                await kernel.ensure_probe_path(path)
+            finally:
+                kernel.close()
+
+        asyncio.run(main())
+        return ScriptedSocket.WRITES
+
+    assert writes(oif=2) == [("replace", 7)]
+    assert writes(oif=7) == []

@@ -22,7 +22,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from netwatch.adapters.netlink import DefaultRoute, Event, EventKind, LinkState
 from netwatch.agent import daemon as agent_module
 from netwatch.agent.daemon import NETLINK_ATTEMPTS, Agent, settings_of
-from netwatch.agent.decision import ProbeKind
+from netwatch.agent.decision import Carrier, ProbeKind
 from netwatch.agent.metrics import AgentMetrics
 from netwatch.commands.agent_cmd import cmd_agent
 from netwatch.config import AgentSection
@@ -80,7 +80,9 @@ class FakeKernel:
     """Links up unless `link()` says otherwise, one default route per family, writes recorded;
     errors scripted: `write_errors` / `dump_errors` raise once each (in order),
     `events_error` on every read of the event socket. `tentative`: the interfaces whose
-    IPv6 addresses are in DAD (`dad_done()` ends it, with the kernel's address event)."""
+    IPv6 addresses are in DAD (`dad_done()` ends it, with the kernel's address event).
+    Interfaces can be renamed, deleted and created (`index` holds those that exist); a
+    route write through a missing one is refused with ENODEV and counted in `refused`."""
 
     GATEWAYS = {("eth0", socket.AF_INET): IPv4Address("100.64.1.1"),
                 ("eth1", socket.AF_INET): IPv4Address("100.64.2.1"),
@@ -97,6 +99,9 @@ class FakeKernel:
         self.reopened = self.link_reads = 0
         self.queue: asyncio.Queue | None = None
         self.tentative: set[str] = set()
+        self.index = {"eth0": 2, "eth1": 3}
+        self.was: dict[str, str] = {}  # a renamed interface's name in the site file
+        self.refused = 0
 
     async def open(self):
         self.queue = asyncio.Queue()
@@ -104,14 +109,44 @@ class FakeKernel:
     def close(self):
         pass
 
+    def state(self, ifname: str) -> LinkState:
+        if ifname not in self.index:
+            return LinkState(ifname, exists=False)
+        return LinkState(ifname, True, True, self.carrier[ifname], index=self.index[ifname])
+
     async def links(self, ifnames):
         self.link_reads += 1
-        return {name: LinkState(name, True, True, self.carrier[name]) for name in ifnames}
+        return {name: self.state(name) for name in ifnames}
 
     def link(self, ifname: str, carrier: bool) -> None:
         """The cable of `ifname` pulled or plugged back: the kernel announces it."""
         self.carrier[ifname] = carrier
-        self.queue.put_nowait(Event(EventKind.LINK, LinkState(ifname, True, True, carrier)))
+        self.queue.put_nowait(Event(EventKind.LINK, self.state(ifname)))
+
+    def rename(self, old: str, new: str) -> None:
+        """`ip link set old name new`: the routes follow the interface, and the kernel
+        announces the old name gone and the new one (as the netlink adapter does)."""
+        index = self.index.pop(old)
+        self.index[new], self.carrier[new] = index, self.carrier[old]
+        self.was[new] = self.was.pop(old, old)
+        self.routes = {f: new if via == old else via for f, via in self.routes.items()}
+        self.queue.put_nowait(Event(EventKind.LINK, LinkState(old, False, index=index,
+                                                              renamed_to=new)))
+        self.queue.put_nowait(Event(EventKind.LINK, self.state(new)))
+        self.queue.put_nowait(Event(EventKind.ROUTE))
+
+    def delete(self, ifname: str) -> None:
+        """`ip link del`: the kernel deletes every route through it."""
+        index = self.index.pop(ifname)
+        self.routes = {f: None if via == ifname else via for f, via in self.routes.items()}
+        self.queue.put_nowait(Event(EventKind.LINK, LinkState(ifname, False, index=index)))
+        self.queue.put_nowait(Event(EventKind.ROUTE))
+
+    def create(self, ifname: str) -> None:
+        """A new interface of that name, up with carrier, under a new index."""
+        self.index[ifname] = max(self.index.values(), default=0) + 10
+        self.carrier[ifname] = True
+        self.queue.put_nowait(Event(EventKind.LINK, self.state(ifname)))
 
     async def events(self):
         while True:
@@ -131,11 +166,17 @@ class FakeKernel:
         if self.dump_errors:
             raise self.dump_errors.pop(0)
         ifname = self.routes[family]
-        return [DefaultRoute(family, ifname, self.GATEWAYS[ifname, family], 0, 252)]
+        if ifname is None:
+            return []
+        gateway = self.GATEWAYS[self.was.get(ifname, ifname), family]
+        return [DefaultRoute(family, ifname, gateway, 0, 252)]
 
     async def replace_default(self, family, ifname, gateway, source, metric=None):
         if self.write_errors:
             raise self.write_errors.pop(0)
+        if ifname not in self.index:
+            self.refused += 1
+            raise OSError(errno.ENODEV, f"no interface {ifname!r}")
         self.routes[family] = ifname
         self.writes.append((family, ifname))
         self.queue.put_nowait(Event(EventKind.ROUTE))  # as the kernel announces it
@@ -166,6 +207,7 @@ class FakeProbers:
         self.alive = {P: True, S: True}
         self.silent: set[tuple[UplinkRole, ProbeKind]] = set()
         self.sent: collections.Counter = collections.Counter()
+        self.closed: collections.Counter = collections.Counter()  # per uplink
 
     async def make(self, role, kind):
         probers = self
@@ -181,7 +223,7 @@ class FakeProbers:
                 return None
 
             def close(self):
-                pass
+                probers.closed[role] += 1
 
         return Prober(), f"{role.value}-{kind.value}"
 
@@ -332,6 +374,63 @@ def test_one_failure_of_both_families_is_one_failover(caplog):
     assert error is None
     assert sample(registry, "netwatch_agent_failovers_total", reason="gateway") == 1
     assert "families=ipv4,ipv6 cause=gateway" in caplog.text
+
+
+def test_a_renamed_primary_moves_the_routes_and_waits_for_its_name(caplog):
+    """`ip link set eth0 name wan0` at runtime: the configured name is gone, as if the
+    interface had been deleted. The routes move to eth1 at once, the primary's probe
+    sockets (bound to the renamed interface) are closed, it is logged once, and no route is
+    written through eth0 meanwhile (it used to be, every resync, refused with ENODEV). Named
+    eth0 again, the primary comes back after its hold-down."""
+    caplog.set_level(logging.INFO, logger="netwatch.agent")
+
+    async def scenario(agent, kernel, probers, task):
+        closed = probers.closed[P]
+        kernel.rename("eth0", "wan0")
+        await until(lambda: kernel.on("eth1"))
+        assert probers.closed[P] == closed + 3  # gateway, gateway6, beyond4
+        await asyncio.sleep(0.3)  # 15 resyncs
+        assert kernel.on("eth1") and kernel.refused == 0
+        kernel.rename("wan0", "eth0")
+        await until(lambda: kernel.on("eth0"))
+        assert probers.closed[P] == closed + 6
+
+    registry, error = run_agent(scenario)
+    assert error is None
+    assert sample(registry, "netwatch_agent_failovers_total", reason="carrier") == 1
+    assert sample(registry, "netwatch_agent_failovers_total", reason="failback") == 1
+    assert sample(registry, "netwatch_agent_route_errors_total", family="ipv4") == 0
+    gone = ('event=carrier uplink=primary interface=eth0 state="interface vanished" '
+            'renamed_to=wan0 note="waiting for an interface named eth0"')
+    assert caplog.text.count(gone) == 1
+
+
+def test_a_deleted_primary_with_no_secondary_is_waited_for(caplog):
+    """The secondary's cable out, then the primary's interface deleted (the kernel deletes
+    its routes): nowhere to move. The agent asks no route write the kernel would refuse, so
+    nothing is logged every resync; when an interface named eth0 appears (a new index), its
+    probe sockets are reopened on it and its routes written at once."""
+    caplog.set_level(logging.INFO, logger="netwatch.agent")
+
+    async def scenario(agent, kernel, probers, task):
+        kernel.link("eth1", carrier=False)
+        await until(lambda: agent.state.health(S) is Health.DOWN)
+        kernel.delete("eth0")
+        await until(lambda: agent.state.uplinks[P].carrier is Carrier.VANISHED)
+        closed = probers.closed[P]
+        await asyncio.sleep(0.3)  # 15 resyncs
+        assert kernel.refused == 0 and kernel.writes == []
+        kernel.create("eth0")
+        await until(lambda: kernel.on("eth0"))
+        assert probers.closed[P] == closed + 3
+
+    registry, error = run_agent(scenario)
+    assert error is None
+    assert sample(registry, "netwatch_agent_route_errors_total", family="ipv4") == 0
+    assert sample(registry, "netwatch_agent_route_changes_total", family="ipv4",
+                  cause="repair") == 1
+    assert caplog.text.count('state="interface vanished"') == 1
+    assert "event=route_error" not in caplog.text
 
 
 def test_the_standby_uplink_is_probed_at_the_full_rate():

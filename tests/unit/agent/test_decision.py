@@ -530,6 +530,20 @@ def test_start_on_a_dead_link_moves_to_the_live_one():
         (V4, S), (V6, S)}
 
 
+def test_no_route_is_asked_through_a_vanished_link():
+    """Both links gone (the primary's interface deleted or renamed, the secondary's cable
+    out): the kernel would refuse any write through the primary, so the periodic snapshots
+    ask for none (they used to, and failed with ENODEV every 2 s). When an interface of the
+    primary's name is back, its routes are written again."""
+    d = Driver()
+    d.run([HEALTHY, (S, Carrier.NO_CARRIER), (P, Carrier.VANISHED)])
+    for _ in range(10):
+        d.snapshot()
+    assert d.refused == 0 and d.routes == {V4: None, V6: None}
+    d.link(P, Carrier.UP)
+    assert d.on(P)
+
+
 # ------------------------------------------------------------------------------ properties
 
 outcome = st.sampled_from([True, False, None])
@@ -547,7 +561,8 @@ steps = st.lists(st.one_of(probe_round, probe_round, probe_round, probe_round, l
 def test_properties_over_random_probe_and_link_sequences(seq, auto):
     """Over any run of probe rounds and link events, for each family on its own:
     - a default route through an uplink whose link is up, whenever one is (with none,
-      nothing can be done, and the kernel may hold no route at all);
+      nothing can be done, and the kernel may hold no route at all), and never a write the
+      kernel would refuse (through a link admin down or gone);
     - a switch made on probes is at least min(`fall`, `rise`) probe rounds (`fall` here)
       after the family's previous switch, whatever that was: flapping probes never flap the
       routes. After a switch forced by a link event, going back on probes needs the uplink
@@ -589,6 +604,7 @@ def test_properties_over_random_probe_and_link_sequences(seq, auto):
                     last = last_switch[family]
                     assert last is None or rounds - last >= FALL, (family, rounds, last)
                 last_switch[family] = rounds
+        assert d.refused == 0
         live = {r for r, c in d.carrier.items() if c is Carrier.UP}
         if live:
             for family in (V4, V6):
