@@ -343,7 +343,8 @@ class Runner:
                     self._pending_commits.append(run.device_name)
         else:
             output = "\n".join(
-                f"{run.device_name}> {line}\n{session.send_command(line, run.timeout_s)}"
+                f"{run.device_name}> {line}\n"
+                + session.send_command(line, run.timeout_s).strip("\r\n")
                 for line in run.lines
             )
         output = self.redact(output)
