@@ -11,16 +11,30 @@ Tests take these as fixtures (a test module never imports another one or this fi
   None; `eventually(check, timeout_s, message)`: the same, failing the test with `message`;
 - `new_lab_name()`: a fresh unique lab name, for tests that build a lab of their own;
 - `lab`: one converged lab (namespaces, BIRD, ExaBGP) for the whole session, under a unique
-  name, always removed; `healed`: the lab, healed of every fault after the test.
+  name, always removed; `healed`: the lab, healed of every fault after the test;
+- `held(node)` -> {our prefix: its AS path}: what `node`'s BIRD holds of the lab site's
+  prefixes; `announced`: the lab with every transit holding both prefixes with our AS path
+  alone, before the test and again after it (every fault healed);
+- `netns_pair` -> (a, b): two throwaway namespaces joined by a veth (a 100.64.99.1 and
+  2001:db8:99::1, b .2 and ::2), always removed; `fwmark_tables` -> (a, b): the same pair where
+  fwmark 77 in a selects table 77, routing 100.64.98.0/24 via b (b holds 100.64.98.2), and
+  fwmark 78 selects the empty table 78;
+- `in_netns(ns, coro_fn)`: what `await coro_fn()` returned in a child process inside `ns`.
+
+`wait_for` and `eventually` are session-scoped, so module-scoped fixtures can wait too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
+import pickle
 import secrets
 import shutil
+import subprocess
 import time
+import traceback
 from pathlib import Path
 
 import pytest
@@ -83,12 +97,12 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def wait_for():
     return _wait_for
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def eventually():
     return _eventually
 
@@ -163,3 +177,126 @@ def healed(lab):
         yield lab
     finally:
         faults.heal(lab)
+
+
+@pytest.fixture
+def held(lab):
+    """`held(node)` -> {prefix: AS path} for each of the lab site's prefixes that `node`'s BIRD
+    holds. A transit imports from edge only, so it holds one route per prefix; were there
+    several, their AS paths would be joined by " | " (and never compare equal to one path)."""
+    prefixes = lab.topology().prefixes
+
+    def query(node: str) -> dict[str, str]:
+        routes = lab.routes(node)
+        return {p: " | ".join(r["as_path"] for r in routes[p]) for p in prefixes if p in routes}
+
+    return query
+
+
+@pytest.fixture
+def announced(lab, held):
+    """The lab with every transit holding every prefix of ours with our AS path alone, waited
+    for before the test; after it every fault is healed and that state waited for again (30 s:
+    the controller's recovery hold is 10 s, then rise). Fails naming the transits that differ."""
+    from netwatch.lab import faults
+
+    topology = lab.topology()
+    normal = dict.fromkeys(topology.prefixes, str(topology.asn))
+    transits = [t.name for t in topology.transits]
+
+    def astray() -> dict[str, dict[str, str]]:
+        return {t: seen for t in transits if (seen := held(t)) != normal}
+
+    def settle(when: str) -> None:
+        if _wait_for(lambda: not astray(), 30, 0.1) is None:
+            pytest.fail(f"{when}: transits holding other than {normal}: {astray()} (30 s)")
+
+    settle("before the test")
+    try:
+        yield lab
+    finally:
+        faults.heal(lab)
+        settle("after the test and heal")
+
+
+# --- a pair of throwaway namespaces, for the probers against a real kernel ---------------
+
+
+def _ip(*argv: str) -> None:
+    subprocess.run(["ip", *argv], check=True, capture_output=True)
+
+
+@pytest.fixture
+def netns_pair():
+    """Two namespaces `nwct-<random>-a/-b` joined by a veth (va in a, vb in b); b answers on
+    100.64.99.2 and 2001:db8:99::2, a is .1 and ::1. Always removed."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces and raw sockets")
+    name = f"nwct-{secrets.token_hex(3)}"
+    a, b = f"{name}-a", f"{name}-b"
+    try:
+        _ip("netns", "add", a)
+        _ip("netns", "add", b)
+        _ip("-n", a, "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", b)
+        for ns, dev, v4, v6 in (
+            (a, "va", "100.64.99.1/24", "2001:db8:99::1/64"),
+            (b, "vb", "100.64.99.2/24", "2001:db8:99::2/64"),
+        ):
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "addr", "add", v4, "dev", dev)
+            _ip("-n", ns, "addr", "add", v6, "dev", dev, "nodad")
+            _ip("-n", ns, "link", "set", dev, "up")
+        yield a, b
+    finally:
+        for ns in (a, b):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture
+def fwmark_tables(netns_pair):
+    """`netns_pair` where a probe marked 77 in a follows table 77 (100.64.98.0/24 via b, which
+    holds 100.64.98.2) and one marked 78 follows table 78, which has no route for it; main has
+    none either."""
+    a, b = netns_pair
+    _ip("-n", a, "addr", "add", "100.64.98.9/32", "dev", "lo")
+    _ip("-n", b, "addr", "add", "100.64.98.2/32", "dev", "lo")
+    _ip("-n", a, "route", "add", "100.64.98.0/24", "via", "100.64.99.2", "table", "77")
+    _ip("-n", a, "rule", "add", "fwmark", "77", "table", "77", "priority", "100")
+    _ip("-n", a, "rule", "add", "fwmark", "78", "table", "78", "priority", "101")
+    return a, b
+
+
+def _in_netns(ns: str, coro_fn):
+    """What `asyncio.run(coro_fn())` returned (it must pickle) in a child process that entered
+    namespace `ns`. Fails the test with the child's traceback if it raised."""
+    from pyroute2 import netns
+
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        try:
+            try:
+                netns.setns(ns)
+                outcome = ("returned", asyncio.run(coro_fn()))
+            except BaseException:
+                outcome = ("raised", traceback.format_exc())
+            with os.fdopen(write_fd, "wb") as out:
+                pickle.dump(outcome, out)
+        finally:
+            os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as inp:
+        data = inp.read()
+    _, status = os.waitpid(pid, 0)
+    if not data:
+        pytest.fail(f"the child in {ns} died (exit {os.waitstatus_to_exitcode(status)})")
+    kind, value = pickle.loads(data)
+    if kind == "raised":
+        pytest.fail(f"in {ns}:\n{value}")
+    return value
+
+
+@pytest.fixture
+def in_netns():
+    return _in_netns

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -22,53 +21,46 @@ import time
 import pytest
 import yaml
 
+from netwatch.config import load_site
 from netwatch.lab import faults
 
 pytestmark = pytest.mark.timeout(240)
 
-V4_TARGET, V6_TARGET = "203.0.113.1", "2001:db8:203::1"
+TARGETS = ("203.0.113.1", "2001:db8:203::1")  # inet, IPv4 and IPv6
+ROLES = ("primary", "secondary")
+UP = 'netwatch_agent_uplink_up{{uplink="{}"}}'
+ACTIVE = 'netwatch_agent_active_uplink{{uplink="{}"}}'
+CARRIER = 'netwatch_agent_uplink_carrier{{uplink="{}"}}'
+BOTH_DOWN = "netwatch_agent_both_uplinks_down"
 
 
-def default_dev(lab, family: str) -> str | None:
-    out = lab.exec("srv", "ip", family, "route", "show", "default").stdout
-    found = re.search(r"dev (\S+)", out)
-    return found.group(1) if found else None
+def default_routes(lab) -> dict[str, str | None]:
+    """The interfaces of srv's default routes: {"IPv4": ifname or None, "IPv6": ...}."""
+    return {"IPv4": lab.default_dev("srv", 4), "IPv6": lab.default_dev("srv", 6)}
 
 
 def routes_on(lab, dev: str) -> bool:
-    return default_dev(lab, "-4") == dev and default_dev(lab, "-6") == dev
+    return default_routes(lab) == {"IPv4": dev, "IPv6": dev}
 
 
-def wait_for(check, timeout_s: float, step_s: float = 0.05) -> float | None:
-    """Seconds until check() held, or None after timeout_s."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout_s:
-        if check():
-            return time.monotonic() - start
-        time.sleep(step_s)
-    return None
+def unreached(lab) -> list[str]:
+    """The inet targets from which srv gets no echo reply."""
+    return [target for target in TARGETS if lab.ping("srv", target) != 1]
 
 
-def reaches(lab, target: str) -> bool:
-    argv = ["ping", "-c", "1", "-W", "1", target]
-    return lab.exec("srv", *argv).returncode == 0
-
-
-def metrics(lab) -> dict[str, float]:
-    text = lab.exec("srv", "curl", "-sf", "http://127.0.0.1:9110/metrics").stdout
-    values = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
+def picked(samples: dict[str, float], want: dict[str, float]) -> dict[str, float | None]:
+    """The samples `want` names, None where absent: compared with `want` in one assert."""
+    return {key: samples.get(key) for key in want}
 
 
 class AgentProcess:
-    """`netwatch agent --config SITE --netns <srv>`, logging to `log_path`; stopped by PID."""
+    """`netwatch agent --config SITE --netns <srv>`, logging to `log_path`; stopped by PID.
+    Its metrics are read inside srv at the site file's `metrics.agent`."""
 
-    def __init__(self, lab, site_file, log_path):
+    def __init__(self, lab, site_file, log_path, wait_for):
         self.lab, self.site_file, self.log_path = lab, site_file, log_path
+        self.wait_for = wait_for
+        self.listen = load_site(site_file).metrics.agent
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -78,6 +70,14 @@ class AgentProcess:
     def tail(self) -> str:
         return self.log_path.read_text()[-3000:]
 
+    def metrics(self) -> dict[str, float]:
+        """{sample: value} from the agent's /metrics."""
+        return self.lab.metrics("srv", self.listen)
+
+    def uplinks_up(self) -> dict[str, float | None]:
+        samples = self.metrics()
+        return {role: samples.get(UP.format(role)) for role in ROLES}
+
     def start(self) -> None:
         """Start it and wait until both uplinks are judged UP (a fresh process)."""
         with open(self.log_path, "a") as log:
@@ -86,20 +86,25 @@ class AgentProcess:
                  str(self.site_file), "--netns", self.lab.ns("srv")],
                 stdout=log, stderr=subprocess.STDOUT,
             )
-        up = 'netwatch_agent_uplink_up{{uplink="{}"}}'
-        assert wait_for(lambda: self.proc.poll() is None and all(
-            metrics(self.lab).get(up.format(role)) == 1.0 for role in ("primary", "secondary")),
-            10, 0.2), self.tail()
+        both_up = dict.fromkeys(ROLES, 1.0)
+        took = self.wait_for(
+            lambda: self.proc.poll() is None and self.uplinks_up() == both_up, 10, 0.2)
+        assert took is not None, (
+            f"agent ({self.site_file}, exit status {self.proc.poll()}): uplink_up "
+            f"{self.uplinks_up()} after 10 s, expected {both_up}\n{self.tail()}"
+        )
 
     def stop(self) -> None:
         """SIGTERM, and it must exit 0; SIGKILL if it did not exit at all."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
-            assert proc is None or proc.returncode == 0, self.tail()
+            assert proc is None or proc.returncode == 0, \
+                f"the agent had exited {proc.returncode} before it was stopped\n{self.tail()}"
             return
         os.kill(proc.pid, signal.SIGTERM)
         try:
-            assert proc.wait(10) == 0, self.tail()
+            code = proc.wait(10)
+            assert code == 0, f"the agent exited {code} on SIGTERM, expected 0\n{self.tail()}"
         finally:
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
@@ -107,8 +112,9 @@ class AgentProcess:
 
 
 @pytest.fixture(scope="module")
-def agent(lab, tmp_path_factory):
-    shared = AgentProcess(lab, lab.site_file, tmp_path_factory.mktemp("agent") / "agent.log")
+def agent(lab, tmp_path_factory, wait_for):
+    log_path = tmp_path_factory.mktemp("agent") / "agent.log"
+    shared = AgentProcess(lab, lab.site_file, log_path, wait_for)
     try:
         shared.start()
         yield shared
@@ -117,15 +123,15 @@ def agent(lab, tmp_path_factory):
 
 
 @contextlib.contextmanager
-def own_agent(shared: AgentProcess, lab, tmp_path, **agent_section):
+def own_agent(shared: AgentProcess, tmp_path, **agent_section):
     """Replace the shared agent, for the block, by one running a copy of the lab's site file
     whose `agent` section is updated with `agent_section` (one level deep)."""
-    raw = yaml.safe_load(lab.site_file.read_text())
+    raw = yaml.safe_load(shared.lab.site_file.read_text())
     for key, value in agent_section.items():
         raw["agent"][key] = {**raw["agent"].get(key, {}), **value}
     site_file = tmp_path / "site.yaml"
     site_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-    mine = AgentProcess(lab, site_file, tmp_path / "agent.log")
+    mine = AgentProcess(shared.lab, site_file, tmp_path / "agent.log", shared.wait_for)
     shared.stop()
     try:
         mine.start()
@@ -137,8 +143,14 @@ def own_agent(shared: AgentProcess, lab, tmp_path, **agent_section):
             shared.start()
 
 
-def failovers(lab, reason: str) -> float:
-    return metrics(lab).get(f'netwatch_agent_failovers_total{{reason="{reason}"}}', 0.0)
+def failovers(agent: AgentProcess, reason: str) -> float:
+    return agent.metrics().get(f'netwatch_agent_failovers_total{{reason="{reason}"}}', 0.0)
+
+
+def moved(lab, agent: AgentProcess, dev: str, within_s: float, after: str) -> str:
+    """The failure message of a wait for srv's default routes to be on `dev`."""
+    return (f"{after}: srv's default routes are on {default_routes(lab)}, expected both on "
+            f"{dev} within {within_s} s\n{agent.tail()}")
 
 
 @pytest.mark.parametrize(
@@ -151,162 +163,225 @@ def failovers(lab, reason: str) -> float:
     ],
     ids=["link-down", "gateway-silent", "gateway-blackhole", "loss-100"],
 )
-def test_fault_on_primary_moves_routes_and_heal_brings_them_back(agent, lab, fault, reason):
-    log_path = agent.log_path
-    assert wait_for(lambda: routes_on(lab, "eth0"), 10), "not on the primary at the start"
-    before = metrics(lab)
+def test_fault_on_primary_moves_routes_and_heal_brings_them_back(agent, lab, wait_for, fault,
+                                                                  reason):
+    name = " ".join(fault) + " on gwa"
+    assert wait_for(lambda: routes_on(lab, "eth0"), 10) is not None, \
+        moved(lab, agent, "eth0", 10, "at the start")
+    before = agent.metrics()
     faults.apply(lab, fault[0], "gwa", *fault[1:])
     try:
-        took = wait_for(lambda: routes_on(lab, "eth1"), 3)
-        assert took is not None, log_path.read_text()[-3000:]
-        assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
-        after = metrics(lab)
-        assert after['netwatch_agent_active_uplink{uplink="secondary"}'] == 1.0
-        assert after['netwatch_agent_uplink_up{uplink="primary"}'] == 0.0
+        assert wait_for(lambda: routes_on(lab, "eth1"), 3) is not None, \
+            moved(lab, agent, "eth1", 3, name)
+        lost = unreached(lab)
+        assert lost == [], f"{name}, routes on eth1: srv gets no reply from {lost}"
+        want = {ACTIVE.format("secondary"): 1.0, UP.format("primary"): 0.0}
         if reason:
             key = f'netwatch_agent_failovers_total{{reason="{reason}"}}'
-            assert after.get(key, 0) == before.get(key, 0) + 1
+            want[key] = before.get(key, 0) + 1
+        seen = picked(agent.metrics(), want)
+        assert seen == want, f"{name}: the agent's metrics say {seen}, expected {want}"
     finally:
         faults.heal(lab, "gwa")
     healed_at = time.monotonic()
-    assert wait_for(lambda: routes_on(lab, "eth0"), 15), log_path.read_text()[-3000:]
+    assert wait_for(lambda: routes_on(lab, "eth0"), 15) is not None, \
+        moved(lab, agent, "eth0", 15, f"heal of {name}")
     # Not sooner than the hold-down (5 s in the lab site) after the primary recovered.
-    assert time.monotonic() - healed_at >= 5.0
-    assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
-    assert metrics(lab)['netwatch_agent_active_uplink{uplink="primary"}'] == 1.0
+    back_after = time.monotonic() - healed_at
+    assert back_after >= 5.0, \
+        f"routes back on eth0 {back_after:.2f} s after heal of {name}, within the 5 s hold-down"
+    lost = unreached(lab)
+    assert lost == [], f"heal of {name}, routes back on eth0: srv gets no reply from {lost}"
+    active = agent.metrics().get(ACTIVE.format("primary"))
+    assert active == 1.0, f"heal of {name}: active_uplink{{primary}} is {active}, expected 1"
 
 
-def test_operator_route_change_is_repaired(agent, lab):
-    assert wait_for(lambda: routes_on(lab, "eth0"), 10)
-    repairs = metrics(lab).get('netwatch_agent_route_changes_total{cause="repair",family="ipv4"}',
-                               0.0)
+def test_operator_route_change_is_repaired(agent, lab, wait_for):
+    assert wait_for(lambda: routes_on(lab, "eth0"), 10) is not None, \
+        moved(lab, agent, "eth0", 10, "at the start")
+    key = 'netwatch_agent_route_changes_total{cause="repair",family="ipv4"}'
+    repairs = agent.metrics().get(key, 0.0)
     lab.exec("srv", "ip", "route", "replace", "default", "via", "100.64.2.1", "dev", "eth1")
-    assert wait_for(lambda: default_dev(lab, "-4") == "eth0", 3)
-    after = metrics(lab)['netwatch_agent_route_changes_total{cause="repair",family="ipv4"}']
-    assert after == repairs + 1
+    assert wait_for(lambda: lab.default_dev("srv", 4) == "eth0", 3) is not None, (
+        f"srv's IPv4 default route is on {lab.default_dev('srv', 4)} 3 s after an operator "
+        f"moved it to eth1, expected repaired to eth0\n{agent.tail()}"
+    )
+    after = agent.metrics().get(key)
+    assert after == repairs + 1, f"{key} is {after} after the repair, expected {repairs + 1}"
 
 
-def test_admin_down_flushes_routes_and_tables_and_both_come_back(agent, lab):
+def test_admin_down_flushes_routes_and_tables_and_both_come_back(agent, lab, wait_for):
     """Admin-down on srv's own eth0 makes the kernel delete every route through it (the main
     default and the probe table 1000); the agent fails over, then restores both."""
-    log_path = agent.log_path
-    assert wait_for(lambda: routes_on(lab, "eth0"), 10)
+    assert wait_for(lambda: routes_on(lab, "eth0"), 10) is not None, \
+        moved(lab, agent, "eth0", 10, "at the start")
     lab.exec("srv", "ip", "link", "set", "eth0", "down")
     try:
-        assert wait_for(lambda: routes_on(lab, "eth1"), 2), log_path.read_text()[-3000:]
+        assert wait_for(lambda: routes_on(lab, "eth1"), 2) is not None, \
+            moved(lab, agent, "eth1", 2, "srv's eth0 set down")
     finally:
         lab.exec("srv", "ip", "link", "set", "eth0", "up")
-    assert wait_for(lambda: routes_on(lab, "eth0"), 15), log_path.read_text()[-3000:]
+    assert wait_for(lambda: routes_on(lab, "eth0"), 15) is not None, \
+        moved(lab, agent, "eth0", 15, "srv's eth0 set up again")
     table = lab.exec("srv", "ip", "route", "show", "table", "1000").stdout
-    assert "default via 100.64.1.1 dev eth0" in table
+    assert "default via 100.64.1.1 dev eth0" in table, \
+        f"srv's probe table 1000 lacks 'default via 100.64.1.1 dev eth0' after eth0 up: {table!r}"
 
 
-def test_both_uplinks_dead_keeps_the_routes_and_heal_restores_service(agent, lab):
+def test_both_uplinks_dead_keeps_the_routes_and_heal_restores_service(agent, lab, wait_for):
     """Both gateways silent at once: no uplink to go to, so the default routes (v4 and v6) stay
     where they are and the metrics say both are down; heal brings normal service back."""
-    both = "netwatch_agent_both_uplinks_down"
-    assert wait_for(lambda: routes_on(lab, "eth0"), 10)
+    assert wait_for(lambda: routes_on(lab, "eth0"), 10) is not None, \
+        moved(lab, agent, "eth0", 10, "at the start")
     faults.apply(lab, "gateway-silent", "gwa")
     faults.apply(lab, "gateway-silent", "gwb")
     try:
-        assert wait_for(lambda: metrics(lab).get(both) == 1.0, 5), agent.tail()
+        assert wait_for(lambda: agent.metrics().get(BOTH_DOWN) == 1.0, 5) is not None, (
+            f"gwa and gwb silent: {BOTH_DOWN} is {agent.metrics().get(BOTH_DOWN)} after 5 s,"
+            f" expected 1\n{agent.tail()}"
+        )
         # Usually still via eth0 (the secondary was failing too when the primary went
         # DOWN); via eth1 if gwb's fault landed a probe round later. Never removed.
-        dev = default_dev(lab, "-4")
-        assert dev in ("eth0", "eth1") and routes_on(lab, dev), agent.tail()
+        dev = lab.default_dev("srv", 4)
+        assert dev in ("eth0", "eth1") and routes_on(lab, dev), \
+            f"gwa and gwb silent: srv's default routes are on {default_routes(lab)}, expected " \
+            f"both kept on eth0 or both on eth1\n{agent.tail()}"
         role = "primary" if dev == "eth0" else "secondary"
-        after = metrics(lab)
-        assert after[f'netwatch_agent_active_uplink{{uplink="{role}"}}'] == 1.0
-        assert after['netwatch_agent_uplink_up{uplink="primary"}'] == 0.0
-        assert after['netwatch_agent_uplink_up{uplink="secondary"}'] == 0.0
+        want = {ACTIVE.format(role): 1.0, UP.format("primary"): 0.0, UP.format("secondary"): 0.0}
+        seen = picked(agent.metrics(), want)
+        assert seen == want, f"gwa and gwb silent, routes on {dev}: metrics {seen}, want {want}"
         time.sleep(1.0)  # twenty more probe rounds, all lost: still the same routes
-        assert routes_on(lab, dev) and metrics(lab).get(both) == 1.0
+        assert routes_on(lab, dev), \
+            f"gwa and gwb silent: srv's default routes moved from {dev} to {default_routes(lab)}"
+        both_down = agent.metrics().get(BOTH_DOWN)
+        assert both_down == 1.0, f"gwa and gwb silent: {BOTH_DOWN} is {both_down} 1 s on"
     finally:
         faults.heal(lab, "gwa")
         faults.heal(lab, "gwb")
-    assert wait_for(lambda: metrics(lab).get(both) == 0.0 and routes_on(lab, "eth0"), 15), \
-        agent.tail()
-    assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
+    assert wait_for(lambda: agent.metrics().get(BOTH_DOWN) == 0.0 and routes_on(lab, "eth0"),
+                    15) is not None, (
+        f"heal of gwa and gwb: after 15 s {BOTH_DOWN} is {agent.metrics().get(BOTH_DOWN)} and "
+        f"srv's default routes are on {default_routes(lab)}, expected 0 and both on eth0\n"
+        f"{agent.tail()}"
+    )
+    lost = unreached(lab)
+    assert lost == [], f"heal of gwa and gwb: srv gets no reply from {lost}"
 
 
-def test_primary_link_lost_while_secondary_silent_moves_to_the_live_link(agent, lab):
+def test_primary_link_lost_while_secondary_silent_moves_to_the_live_link(agent, lab, wait_for):
     """The secondary's gateway silent (eth1's carrier up), then eth0 loses its carrier: both
     uplinks are DOWN, but a route through a dead link carries nothing, so the default routes
     (v4 and v6) go to eth1 and stay there; they work as soon as gwb answers again. Once eth0
     is back, the primary returns by failback, after its hold-down."""
-    up = 'netwatch_agent_uplink_up{{uplink="{}"}}'
     # Both UP first: a secondary still rising from an earlier test could turn UP between the
     # check below and the fault, and the routes would then move to an UP uplink.
-    assert wait_for(lambda: routes_on(lab, "eth0") and all(
-        metrics(lab).get(up.format(role)) == 1.0 for role in ("primary", "secondary")), 10), \
-        agent.tail()
-    carrier_before, failback_before = failovers(lab, "carrier"), failovers(lab, "failback")
+    both_up = dict.fromkeys(ROLES, 1.0)
+    assert wait_for(lambda: routes_on(lab, "eth0") and agent.uplinks_up() == both_up, 10) \
+        is not None, (
+        f"at the start: srv's default routes are on {default_routes(lab)} and uplink_up is "
+        f"{agent.uplinks_up()}, expected both on eth0 and {both_up}\n{agent.tail()}"
+    )
+    carrier_before, failback_before = failovers(agent, "carrier"), failovers(agent, "failback")
     faults.apply(lab, "gateway-silent", "gwb")
     back = None
     try:
-        assert wait_for(lambda: metrics(lab).get(up.format("secondary")) == 0.0, 5), agent.tail()
-        assert routes_on(lab, "eth0")  # the secondary is no place to go while eth0 works
+        assert wait_for(lambda: agent.uplinks_up()["secondary"] == 0.0, 5) is not None, \
+            f"gwb silent: uplink_up is {agent.uplinks_up()} after 5 s, expected secondary 0"
+        # the secondary is no place to go while eth0 works
+        assert routes_on(lab, "eth0"), \
+            f"gwb silent, eth0 fine: srv's default routes moved to {default_routes(lab)}"
         faults.apply(lab, "link-down", "gwa")
-        assert wait_for(lambda: routes_on(lab, "eth1"), 3), agent.tail()
-        assert wait_for(lambda: metrics(lab).get("netwatch_agent_both_uplinks_down") == 1.0,
-                        3), agent.tail()
-        after = metrics(lab)
-        assert after['netwatch_agent_active_uplink{uplink="secondary"}'] == 1.0
-        assert after['netwatch_agent_uplink_carrier{uplink="primary"}'] == 0.0
-        assert failovers(lab, "carrier") == carrier_before + 1
+        assert wait_for(lambda: routes_on(lab, "eth1"), 3) is not None, \
+            moved(lab, agent, "eth1", 3, "gwb silent, then eth0's link down")
+        assert wait_for(lambda: agent.metrics().get(BOTH_DOWN) == 1.0, 3) is not None, (
+            f"gwb silent and eth0's link down: {BOTH_DOWN} is "
+            f"{agent.metrics().get(BOTH_DOWN)} after 3 s, expected 1\n{agent.tail()}"
+        )
+        want = {ACTIVE.format("secondary"): 1.0, CARRIER.format("primary"): 0.0}
+        seen = picked(agent.metrics(), want)
+        assert seen == want, f"gwb silent and eth0's link down: metrics {seen}, expected {want}"
+        carrier = failovers(agent, "carrier")
+        assert carrier == carrier_before + 1, \
+            f"failovers_total{{carrier}} is {carrier}, expected {carrier_before + 1}"
         time.sleep(1.0)  # twenty more probe rounds, all lost: still on eth1
-        assert routes_on(lab, "eth1"), agent.tail()
+        assert routes_on(lab, "eth1"), \
+            f"1 s on, srv's default routes left eth1 for {default_routes(lab)}\n{agent.tail()}"
         faults.heal(lab, "gwb")
-        assert wait_for(lambda: metrics(lab).get(up.format("secondary")) == 1.0, 5), agent.tail()
-        assert routes_on(lab, "eth1")
-        assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
+        assert wait_for(lambda: agent.uplinks_up()["secondary"] == 1.0, 5) is not None, (
+            f"heal of gwb: uplink_up is {agent.uplinks_up()} after 5 s, expected secondary 1"
+            f"\n{agent.tail()}"
+        )
+        assert routes_on(lab, "eth1"), \
+            f"gwb healed, eth0 still down: srv's default routes are on {default_routes(lab)}"
+        lost = unreached(lab)
+        assert lost == [], f"gwb healed, routes on eth1: srv gets no reply from {lost}"
     finally:
         faults.heal(lab, "gwb")
         faults.heal(lab, "gwa")
         # Waited for here too, so that a failure above leaves the next test on the primary.
         back = wait_for(lambda: routes_on(lab, "eth0"), 15)
-    assert back is not None, agent.tail()
+    assert back is not None, moved(lab, agent, "eth0", 15, "heal of gwa and gwb")
     # The secondary was UP by then: the way back is a failback, held down like any other.
-    assert failovers(lab, "failback") == failback_before + 1
-    assert failovers(lab, "carrier") == carrier_before + 1
-    assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
+    failback, carrier = failovers(agent, "failback"), failovers(agent, "carrier")
+    assert (failback, carrier) == (failback_before + 1, carrier_before + 1), (
+        f"failovers_total failback, carrier: {failback}, {carrier}; expected "
+        f"{failback_before + 1}, {carrier_before + 1}"
+    )
+    lost = unreached(lab)
+    assert lost == [], f"back on eth0: srv gets no reply from {lost}"
 
 
-def test_icmp_gateway_probes_move_the_routes(agent, lab, tmp_path):
+def test_icmp_gateway_probes_move_the_routes(agent, lab, tmp_path, wait_for):
     """`method: icmp`: echo to the gateways (v4 and v6) instead of ARP/ND catches a silent
     gateway too."""
-    with own_agent(agent, lab, tmp_path, probe={"method": "icmp"},
+    with own_agent(agent, tmp_path, probe={"method": "icmp"},
                    failback={"hold_down_s": 1}) as icmp:
-        assert "method=icmp" in icmp.log_path.read_text()
-        assert routes_on(lab, "eth0")
+        assert "method=icmp" in icmp.log_path.read_text(), \
+            f"the agent with probe.method icmp does not log method=icmp\n{icmp.tail()}"
+        assert routes_on(lab, "eth0"), \
+            f"icmp agent started: srv's default routes are on {default_routes(lab)}, want eth0"
         faults.apply(lab, "gateway-silent", "gwa")
         try:
-            assert wait_for(lambda: routes_on(lab, "eth1"), 3), icmp.tail()
-            assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
+            assert wait_for(lambda: routes_on(lab, "eth1"), 3) is not None, \
+                moved(lab, icmp, "eth1", 3, "gwa silent, icmp probes")
+            lost = unreached(lab)
+            assert lost == [], f"gwa silent, routes on eth1: srv gets no reply from {lost}"
             key = 'netwatch_agent_failovers_total{reason="gateway"}'
-            assert metrics(lab).get(key) == 1.0
+            gateway = icmp.metrics().get(key)
+            assert gateway == 1.0, f"gwa silent, icmp probes: {key} is {gateway}, expected 1"
         finally:
             faults.heal(lab, "gwa")
-        assert wait_for(lambda: routes_on(lab, "eth0"), 15), icmp.tail()
+        assert wait_for(lambda: routes_on(lab, "eth0"), 15) is not None, \
+            moved(lab, icmp, "eth0", 15, "heal of gwa, icmp probes")
 
 
-def test_manual_failback_waits_for_sigusr1(agent, lab, tmp_path):
+def test_manual_failback_waits_for_sigusr1(agent, lab, tmp_path, wait_for):
     """`failback.mode: manual`: after heal the routes stay on the secondary, the primary UP
     for several hold-downs, until the operator sends SIGUSR1."""
-    with own_agent(agent, lab, tmp_path, failback={"mode": "manual", "hold_down_s": 1}) as man:
+    with own_agent(agent, tmp_path, failback={"mode": "manual", "hold_down_s": 1}) as man:
         faults.apply(lab, "gateway-silent", "gwa")
         try:
-            assert wait_for(lambda: routes_on(lab, "eth1"), 3), man.tail()
+            assert wait_for(lambda: routes_on(lab, "eth1"), 3) is not None, \
+                moved(lab, man, "eth1", 3, "gwa silent, manual failback")
         finally:
             faults.heal(lab, "gwa")
-        assert wait_for(lambda: metrics(lab).get('netwatch_agent_uplink_up{uplink="primary"}')
-                        == 1.0, 10), man.tail()
+        assert wait_for(lambda: man.uplinks_up()["primary"] == 1.0, 10) is not None, \
+            f"heal of gwa: uplink_up is {man.uplinks_up()} after 10 s, expected primary 1" \
+            f"\n{man.tail()}"
         time.sleep(3.0)  # three hold-downs: an automatic failback would have happened
-        assert routes_on(lab, "eth1")
-        assert metrics(lab)['netwatch_agent_active_uplink{uplink="secondary"}'] == 1.0
+        assert routes_on(lab, "eth1"), (
+            f"manual failback, no SIGUSR1: srv's default routes are on {default_routes(lab)}, "
+            f"expected both kept on eth1\n{man.tail()}"
+        )
+        active = man.metrics().get(ACTIVE.format("secondary"))
+        assert active == 1.0, f"manual failback: active_uplink{{secondary}} is {active}, want 1"
         os.kill(man.pid, signal.SIGUSR1)
-        assert wait_for(lambda: routes_on(lab, "eth0"), 3), man.tail()
-        after = metrics(lab)
-        assert after.get('netwatch_agent_failovers_total{reason="operator"}') == 1.0
-        assert after.get('netwatch_agent_failovers_total{reason="failback"}', 0.0) == 0.0
-        assert reaches(lab, V4_TARGET) and reaches(lab, V6_TARGET)
+        assert wait_for(lambda: routes_on(lab, "eth0"), 3) is not None, \
+            moved(lab, man, "eth0", 3, "SIGUSR1 (manual failback)")
+        want = {'netwatch_agent_failovers_total{reason="operator"}': 1.0,
+                'netwatch_agent_failovers_total{reason="failback"}': 0.0}
+        after = man.metrics()
+        seen = {key: after.get(key, 0.0) for key in want}
+        assert seen == want, f"after SIGUSR1: {seen}, expected {want}"
+        lost = unreached(lab)
+        assert lost == [], f"after SIGUSR1, routes on eth0: srv gets no reply from {lost}"

@@ -9,10 +9,12 @@ import subprocess
 import time
 
 from netwatch.config import load_site
-from netwatch.lab import bird, faults
+from netwatch.lab import faults
 from netwatch.lab import lifecycle as lab_module
 
-from .test_controller import NORMAL, PREFIXES, TRANSITS, clean, held, wait_for  # noqa: F401
+PREFIXES = ("198.51.100.0/24", "2001:db8:100::/48")
+TRANSITS = ("t1", "t2", "t3", "t4")
+NORMAL = dict.fromkeys(PREFIXES, "64500")
 
 
 def controller_pids(lab) -> list[int]:
@@ -22,42 +24,62 @@ def controller_pids(lab) -> list[int]:
     return [int(p) for p in out]
 
 
-def established(lab, node: str) -> bool:
-    protocols = bird.parse_protocols(lab.birdc(node, "show protocols"))
-    return all("Established" in p["info"] for name, p in protocols.items()
-               if p["proto"] == "BGP" and name.startswith("edge"))
+def sessions_from_edge_down(lab, node: str) -> dict[str, str]:
+    """{session: BIRD's info} for `node`'s BGP sessions with edge that are not Established."""
+    return {name: s["info"] for name, s in lab.bgp_sessions(node).items()
+            if name.startswith("edge") and "Established" not in s["info"]}
 
 
-def test_exabgp_restart_keeps_the_withdrawal_from_persisted_state(clean):  # noqa: F811
-    lab = clean
+def held_at(held, transits) -> dict[str, dict[str, str]]:
+    """{transit: {our prefix: AS path}} for `transits`."""
+    return {t: held(t) for t in transits}
+
+
+def holders(held) -> dict[str, frozenset[str]]:
+    """{our prefix: the transits whose BIRD holds it}."""
+    per_transit = held_at(held, TRANSITS)
+    return {p: frozenset(t for t in TRANSITS if p in per_transit[t]) for p in PREFIXES}
+
+
+def test_exabgp_restart_keeps_the_withdrawal_from_persisted_state(announced, held, wait_for):
+    lab = announced
     faults.apply(lab, "transit-blackhole", "t2")
-    wait_for(lambda: held(lab, "t2") == {}, 10)
+    assert wait_for(lambda: held("t2") == {}, 10, 0.1) is not None, \
+        f"t2 still holds {held('t2')} 10 s after its blackhole, expected {{}}"
     pid = int(lab.pidfile("exabgp").read_text())
     os.kill(pid, signal.SIGKILL)  # a crash: no goodbye to the peers, no state written
-    wait_for(lambda: all(held(lab, t) == {} for t in TRANSITS), 15)  # the sessions died
-    lab_module.start_exabgp(lab, load_site(lab.site_file))
+    try:  # the sessions died
+        assert wait_for(lambda: all(held(t) == {} for t in TRANSITS), 15, 0.1) is not None, \
+            f"15 s after ExaBGP was killed, still held: {held_at(held, TRANSITS)}"
+    finally:  # even after a failure: every later test shares this lab and its ExaBGP
+        lab_module.start_exabgp(lab, load_site(lab.site_file))
+
     # From here on t2 must never hold our prefixes: the controller sends the persisted
     # withdrawal before the sessions are up, not ~2 s later after new probes.
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        assert held(lab, "t2") == {}, "t2 was re-announced after the restart"
-        if all(held(lab, t) == dict.fromkeys(PREFIXES, NORMAL) for t in ("t1", "t3", "t4")):
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("t1, t3, t4 did not get our prefixes back")
+    def others_back() -> bool:
+        seen = held("t2")
+        assert seen == {}, f"t2 was re-announced after the restart: it holds {seen}"
+        return all(held(t) == NORMAL for t in ("t1", "t3", "t4"))
+
+    assert wait_for(others_back, 30, 0.1) is not None, (
+        f"30 s after the restart t1, t3, t4 hold {held_at(held, ('t1', 't3', 't4'))},"
+        f" expected {NORMAL} each"
+    )
     for _ in range(20):  # and it stays so for 2 s (the first probe window)
-        assert held(lab, "t2") == {}
+        seen = held("t2")
+        assert seen == {}, f"t2 was re-announced within 2 s of the others: it holds {seen}"
         time.sleep(0.1)
 
 
-def test_killed_controller_is_respawned_without_a_flap(clean):  # noqa: F811
-    lab = clean
+def test_killed_controller_is_respawned_without_a_flap(announced, held):
+    lab = announced
 
     def nothing_lost() -> None:  # every transit keeps every route all along
         for t in TRANSITS:
-            assert held(lab, t) == dict.fromkeys(PREFIXES, NORMAL), f"{t} lost our routes"
-            assert established(lab, t), f"{t}: BGP session not Established"
+            seen = held(t)
+            assert seen == NORMAL, f"{t} holds {seen} after the kill, expected {NORMAL}"
+            down = sessions_from_edge_down(lab, t)
+            assert not down, f"{t}: BGP sessions with edge not Established: {down}"
 
     respawned, _ = kill_controller_and_watch(lab, nothing_lost)
     print(f"controller respawned after {respawned:.2f} s, no route lost")
@@ -77,30 +99,29 @@ def kill_controller_and_watch(lab, check, watch_s: float = 8.0) -> tuple[float, 
         if respawned is None and pids and old not in pids:
             respawned = time.monotonic() - start
         time.sleep(0.1)
-    assert respawned is not None, "ExaBGP did not respawn the controller"
+    assert respawned is not None, (
+        f"ExaBGP did not respawn the controller (PID {old}) within {watch_s} s:"
+        f" controllers now {controller_pids(lab)}"
+    )
     return respawned, polls
 
 
-def holders(lab) -> dict[str, frozenset[str]]:
-    """{our prefix: the transits whose BIRD holds it}."""
-    per_transit = {t: held(lab, t) for t in TRANSITS}
-    return {p: frozenset(t for t in TRANSITS if p in per_transit[t]) for p in PREFIXES}
-
-
-def test_killed_controller_keeps_the_safety_hold_where_it_was(clean):  # noqa: F811
+def test_killed_controller_keeps_the_safety_hold_where_it_was(announced, held, wait_for):
     """Three transits blackholed: the interlock keeps t4 and one held transit announced. A
     respawned controller must keep exactly those: it does not know the sessions for a moment
     (UNKNOWN is not down), and it restores which upstream the hold kept (no hold migration)."""
-    lab = clean
+    lab = announced
     for t in ("t1", "t2", "t3"):
         faults.apply(lab, "transit-blackhole", t)
-    wait_for(lambda: all(len(h) == 2 for h in holders(lab).values()), 15)
+    assert wait_for(lambda: all(len(h) == 2 for h in holders(held).values()), 15, 0.1) \
+        is not None, f"15 s after t1-t3 blackholed, held by {holders(held)}, expected 2 each"
     time.sleep(1)  # settled: the hold and its state file are written
-    before = holders(lab)
-    assert all(len(h) == 2 and "t4" in h for h in before.values()), before
+    before = holders(held)
+    assert all(len(h) == 2 and "t4" in h for h in before.values()), \
+        f"held by {before}, expected t4 and one other for each prefix"
 
     def hold_unchanged() -> None:
-        now = holders(lab)
+        now = holders(held)
         for prefix, h in now.items():
             assert len(h) >= 2, f"{prefix} held by {sorted(h)} only after the kill"
         assert now == before, f"the hold moved: {before} -> {now}"
