@@ -199,6 +199,9 @@ class Sync:
         # those ExaBGP refused it for (effect unused).
         self._eor_owed: set[str] = set()
         self._eor_backoff: dict[str, Backoff] = {}
+        # Neighbors whose End-of-RIB went out (acknowledged) since their last reset: a
+        # session reported up again (another `show neighbor json`) owes none.
+        self._eor_done: set[str] = set()
 
     # --- read-only views (status, tests) --------------------------------------------------
 
@@ -240,12 +243,16 @@ class Sync:
         to be what was acknowledged, so its full desired state is sent again."""
         for key in [k for k in self._acked if k[0] == neighbor]:
             del self._acked[key]
+        self._eor_done.discard(neighbor)
         self._dirty = True
 
     def session_up(self, neighbor: str) -> None:
         """`neighbor`'s session is up (an event, or the answer to `show neighbor json`): its
         End-of-RIB is due once its full desired state is acknowledged (module docstring).
-        Call it with `peer_reset` on an `up` event."""
+        Call it with `peer_reset` on an `up` event. Once per session: after its End-of-RIB
+        was acknowledged, only a `peer_reset` makes it owe another."""
+        if neighbor in self._eor_done:
+            return
         self._eor_owed.add(neighbor)
         self._eor_backoff.pop(neighbor, None)
 
@@ -276,6 +283,8 @@ class Sync:
             if kind is AckKind.ERROR:
                 return Rejected(command, self._eor_again(command.neighbor, now))
             self._eor_backoff.pop(command.neighbor, None)
+            if command.neighbor not in self._eor_owed:  # not owed again by a reset since
+                self._eor_done.add(command.neighbor)
             return Accepted(command)
         if kind is AckKind.ERROR:
             return Rejected(command, self._back_off(command, now))

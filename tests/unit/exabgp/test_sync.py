@@ -567,6 +567,18 @@ def test_a_session_reset_after_its_end_of_rib_owes_another(clock):
     assert lines(sync.due(clock.now)) == [eor(N2)]
 
 
+def test_a_session_reported_up_again_owes_no_second_end_of_rib(clock):
+    """Another answer to `show neighbor json` reports the same sessions up: nothing new."""
+    sync = started(clock, desired(*NEIGHBORS))
+    sync.session_up(N1)
+    settle(sync, clock)
+    sync.session_up(N1)
+    assert sync.end_of_rib_owed == frozenset() and sync.due(clock.now).commands == ()
+    sync.peer_reset(N1)  # a new session: owed again
+    sync.session_up(N1)
+    assert sync.end_of_rib_owed == {N1}
+
+
 def test_a_refused_or_unanswered_end_of_rib_is_sent_again_after_a_backoff(clock):
     sync = started(clock, desired(*NEIGHBORS))
     settle(sync, clock)
