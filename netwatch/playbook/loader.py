@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,12 @@ def shipped_dir() -> Path | None:
         files = importlib.metadata.distribution("netwatch").files or []
     except importlib.metadata.PackageNotFoundError:
         return None
+    return installed_dir(files)
+
+
+def installed_dir(files: Iterable[Any]) -> Path | None:
+    """Where a wheel put the playbooks, from its installed files (importlib.metadata's
+    PackagePath entries: `as_posix()` relative to site-packages, `locate()` absolute)."""
     for entry in files:
         if entry.as_posix().endswith(f"{SHARE}/drain-upstream.yaml"):
             return Path(entry.locate()).resolve().parent

@@ -169,3 +169,29 @@ def test_playbooks_are_found_by_name_and_close_names_suggested(shipped):
 
 def test_the_shipped_playbooks_are_found_from_the_checkout(shipped):
     assert shipped_dir() == shipped
+
+
+class _Installed:
+    """An entry of an installed distribution's file list (importlib.metadata.PackagePath)."""
+
+    def __init__(self, site: Path, relative: str):
+        self.site, self.relative = site, relative
+
+    def as_posix(self) -> str:
+        return self.relative
+
+    def locate(self) -> Path:
+        return self.site / self.relative
+
+
+def test_an_installed_wheel_s_playbooks_are_found_through_its_file_list(tmp_path):
+    from netwatch.playbook.loader import installed_dir
+
+    site = tmp_path / "venv" / "lib" / "python3.11" / "site-packages"
+    shared = tmp_path / "venv" / "share" / "netwatch" / "playbooks"
+    shared.mkdir(parents=True)
+    (shared / "drain-upstream.yaml").write_text("name: drain-upstream\n")
+    files = [_Installed(site, "netwatch/__init__.py"),
+             _Installed(site, "../../../share/netwatch/playbooks/drain-upstream.yaml")]
+    assert installed_dir(files) == shared.resolve()
+    assert installed_dir(files[:1]) is None
