@@ -72,13 +72,39 @@ def _agent_checks(agent: AgentSection) -> list[tuple[Loc, str]]:
     return found
 
 
+def _beyond_checks(site: Site) -> list[tuple[Loc, str]]:
+    """Beyond targets are inside our network: in `prefixes` or `agent.probe.internal_prefixes`,
+    and never one of the controller's probe targets (those are on the internet, reached
+    through whichever transit the border picks: a transit failure would fail servers over)."""
+    agent = site.agent
+    if agent is None:
+        return []
+    inside = [*site.prefixes, *agent.probe.internal_prefixes]
+    external = set()
+    if site.controller is not None:
+        external = {t.address for t in site.controller.probe.targets}
+    found: list[tuple[Loc, str]] = []
+    for i, target in enumerate(agent.probe.beyond):
+        where = ("agent", "probe", "beyond", i)
+        if target in external:
+            found.append((where, f"'{target}' is one of the controller's probe targets (on the "
+                                 "internet): beyond targets are inside our network, past the "
+                                 "gateways (the border routers' addresses)"))
+        elif not any(target.version == net.version and target in net for net in inside):
+            found.append((where, f"'{target}' is outside our prefixes and "
+                                 "agent.probe.internal_prefixes: an internet target makes a "
+                                 "transit failure look like an uplink failure"))
+    return found
+
+
 def probe_checks(site: Site) -> list[tuple[Loc, str]]:
-    """Checks that need the controller's targets (from `targets_file` too): every session of
-    every upstream can be judged, and a lost probe is counted inside the window."""
+    """Checks that need the controller's targets (from `targets_file` too): beyond targets
+    are ours, every session of every upstream can be judged, and a lost probe is counted
+    inside the window."""
+    found = _beyond_checks(site)
     ctl = site.controller
     if ctl is None:
-        return []
-    found: list[tuple[Loc, str]] = []
+        return found
     probe = ctl.probe
     per_family = {v: sum(1 for t in probe.targets if t.address.version == v) for v in (4, 6)}
     announced = {p.version for p in site.prefixes}

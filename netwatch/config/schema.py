@@ -105,7 +105,12 @@ class AgentProbe(_Strict):
     timeout_ms: Annotated[int, Field(ge=1, le=60_000)] | None = None  # default: interval_ms
     fall: Annotated[int, Field(ge=1, le=100)] = 3
     rise: Annotated[int, Field(ge=1, le=1000)] = 5
+    # Addresses inside our network past the gateways (the border routers, a core address):
+    # the agent answers "does this uplink carry traffic to our border?"; whether a transit
+    # carries it on to the internet is the controller's question (docs/agent.md).
     beyond: list[IP] = []
+    # Beyond targets must lie in `prefixes` or here (infrastructure ranges of ours).
+    internal_prefixes: list[Prefix] = []
 
 
 class Failback(_Strict):
@@ -244,6 +249,9 @@ class ControllerSection(_Strict):
     policy: Policy = Policy()
     bgp: Bgp = Bgp()
     outbound: Outbound = Outbound()
+    # An operator's drain announces GRACEFUL_SHUTDOWN (RFC 8326) this long before it withdraws
+    # (`netwatch upstream drain --graceful-s` overrides it; at most an hour, as there).
+    drain_graceful_s: Annotated[float, Field(ge=0, le=3600)] = 60.0
     route_table_base: Annotated[int, Field(ge=1, le=2**31 - 16)] = 2000
     fwmark_base: Annotated[int, Field(ge=1, le=2**31 - 16)] = 0x4E580
 

@@ -245,8 +245,18 @@ def build_topology(site) -> Topology:
             f"-4 {edge_net4} via {t.inet_side4} dev {t.name}",
             f"-6 {edge_net6} via {t.inet_side6} dev {t.name}",
         ]
+    def host(a: str) -> str:
+        return f"{a}/32" if ipaddress.ip_address(a).version == 4 else f"{a}/128"
+
+    # The agent's beyond targets are addresses inside our network past the gateways (the
+    # agent judges the path to our border; the transits are the controller's): the lab puts
+    # the ones inside our prefixes on the border itself, as a production border's loopback.
+    ours = [ipaddress.ip_network(p) for p in prefixes]
+    beyond = [_s(b) for b in site.agent.probe.beyond] if site.agent is not None else []
     loopbacks = {
-        "inet": [f"{a}/32" if ipaddress.ip_address(a).version == 4 else f"{a}/128" for a in targets]
+        "inet": [host(a) for a in targets],
+        "edge": [host(b) for b in beyond
+                 if any(ipaddress.ip_address(b) in net for net in ours)],
     }
     return Topology(
         asn=int(site.asn),

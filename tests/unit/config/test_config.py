@@ -564,3 +564,26 @@ def test_a_missing_foreign_or_special_password_file_is_refused(tmp_path: Path) -
     key.mkdir()
     with pytest.raises(ConfigError, match=r"keys/a\.key' is not a regular file"):
         read_md5_passwords(path, site)
+
+
+@pytest.mark.parametrize(("beyond", "expected"), [
+    ('["203.0.113.1"]', "agent.probe.beyond[0]: '203.0.113.1' is one of the controller's probe "
+                        "targets (on the internet)"),
+    ('["192.0.2.53"]', "agent.probe.beyond[0]: '192.0.2.53' is outside our prefixes and "
+                       "agent.probe.internal_prefixes"),
+])
+def test_beyond_targets_are_inside_our_network(tmp_path: Path, beyond: str, expected: str):
+    text = MINIMAL + AGENT.replace('[203.0.113.9, "2001:db8:9::9"]', beyond).replace(
+        'gateway6: "fe80::1"', "gateway6: null")
+    errors = errors_of(write(tmp_path, text))
+    assert any(expected in e for e in errors), errors
+
+
+def test_a_beyond_target_in_our_prefixes_or_internal_ranges_is_fine(tmp_path: Path):
+    agent = AGENT.replace(
+        '{beyond: [203.0.113.9, "2001:db8:9::9"]}',
+        "{beyond: [198.51.100.1, 100.64.0.1], internal_prefixes: [100.64.0.0/10]}",
+    )
+    agent = agent.replace('gateway6: "fe80::1"', "gateway6: null")
+    site = load_site(write(tmp_path, MINIMAL + agent))
+    assert [str(b) for b in site.agent.probe.beyond] == ["198.51.100.1", "100.64.0.1"]
