@@ -19,7 +19,11 @@ Tests take these as fixtures (a test module never imports another one or this fi
   2001:db8:99::1, b .2 and ::2), always removed; `fwmark_tables` -> (a, b): the same pair where
   fwmark 77 in a selects table 77, routing 100.64.98.0/24 via b (b holds 100.64.98.2), and
   fwmark 78 selects the empty table 78;
-- `in_netns(ns, coro_fn)`: what `await coro_fn()` returned in a child process inside `ns`.
+- `in_netns(ns, coro_fn)`: what `await coro_fn()` returned in a child process inside `ns`;
+- `agent` (one per test module): `netwatch agent` running in the lab's srv namespace on the
+  lab's site file, both uplinks UP, stopped by PID at the module's end (`.metrics()`,
+  `.tail()`, `.pid`); `own_agent(tmp_path, **agent_section)`: a context manager that runs
+  another agent in its place for the block.
 
 `wait_for` and `eventually` are session-scoped, so module-scoped fixtures can wait too.
 """
@@ -27,12 +31,16 @@ Tests take these as fixtures (a test module never imports another one or this fi
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import io
 import os
 import pickle
 import secrets
 import shutil
+import signal
 import subprocess
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -40,6 +48,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from netwatch.config import load_site
 from netwatch.lab.lifecycle import DEFAULT_CONFIG as LAB_SITE
 
 PURE_LAB_TESTS = {"test_lab.py"}  # tests/unit/lab: pure, no namespaces
@@ -300,3 +309,103 @@ def _in_netns(ns: str, coro_fn):
 @pytest.fixture
 def in_netns():
     return _in_netns
+
+
+# --- the agent in the lab ---------------------------------------------------------------
+
+
+class AgentProcess:
+    """`netwatch agent --config SITE --netns <srv>`, logging to `log_path`; stopped by PID.
+    Its metrics are read inside srv at the site file's `metrics.agent`."""
+
+    def __init__(self, lab, site_file, log_path, wait_for):
+        self.lab, self.site_file, self.log_path = lab, site_file, log_path
+        self.wait_for = wait_for
+        self.listen = load_site(site_file).metrics.agent
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def tail(self) -> str:
+        return self.log_path.read_text()[-3000:]
+
+    def metrics(self) -> dict[str, float]:
+        """{sample: value} from the agent's /metrics."""
+        return self.lab.metrics("srv", self.listen)
+
+    def uplinks_up(self) -> dict[str, float | None]:
+        samples = self.metrics()
+        return {role: samples.get(f'netwatch_agent_uplink_up{{uplink="{role}"}}')
+                for role in ("primary", "secondary")}
+
+    def start(self) -> None:
+        """Start it and wait until both uplinks are judged UP (a fresh process)."""
+        with open(self.log_path, "a") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "netwatch.cli", "agent", "--config",
+                 str(self.site_file), "--netns", self.lab.ns("srv")],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        both_up = dict.fromkeys(("primary", "secondary"), 1.0)
+        took = self.wait_for(
+            lambda: self.proc.poll() is None and self.uplinks_up() == both_up, 10, 0.2)
+        assert took is not None, (
+            f"agent ({self.site_file}, exit status {self.proc.poll()}): uplink_up "
+            f"{self.uplinks_up()} after 10 s, expected {both_up}\n{self.tail()}"
+        )
+
+    def stop(self) -> None:
+        """SIGTERM, and it must exit 0; SIGKILL if it did not exit at all."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            assert proc is None or proc.returncode == 0, \
+                f"the agent had exited {proc.returncode} before it was stopped\n{self.tail()}"
+            return
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            code = proc.wait(10)
+            assert code == 0, f"the agent exited {code} on SIGTERM, expected 0\n{self.tail()}"
+        finally:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+
+
+@pytest.fixture(scope="module")
+def agent(lab, tmp_path_factory, wait_for):
+    log_path = tmp_path_factory.mktemp("agent") / "agent.log"
+    shared = AgentProcess(lab, lab.site_file, log_path, wait_for)
+    try:
+        shared.start()
+        yield shared
+    finally:
+        shared.stop()
+
+
+@pytest.fixture
+def own_agent(agent):
+    """own_agent(tmp_path, **agent_section): a context manager that replaces the module's
+    agent, for the block, by one running a copy of the lab's site file whose `agent` section
+    is updated with `agent_section` (one level deep); the shared one starts again after."""
+    return functools.partial(_own_agent, agent)
+
+
+@contextlib.contextmanager
+def _own_agent(shared: AgentProcess, tmp_path, **agent_section):
+    raw = yaml.safe_load(shared.lab.site_file.read_text())
+    for key, value in agent_section.items():
+        raw["agent"][key] = {**raw["agent"].get(key, {}), **value}
+    site_file = tmp_path / "site.yaml"
+    site_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    mine = AgentProcess(shared.lab, site_file, tmp_path / "agent.log", shared.wait_for)
+    shared.stop()
+    try:
+        mine.start()
+        yield mine
+    finally:
+        try:
+            mine.stop()
+        finally:
+            shared.start()

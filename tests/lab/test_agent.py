@@ -4,24 +4,20 @@ the hold-down; both uplinks dead keeps the routes, unless the active one's link 
 the other's is up (then they move to it); ICMP gateway probes; manual failback by SIGUSR1.
 The metrics endpoint shows every change.
 
-One agent process (`netwatch agent --netns <srv>`) serves the module; a test that needs
-another site file (`method: icmp`, `failback.mode: manual`) stops it, runs its own, and starts
-it again. Every agent is stopped by its PID whatever happens. About 60 s in all.
+One agent process (`netwatch agent --netns <srv>`, the conftest's `agent` fixture) serves
+the module; a test that needs another site file (`method: icmp`, `failback.mode: manual`)
+stops it, runs its own (`own_agent`), and starts it again. Every agent is stopped by its PID
+whatever happens. About 60 s in all.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
-import yaml
 
-from netwatch.config import load_site
 from netwatch.lab import faults
 
 pytestmark = pytest.mark.timeout(240)
@@ -53,101 +49,11 @@ def picked(samples: dict[str, float], want: dict[str, float]) -> dict[str, float
     return {key: samples.get(key) for key in want}
 
 
-class AgentProcess:
-    """`netwatch agent --config SITE --netns <srv>`, logging to `log_path`; stopped by PID.
-    Its metrics are read inside srv at the site file's `metrics.agent`."""
-
-    def __init__(self, lab, site_file, log_path, wait_for):
-        self.lab, self.site_file, self.log_path = lab, site_file, log_path
-        self.wait_for = wait_for
-        self.listen = load_site(site_file).metrics.agent
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    def tail(self) -> str:
-        return self.log_path.read_text()[-3000:]
-
-    def metrics(self) -> dict[str, float]:
-        """{sample: value} from the agent's /metrics."""
-        return self.lab.metrics("srv", self.listen)
-
-    def uplinks_up(self) -> dict[str, float | None]:
-        samples = self.metrics()
-        return {role: samples.get(UP.format(role)) for role in ROLES}
-
-    def start(self) -> None:
-        """Start it and wait until both uplinks are judged UP (a fresh process)."""
-        with open(self.log_path, "a") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "netwatch.cli", "agent", "--config",
-                 str(self.site_file), "--netns", self.lab.ns("srv")],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        both_up = dict.fromkeys(ROLES, 1.0)
-        took = self.wait_for(
-            lambda: self.proc.poll() is None and self.uplinks_up() == both_up, 10, 0.2)
-        assert took is not None, (
-            f"agent ({self.site_file}, exit status {self.proc.poll()}): uplink_up "
-            f"{self.uplinks_up()} after 10 s, expected {both_up}\n{self.tail()}"
-        )
-
-    def stop(self) -> None:
-        """SIGTERM, and it must exit 0; SIGKILL if it did not exit at all."""
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            assert proc is None or proc.returncode == 0, \
-                f"the agent had exited {proc.returncode} before it was stopped\n{self.tail()}"
-            return
-        os.kill(proc.pid, signal.SIGTERM)
-        try:
-            code = proc.wait(10)
-            assert code == 0, f"the agent exited {code} on SIGTERM, expected 0\n{self.tail()}"
-        finally:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait(5)
-
-
-@pytest.fixture(scope="module")
-def agent(lab, tmp_path_factory, wait_for):
-    log_path = tmp_path_factory.mktemp("agent") / "agent.log"
-    shared = AgentProcess(lab, lab.site_file, log_path, wait_for)
-    try:
-        shared.start()
-        yield shared
-    finally:
-        shared.stop()
-
-
-@contextlib.contextmanager
-def own_agent(shared: AgentProcess, tmp_path, **agent_section):
-    """Replace the shared agent, for the block, by one running a copy of the lab's site file
-    whose `agent` section is updated with `agent_section` (one level deep)."""
-    raw = yaml.safe_load(shared.lab.site_file.read_text())
-    for key, value in agent_section.items():
-        raw["agent"][key] = {**raw["agent"].get(key, {}), **value}
-    site_file = tmp_path / "site.yaml"
-    site_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-    mine = AgentProcess(shared.lab, site_file, tmp_path / "agent.log", shared.wait_for)
-    shared.stop()
-    try:
-        mine.start()
-        yield mine
-    finally:
-        try:
-            mine.stop()
-        finally:
-            shared.start()
-
-
-def failovers(agent: AgentProcess, reason: str) -> float:
+def failovers(agent, reason: str) -> float:
     return agent.metrics().get(f'netwatch_agent_failovers_total{{reason="{reason}"}}', 0.0)
 
 
-def moved(lab, agent: AgentProcess, dev: str, within_s: float, after: str) -> str:
+def moved(lab, agent, dev: str, within_s: float, after: str) -> str:
     """The failure message of a wait for srv's default routes to be on `dev`."""
     return (f"{after}: srv's default routes are on {default_routes(lab)}, expected both on "
             f"{dev} within {within_s} s\n{agent.tail()}")
@@ -331,10 +237,10 @@ def test_primary_link_lost_while_secondary_silent_moves_to_the_live_link(agent, 
     assert lost == [], f"back on eth0: srv gets no reply from {lost}"
 
 
-def test_icmp_gateway_probes_move_the_routes(agent, lab, tmp_path, wait_for):
+def test_icmp_gateway_probes_move_the_routes(agent, own_agent, lab, tmp_path, wait_for):
     """`method: icmp`: echo to the gateways (v4 and v6) instead of ARP/ND catches a silent
     gateway too."""
-    with own_agent(agent, tmp_path, probe={"method": "icmp"},
+    with own_agent(tmp_path, probe={"method": "icmp"},
                    failback={"hold_down_s": 1}) as icmp:
         assert "method=icmp" in icmp.log_path.read_text(), \
             f"the agent with probe.method icmp does not log method=icmp\n{icmp.tail()}"
@@ -355,10 +261,10 @@ def test_icmp_gateway_probes_move_the_routes(agent, lab, tmp_path, wait_for):
             moved(lab, icmp, "eth0", 15, "heal of gwa, icmp probes")
 
 
-def test_manual_failback_waits_for_sigusr1(agent, lab, tmp_path, wait_for):
+def test_manual_failback_waits_for_sigusr1(agent, own_agent, lab, tmp_path, wait_for):
     """`failback.mode: manual`: after heal the routes stay on the secondary, the primary UP
     for several hold-downs, until the operator sends SIGUSR1."""
-    with own_agent(agent, tmp_path, failback={"mode": "manual", "hold_down_s": 1}) as man:
+    with own_agent(tmp_path, failback={"mode": "manual", "hold_down_s": 1}) as man:
         faults.apply(lab, "gateway-silent", "gwa")
         try:
             assert wait_for(lambda: routes_on(lab, "eth1"), 3) is not None, \
