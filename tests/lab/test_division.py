@@ -81,8 +81,12 @@ def test_a_transit_failure_moves_no_server(lab, agent, held, wait_for, eventuall
                            f"the controller did not withdraw {PREFIX4} from {transit}")
                 # The border's default leaves the transit within ~0.2 s of the withdrawal.
                 unreached: list[str] = []
-                took = wait_for(lambda: not (unreached := [
-                    a for a in everything if lab.ping("srv", a) != 1]), 5, 0.2)
+
+                def every_target_answers() -> bool:
+                    unreached[:] = [a for a in everything if lab.ping("srv", a) != 1]
+                    return not unreached
+
+                took = wait_for(every_target_answers, 5, 0.2)
                 assert took is not None, (
                     f"{fault[0]} {transit}: srv does not reach {unreached} "
                     f"after the controller acted")
