@@ -61,6 +61,12 @@ def targets(lab) -> list[str]:
     return [str(t.address) for t in load_site(lab.site_file).controller.probe.targets]
 
 
+def _all_answer(lab, addresses: list[str], unreached: list[str]) -> bool:
+    """Whether srv reaches every address; the ones it does not are left in `unreached`."""
+    unreached[:] = [a for a in addresses if lab.ping("srv", a) != 1]
+    return not unreached
+
+
 @pytest.mark.parametrize("fault", [("transit-blackhole",), ("loss", "100")],
                          ids=["transit-blackhole", "loss-100"])
 def test_a_transit_failure_moves_no_server(lab, agent, held, wait_for, eventually, fault):
@@ -81,12 +87,7 @@ def test_a_transit_failure_moves_no_server(lab, agent, held, wait_for, eventuall
                            f"the controller did not withdraw {PREFIX4} from {transit}")
                 # The border's default leaves the transit within ~0.2 s of the withdrawal.
                 unreached: list[str] = []
-
-                def every_target_answers() -> bool:
-                    unreached[:] = [a for a in everything if lab.ping("srv", a) != 1]
-                    return not unreached
-
-                took = wait_for(every_target_answers, 5, 0.2)
+                took = wait_for(lambda out=unreached: _all_answer(lab, everything, out), 5, 0.2)
                 assert took is not None, (
                     f"{fault[0]} {transit}: srv does not reach {unreached} "
                     f"after the controller acted")
