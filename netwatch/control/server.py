@@ -30,7 +30,10 @@ What the server guarantees, whatever a client does:
 - a client that sends no complete line within `Limits.idle_timeout_s`, or does not read its
   answers within `Limits.write_timeout_s`, is disconnected;
 - no exception escapes into the daemon and no file descriptor outlives its connection;
-- every write request is recorded in the audit log with its outcome before it is answered.
+- every write request is recorded in the audit log with its outcome before it is answered;
+- `on_request(cmd, error)`, when given, is called once per request line answered: the
+  command's name ("invalid" for a line that is no request) and the error answer's code (None
+  when it succeeded), for the daemon's request counter. What it raises is logged, not served.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import pwd
 import socket
 import stat
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,6 +59,7 @@ from netwatch.control.protocol import (
     BadRequest,
     Command,
     ControlError,
+    ErrorCode,
     Internal,
     Peer,
     PermissionDenied,
@@ -97,6 +102,7 @@ class ControlServer:
         self, path: str | Path, daemon: str, handler: Handler, *,
         audit: AuditLog | None = None, mode: int = 0o660, group: str | None = None,
         limits: Limits = Limits(),
+        on_request: Callable[[str, ErrorCode | None], None] | None = None,
     ):
         self.path = Path(path)
         self.daemon = daemon
@@ -106,6 +112,7 @@ class ControlServer:
         self.mode = mode
         self.group = group
         self.limits = limits
+        self.on_request = on_request
         self._group_gid: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -240,11 +247,13 @@ class ControlServer:
                     line = await reader.readuntil(b"\n")
             except asyncio.LimitOverrunError:
                 too_large = TooLarge(f"request line over {limits.max_line_bytes} bytes")
+                self._count("invalid", too_large)
                 await self._send(writer, encode_error(None, too_large))
                 return
             except asyncio.IncompleteReadError as exc:
                 if exc.partial.strip():
                     partial = BadRequest("incomplete request: no newline before end of input")
+                    self._count("invalid", partial)
                     await self._send(writer, encode_error(None, partial))
                 return
             if not line.strip():
@@ -257,9 +266,11 @@ class ControlServer:
         try:
             request = parse_request(line)
         except ControlError as exc:
+            self._count("invalid", exc)
             await self._send(writer, encode_error(exc.request_id, exc))
             return True
         if request.cmd is Command.EVENTS:  # every daemon: the server reads its audit log
+            self._count(request.cmd.value, None if self.audit else Unavailable("no audit log"))
             return await self._events(request, reader, writer)
         result: Any = None
         error: ControlError | None = None
@@ -274,8 +285,17 @@ class ControlServer:
             out = encode_error(request.id, error)
         if request.cmd.writes:
             await self._audit_request(request, peer, result, error)
+        self._count(request.cmd.value, error)
         await self._send(writer, out)
         return True
+
+    def _count(self, cmd: str, error: ControlError | None) -> None:
+        if self.on_request is None:
+            return
+        try:
+            self.on_request(cmd, None if error is None else error.code)
+        except Exception:
+            log.exception(kv("control_count_failed", daemon=self.daemon, cmd=cmd))
 
     async def _dispatch(self, request: Request, peer: Peer) -> Any:
         cmd = request.cmd
