@@ -28,6 +28,10 @@ Contract:
   through, re-checked when the last announcement in flight is acknowledged. The details, and
   why, are in `netwatch.exabgp.sync`;
 * verdicts wait for one full probe window after start;
+* operators' overrides (drains, restores, prepends: leases in state_dir) are in the plan from
+  the first desired state on, and changed through the control socket
+  (`netwatch.controller.control.ControllerControl`: two workers, the socket and the lease
+  clock); every automatic action goes to its audit log too;
 * a failing probe, a bad line from ExaBGP or a failed write is logged and survived;
 * `run` returns 0 when ExaBGP closes our stdin (ExaBGP exited: the supervisor restarts both),
   and EX_SOFTWARE when a worker dies (`netwatch.runtime.supervise`), leaving the
@@ -45,6 +49,7 @@ from prometheus_client import CollectorRegistry
 from netwatch import exitcodes
 from netwatch.adapters.exabgp_pipe import ExabgpPipe
 from netwatch.controller import probing
+from netwatch.controller.control import ControllerControl
 from netwatch.controller.decision import (
     BudgetExhausted,
     LocalFault,
@@ -84,10 +89,12 @@ LINE_LOGGED = 200  # characters of an ExaBGP line that go into a log message
 class Controller:
     def __init__(self, site, registry: CollectorRegistry | None = None, pipe=None,
                  mono=time.monotonic, routes: ProbeRoutes | None = None,
+                 wall=time.time,
                  prober: ProberFactory = probing.open_prober, boot=boot_id):
         """`mono` is the decision clock (CLOCK_MONOTONIC: the state file's times too),
         `boot()` this boot's id, `routes` the kernel's policy routing (default: netlink,
         opened when the probes start), `prober` opens the probers.
+        `wall` is the clock the operators' leases are written in (a drain's stages too).
         Raises ValueError for a site the controller cannot run (tcp probes without a port, a
         prefix ExaBGP's lines cannot carry)."""
         self.site = site
@@ -110,6 +117,9 @@ class Controller:
             log.error(kv("state_unreadable", path=self.store.path, error=exc,
                          note="starting from the site file's defaults"))
             self.state = restore(self.params, now=mono())
+        # The operators' leases are in the plan before anything is sent.
+        self.control = ControllerControl(self, registry, wall=wall)
+        self.state = self.control.with_overrides(self.state)
         self.pipe = pipe or ExabgpPipe(on_oversized=self._oversized_line)
         self.routes = routes
         self.prober = prober
@@ -278,6 +288,7 @@ class Controller:
         for hold in self.state.plan.holds:
             if old_holds.get(hold.family) != hold.kept:
                 log.warning(kv("safety_hold", family=hold.family.label, kept=",".join(hold.kept)))
+        self.control.audit(old, self.state, actions)
         plan_changed = self.state.plan != old.plan
         if plan_changed or self.state.sessions != old.sessions:
             self.sync.want(self.desired(), self.neighbors_up())
@@ -444,7 +455,7 @@ class Controller:
             log.error(kv("start_failed", error=repr(exc)))
         stop = asyncio.Event()
         try:
-            await supervise({"exabgp-events": self.read_events(stop),
+            await supervise({"exabgp-events": self.read_events(stop), **self.control.workers(),
                              "probes": self.probe_loop()}, stop)
         except WorkerDied as died:
             # A dead worker stops the daemon. The announcements stay as ExaBGP holds them
