@@ -17,9 +17,11 @@ traffic and their weights (`egress`): one decision, two effects. An upstream car
 traffic when its session of that family is up (or not known yet: possibly up, as for the
 interlock), it is not FAILED and not drained by an operator; a DEGRADED one with the lower
 weight. When that leaves none, every upstream with a session that may be up stays (every
-upstream looking bad at once is our fault, as for the announcements); with no session up at
-all, every upstream of the family stays (no default route is worse than any). Recovery follows
-the upstream's state, so the recovery hold is the same as for the announcements.
+upstream looking bad at once is our fault, as for the announcements). With no session up at
+all (ExaBGP restarting), the same rules over every upstream of the family: a transit forwards
+what we send whether our session with it is up or not, and no default route is worse than any.
+Recovery follows the upstream's state, so the recovery hold is the same as for the
+announcements.
 """
 
 from __future__ import annotations
@@ -236,14 +238,18 @@ def egress_of(
             continue
         maybe_up = [n for n in carriers
                     if sessions.get((n, fam), SessionState.UNKNOWN) is not SessionState.DOWN]
+        # No session up at all: ExaBGP restarting (every session down for seconds, minutes in
+        # production) while the transits still forward what we send; the verdicts still
+        # count, or a FAILED transit would carry its share of our traffic all that time.
+        pool = maybe_up or carriers
         chosen = {
             n: (params.egress_degraded_weight if levels[n] is TransitState.DEGRADED
                 else params.egress_weight)
-            for n in maybe_up
+            for n in pool
             if levels[n] is not TransitState.FAILED and n not in drained
         }
         if not chosen:  # every upstream looks bad or is drained: the fault is ours, keep all
-            chosen = {n: params.egress_weight for n in (maybe_up or carriers)}
+            chosen = {n: params.egress_weight for n in pool}
         egress[fam] = chosen
     return egress
 

@@ -532,6 +532,9 @@ def egress4(levels, sessions=None, drained=()):
     ((F, F, F, F), {}, (), {"t1": 10, "t2": 10, "t3": 10, "t4": 10}),  # all bad: ours, keep all
     ((F, F, H, H), {"t3": DOWN, "t4": DOWN}, (), {"t1": 10, "t2": 10}),  # none other up
     ((H, H, H, H), dict.fromkeys(NAMES, DOWN), (), {"t1": 10, "t2": 10, "t3": 10, "t4": 10}),
+    # no session up (ExaBGP restarting): the verdicts still count, over every upstream
+    ((H, F, D, H), dict.fromkeys(NAMES, DOWN), (), {"t1": 10, "t3": 1, "t4": 10}),
+    ((F, F, F, F), dict.fromkeys(NAMES, DOWN), (), {"t1": 10, "t2": 10, "t3": 10, "t4": 10}),
 ])
 def test_egress_table(levels, sessions, drained, expected):
     assert egress4(levels, sessions, drained) == expected
@@ -557,12 +560,13 @@ def test_egress_properties(levels, sessions, drained):
     chosen = egress4(levels, dict(zip(NAMES, sessions, strict=True)), drained)
     assert chosen  # never empty: no default route is worse than any
     maybe_up = [n for n, s in zip(NAMES, sessions, strict=True) if s is not DOWN]
+    pool = maybe_up or NAMES  # no session up at all (ExaBGP restarting): every upstream
     fine = [n for n, lv in zip(NAMES, levels, strict=True)
-            if n in maybe_up and lv is not F and n not in drained]
+            if n in pool and lv is not F and n not in drained]
     if fine:  # some upstream may carry traffic: only those do, FAILED and drained never
         assert set(chosen) == set(fine)
-    elif maybe_up:  # every one that may be up is bad or drained: ours, keep them all
-        assert set(chosen) == set(maybe_up)
+    else:  # every one that may be up is bad or drained: ours, keep them all
+        assert set(chosen) == set(pool)
 
 
 
