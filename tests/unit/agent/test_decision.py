@@ -335,6 +335,33 @@ def test_each_family_follows_its_own_health(name, script, expect_v4, expect_v6, 
     assert (d.state.active(V4), d.state.active(V6)) == (expect_v4, expect_v6), name
 
 
+def test_families_back_a_round_apart_fail_back_together():
+    """After the primary's link returns, its IPv6 gateway answers one round later than IPv4
+    (a router re-adding its link-local address after the link): the IPv4 hold-down ends a
+    round before the IPv6 one, and IPv4 waits that round, so both come back in one failover,
+    neither before its own hold-down."""
+    d = Driver()
+    d.run([HEALTHY, (P, Carrier.NO_CARRIER), (None, True, 5), (P, Carrier.UP),
+           (V6_SILENT, True, 1)])
+    d.tick(True, True, RISE + HELD - 1)
+    assert d.on(S)
+    d.tick(True, True, 1)  # IPv4's hold-down is over, IPv6's is not: IPv4 waits
+    assert d.on(S)
+    d.tick(True, True, 1)
+    assert d.on(P)
+    assert [(f.cause, f.families) for f in d.failovers()] == [(CARRIER, (V4, V6)),
+                                                              (FAILBACK, (V4, V6))]
+
+
+def test_a_family_waits_for_another_only_a_tenth_of_the_hold_down():
+    """IPv6 came back a whole second after IPv4 (hold-down 5 s): IPv4 does not wait for it."""
+    d = Driver()
+    d.run([HEALTHY, (P, Carrier.NO_CARRIER), (None, True, 5), (P, Carrier.UP),
+           (V6_SILENT, True, 20), (True, True, RISE + HELD + 1)])
+    assert [(f.cause, f.families) for f in d.failovers()] == [
+        (CARRIER, (V4, V6)), (FAILBACK, (V4,)), (FAILBACK, (V6,))]
+
+
 def test_an_ipv6_only_failure_says_so():
     """The uplink's whole verdict is DOWN (dashboards: not every family works), the IPv4
     verdict stays UP, and the failover and health change name IPv6 only."""
