@@ -33,6 +33,10 @@ Contract:
   (`netwatch.controller.control.ControllerControl`: two workers, the socket and the lease
   clock); every automatic action goes to its audit log too;
 * a failing probe, a bad line from ExaBGP or a failed write is logged and survived;
+* with `controller.outbound.mode: kernel` the border's default routes follow the plan's
+  egress set (`netwatch.controller.egress.EgressSync`, one worker): adopted at start,
+  written at every change, repaired when someone removes or changes them, left in place on
+  exit;
 * `run` returns 0 when ExaBGP closes our stdin (ExaBGP exited: the supervisor restarts both),
   and EX_SOFTWARE when a worker dies (`netwatch.runtime.supervise`), leaving the
   announcements as they are: ExaBGP respawns a controller that probes again.
@@ -48,7 +52,7 @@ from prometheus_client import CollectorRegistry
 
 from netwatch import exitcodes
 from netwatch.adapters.exabgp_pipe import ExabgpPipe
-from netwatch.controller import probing
+from netwatch.controller import egress, probing
 from netwatch.controller.control import ControllerControl
 from netwatch.controller.decision import (
     BudgetExhausted,
@@ -58,7 +62,8 @@ from netwatch.controller.decision import (
     Transition,
     step,
 )
-from netwatch.controller.metrics import ControllerMetrics
+from netwatch.controller.egress import EgressRoutes, EgressSync
+from netwatch.controller.metrics import ControllerMetrics, EgressMetrics
 from netwatch.controller.params import SessionState, params_from_site
 from netwatch.controller.persistence import restore, to_json
 from netwatch.controller.plan import mode_of
@@ -90,10 +95,14 @@ class Controller:
     def __init__(self, site, registry: CollectorRegistry | None = None, pipe=None,
                  mono=time.monotonic, routes: ProbeRoutes | None = None,
                  wall=time.time,
-                 prober: ProberFactory = probing.open_prober, boot=boot_id):
+                 prober: ProberFactory = probing.open_prober, boot=boot_id,
+                 egress_routes: EgressRoutes | None = None):
         """`mono` is the decision clock (CLOCK_MONOTONIC: the state file's times too),
         `boot()` this boot's id, `routes` the kernel's policy routing (default: netlink,
-        opened when the probes start), `prober` opens the probers.
+        opened when the probes start), `prober` opens the probers, `egress_routes` the
+        border's default routes (outbound.mode kernel; None leaves them alone: only
+        `run_controller` passes the kernel's, so no controller built elsewhere can touch the
+        default route of the host it runs on).
         `wall` is the clock the operators' leases are written in (a drain's stages too).
         Raises ValueError for a site the controller cannot run (tcp probes without a port, a
         prefix ExaBGP's lines cannot carry)."""
@@ -105,7 +114,8 @@ class Controller:
             if missing:
                 raise ValueError(f"probe method tcp: no port for {', '.join(missing)}")
         self.mono = mono  # decisions and the state file: never the wall clock
-        self.metrics = ControllerMetrics(registry or CollectorRegistry())
+        registry = registry or CollectorRegistry()
+        self.metrics = ControllerMetrics(registry)
         self.store = StateStore(f"{site.state_dir}/controller.json")
         self.boot_id = boot()
         self._save_failing = False  # logged once per episode of failed saves (a full disk)
@@ -137,6 +147,7 @@ class Controller:
                                   settle_s=timeout_s)
         self.started = mono()
         self._persisted = to_json(self.state)  # on the decision clock: compared, not saved
+        self._egress_setup(registry, egress_routes)
 
     # --- ExaBGP side -----------------------------------------------------------------------
 
@@ -293,6 +304,7 @@ class Controller:
         if plan_changed or self.state.sessions != old.sessions:
             self.sync.want(self.desired(), self.neighbors_up())
         self.publish(modes=plan_changed)
+        self.steer_egress()
         self.persist()
 
     def publish(self, modes: bool = True) -> None:
@@ -351,6 +363,36 @@ class Controller:
                 rtts.setdefault(name, []).append(ps.rtt_s)
         for name, values in rtts.items():
             self.metrics.rtt.labels(name).set(sorted(values)[len(values) // 2])
+
+    # --- outbound steering (controller.outbound) ---------------------------------------------
+
+    def _egress_setup(self, registry: CollectorRegistry, routes: EgressRoutes | None) -> None:
+        """The egress gauges, and with outbound.mode kernel and `routes` the EgressSync that
+        keeps the border's default routes (`self.egress`, its worker started by `run`), told
+        the plan the controller starts with: not settled, a route that is there stays."""
+        self.egress_metrics = EgressMetrics(
+            registry, {u.name: u.families for u in self.params.upstreams})
+        self.egress: EgressSync | None = None
+        if self.ctl.outbound.mode != "kernel" or routes is None:
+            self.steer_egress()
+            return
+        errors = self.metrics.errors.labels("egress")  # known from the start: at 0
+        self.egress = EgressSync(self.ctl, routes, self.egress_metrics.show, self.mono,
+                                 errors.inc)
+        self.egress.want(self.state.plan.egress, settled=False)
+
+    def steer_egress(self) -> None:
+        """After every decision: the plan's egress set to EgressSync, or (outbound.mode off)
+        to the gauges, since nothing else applies it."""
+        if self.egress is not None:
+            self.egress.want(self.state.plan.egress)
+            return
+        for fam, weights in self.state.plan.egress.items():
+            self.egress_metrics.show(fam, weights)
+
+    def egress_workers(self) -> dict:
+        """The worker `run` supervises with the others: none with outbound.mode off."""
+        return {"egress": self.egress.run()} if self.egress is not None else {}
 
     # --- probes ----------------------------------------------------------------------------
 
@@ -456,7 +498,7 @@ class Controller:
         stop = asyncio.Event()
         try:
             await supervise({"exabgp-events": self.read_events(stop), **self.control.workers(),
-                             "probes": self.probe_loop()}, stop)
+                             "probes": self.probe_loop(), **self.egress_workers()}, stop)
         except WorkerDied as died:
             # A dead worker stops the daemon. The announcements stay as ExaBGP holds them
             # (the last plan); ExaBGP respawns a controller that probes again.
@@ -476,4 +518,5 @@ def run_controller(site, registry: CollectorRegistry | None = None) -> int:
     setup_logging()
     registry = registry or CollectorRegistry()
     serve_metrics(site.metrics.controller, registry, log)
-    return asyncio.run(Controller(site, registry).run())
+    return asyncio.run(Controller(site, registry,
+                                  egress_routes=egress.kernel_routes(site.controller)).run())

@@ -10,12 +10,15 @@ in docs/metrics.md.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector
 
 from netwatch import __version__
 from netwatch.control.protocol import SERVED_BY, ErrorCode
 from netwatch.controller.params import TransitState
 from netwatch.controller.plan import AnnouncementMode
+from netwatch.core.vocabulary import Family
 
 # netwatch_controller_errors_total{where}: the places the daemon survives an error.
 ERROR_SITES = ("state", "send", "sync", "event", "start", "persist", "judge", "probe_path",
@@ -110,6 +113,29 @@ class ControllerMetrics:
     def set_mode(self, upstream: str, prefix: str, mode: AnnouncementMode) -> None:
         for m in AnnouncementMode:
             self.mode.labels(upstream, prefix, m.value).set(1 if m is mode else 0)
+
+
+class EgressMetrics:
+    """netwatch_egress_weight{upstream,family}, on its own: the next-hop weight of the upstream
+    in the border's default route of the family, 0 when it carries none of our outgoing
+    traffic. With `controller.outbound.mode: kernel` it is what is in the kernel (written or
+    adopted by the controller); with `off`, the plan's egress set (what full-table routers are
+    told to do with local preference: docs/controller.md). Absent until known."""
+
+    def __init__(self, registry: CollectorRegistry, upstreams: dict[str, frozenset[Family]]):
+        """`upstreams`: {name: the families it has a session of}."""
+        self.upstreams = upstreams
+        self.weight = Gauge(
+            "netwatch_egress_weight",
+            "Next-hop weight of the upstream in the border's default route (0: carries none of "
+            "our outgoing traffic)", ["upstream", "family"], registry=registry,
+        )
+
+    def show(self, family: Family, weights: Mapping[str, int]) -> None:
+        """The egress set of `family` in effect: {upstream: weight}, the others 0."""
+        for name, families in self.upstreams.items():
+            if family in families:
+                self.weight.labels(name, family.label).set(weights.get(name, 0))
 
 
 class ControlMetrics:
