@@ -23,6 +23,7 @@ from netwatch.commands import (
     lab_cmd,
     overrides_cmd,
     playbook_cmd,
+    simulate_cmd,
     status_cmd,
     upstream_cmd,
 )
@@ -31,7 +32,7 @@ from netwatch.commands import (
 # then what an operator runs against them.
 COMMAND_GROUPS = [
     agent_cmd, config_cmd, controller_cmd, exabgp_cmd, lab_cmd,
-    status_cmd, failover_cmd, upstream_cmd, overrides_cmd, events_cmd,
+    status_cmd, failover_cmd, upstream_cmd, overrides_cmd, events_cmd, simulate_cmd,
     playbook_cmd, diagnose_cmd,
 ]
 
