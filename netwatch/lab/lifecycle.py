@@ -216,6 +216,27 @@ def wait_converged(lab: Lab, topo: Topology, timeout_s: float) -> None:
         time.sleep(0.1)
 
 
+def wait_edge_defaults(lab: Lab, timeout_s: float) -> None:
+    """With `controller.outbound.mode: kernel` edge's default routes are the controller's (the
+    lab installs none): wait until both families have one; raise LabError(TEMPFAIL) after
+    `timeout_s` (at least 5 s)."""
+    deadline = time.monotonic() + max(timeout_s, 5.0)
+    missing = ["-4", "-6"]
+    while missing:
+        missing = [f for f in missing
+                   if not lab.exec("edge", "ip", f, "route", "show", "default").stdout.strip()]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise LabError(
+                f"lab {lab.name}: edge has no {' or '.join(f'IPv{f[1]}' for f in missing)} "
+                f"default route: the controller writes them (outbound.mode kernel); see "
+                f"{lab.run_dir}/exabgp.out",
+                exitcodes.TEMPFAIL,
+            )
+        time.sleep(0.1)
+
+
 def inet_ready(lab: Lab, topo: Topology) -> bool:
     try:
         protocols = bird.parse_protocols(lab.birdc("inet", "show protocols"))
@@ -257,6 +278,8 @@ def up(
         topo = build_topology(site)
         _build(lab, site, topo)
         wait_converged(lab, topo, timeout_s)
+        if site.controller is not None and site.controller.outbound.mode == "kernel":
+            wait_edge_defaults(lab, timeout_s - (time.monotonic() - started))
     except BaseException as exc:
         if not keep_on_failure:
             down(name, quiet=True)

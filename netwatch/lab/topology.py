@@ -193,9 +193,17 @@ def build_topology(site) -> Topology:
     # Our own prefixes end at edge: anything not routed to a gateway is dropped there instead
     # of looping back out through a transit's default.
     routes["edge"] += [f"-{ipaddress.ip_network(p).version} unreachable {p}" for p in prefixes]
-    nh4 = " ".join(f"nexthop via {t.peer4} dev {t.name}" for t in transits)
-    nh6 = " ".join(f"nexthop via {t.peer6} dev {t.name}" for t in transits)
-    routes["edge"] += [f"-4 default {nh4}", f"-6 default {nh6}"]
+    # edge's defaults: a static multipath over every transit, unless the controller owns them
+    # (controller.outbound.mode kernel). A static one beside the controller's would be
+    # written again by every `ip route replace` of these lines (a heal after a link-down puts
+    # a node's routes back) over the controller's route at the same metric, putting a failed
+    # transit back into it until the controller repairs it; at another metric it would stay
+    # as a fallback that hides a missing route from the tests.
+    outbound = getattr(getattr(site.controller, "outbound", None), "mode", "off")
+    if outbound != "kernel":
+        nh4 = " ".join(f"nexthop via {t.peer4} dev {t.name}" for t in transits)
+        nh6 = " ".join(f"nexthop via {t.peer6} dev {t.name}" for t in transits)
+        routes["edge"] += [f"-4 default {nh4}", f"-6 default {nh6}"]
     targets = [_s(t.address) for t in site.controller.probe.targets]
     nets4 = sorted(
         {

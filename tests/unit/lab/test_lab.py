@@ -33,6 +33,27 @@ def test_route_commands_spell_out_the_family_of_defaults():
     assert "route replace ::/0 via fe80::1 dev eth0 src 2001:db8:100:1::10" in lines
 
 
+def test_edge_gets_a_static_default_only_when_the_controller_does_not_own_it():
+    """outbound.mode kernel (the lab's): edge's defaults are the controller's, and a heal that
+    applies edge's routes again must not replace them; off: a static multipath."""
+    site = _site()
+    assert site.controller.outbound.mode == "kernel"
+    defaults = ("route replace 0.0.0.0/0", "route replace ::/0")
+    assert [line for line in route_commands(build_topology(site), "edge")
+            if line.startswith(defaults)] == []
+    outbound = site.controller.outbound.model_copy(update={"mode": "off"})
+    off = site.model_copy(update={
+        "controller": site.controller.model_copy(update={"outbound": outbound})})
+    assert [line for line in route_commands(build_topology(off), "edge")
+            if line.startswith(defaults)] == [
+        "route replace 0.0.0.0/0 nexthop via 192.0.2.1 dev t1 nexthop via 192.0.2.5 dev t2 "
+        "nexthop via 192.0.2.9 dev t3 nexthop via 192.0.2.13 dev t4",
+        "route replace ::/0 nexthop via 2001:db8:ffff:1::1 dev t1 nexthop via "
+        "2001:db8:ffff:2::1 dev t2 nexthop via 2001:db8:ffff:3::1 dev t3 nexthop via "
+        "2001:db8:ffff:4::1 dev t4",
+    ]
+
+
 PASSWORDS = {"t3": "t3-secret", "t4": "t4-secret"}  # what `lab up` writes, in the run dir
 
 
