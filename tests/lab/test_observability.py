@@ -2,7 +2,7 @@
 real Alertmanager watching the lab.
 
 One stack for the module, all in the test's own network namespace, on loopback:
-- the agent, started in `srv` (`netwatch agent --netns`), and the lab's controller in `edge`;
+- the module's agent in `srv` (the conftest's `agent`), and the lab's controller in `edge`;
   both listen on 127.0.0.1 inside their namespace, so a forwarder per daemon listens on a
   loopback port here and relays each connection through a socket opened inside that
   namespace (`NetnsForwarder`);
@@ -35,7 +35,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import urllib.parse
@@ -326,16 +325,15 @@ def prometheus_config(am_port: int, agent_port: int, controller_port: int) -> di
 class Stack:
     """Everything the module's tests talk to."""
 
-    def __init__(self, lab, workdir: Path, wait_for):
-        self.lab, self.workdir, self.wait_for = lab, workdir, wait_for
+    def __init__(self, lab, agent, workdir: Path, wait_for):
+        """`agent`: the conftest's AgentProcess, running in srv."""
+        self.lab, self.agent, self.workdir, self.wait_for = lab, agent, workdir, wait_for
         self.site = load_site(lab.site_file)
         self.processes: list[Process] = []
         self.closers: list = []
-        self.agent: Process | None = None
         self.started = time.time()
 
     def start(self) -> None:
-        self.start_agent()
         agent_fwd = NetnsForwarder(self.lab.ns("srv"), self._address(self.site.metrics.agent))
         self.closers.append(agent_fwd.close)
         ctl_fwd = NetnsForwarder(self.lab.ns("edge"),
@@ -371,24 +369,6 @@ class Stack:
             f"Prometheus does not scrape both daemons: up = {self.prometheus.values('up')}"
         self.started = time.time()
 
-    def start_agent(self) -> None:
-        """The agent in srv; returns once it judges both uplinks UP."""
-        self.agent = self._start("agent", [
-            sys.executable, "-m", "netwatch.cli", "agent", "--config", str(self.lab.site_file),
-            "--netns", self.lab.ns("srv")])
-        listen = self.site.metrics.agent
-
-        def both_up() -> bool:
-            try:
-                samples = self.lab.metrics("srv", listen)
-            except Exception:
-                return False
-            return all(samples.get(f'netwatch_agent_uplink_up{{uplink="{u}"}}') == 1.0
-                       for u in ("primary", "secondary"))
-
-        assert self.wait_for(lambda: self.agent.running() and both_up(), 15, 0.2) is not None, \
-            f"the agent did not judge both uplinks UP within 15 s\n{self.agent.tail()}"
-
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
@@ -420,13 +400,13 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(lab, tmp_path_factory, wait_for):
+def stack(lab, agent, tmp_path_factory, wait_for):
     missing = [n for n, p in (("prometheus", PROMETHEUS_BIN),
                               ("prometheus-alertmanager", ALERTMANAGER_BIN)) if not p]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (scripts/install installs them)")
     workdir = tmp_path_factory.mktemp("observability")
-    running = Stack(lab, workdir, wait_for)
+    running = Stack(lab, agent, workdir, wait_for)
     try:
         running.start()
         yield running
@@ -481,7 +461,7 @@ def ensure_activity(stack, lab, eventually) -> None:
     if not prom.values(failovers):
         # With failback.mode auto and a primary stable for longer than the hold-down, the
         # agent fails back at once: two failovers counted either way.
-        os.kill(stack.agent.proc.pid, signal.SIGUSR2)
+        os.kill(stack.agent.pid, signal.SIGUSR2)
         seen = stack.wait_for(lambda: prom.values(failovers), 10, 0.2)
         assert seen is not None, \
             f"SIGUSR2: Prometheus sees no failover within 10 s\n{stack.agent.tail()}"
