@@ -20,6 +20,9 @@ core for 8 streams at 20 Hz; the batched form costs under 2% (see docs/agent.md)
   solicited-node multicast group, so it does not depend on the kernel's neighbour cache.
 
 A socket bound to an interface that vanished keeps failing; it is reopened on the next probe.
+One bound to an interface that was renamed keeps working, through the new name: `close()` it
+(the agent does when another interface, or none, has the configured name) and the next probe
+opens a socket on whatever has the name then.
 """
 
 from __future__ import annotations
