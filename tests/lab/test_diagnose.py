@@ -20,8 +20,10 @@ def gateway_of(lab, name: str) -> str:
     return str(upstream.probe_nexthop)
 
 
-def test_a_transit_blackhole_is_named_at_the_transit_s_hop(healed):
-    lab = healed
+def test_a_transit_blackhole_is_named_at_the_transit_s_hop(announced):
+    """The controller withdraws t2 meanwhile: `announced` heals and waits until every
+    transit holds our prefixes again, so the next test finds the lab as this one did."""
+    lab = announced
     faults.apply(lab, "transit-blackhole", "t2")
     done = diagnose(lab, "edge", "t2", "--json")
     assert done.returncode == 0, done.stderr
@@ -47,8 +49,8 @@ def test_a_transit_blackhole_is_named_at_the_transit_s_hop(healed):
     assert f"Verdict: through t2, traffic stops after hop 1, {t2_v6} (t2's router)" in text.stdout
 
 
-def test_a_healthy_transit_reaches_every_target(healed):
-    done = diagnose(healed, "edge", "t1", "--json", "--compare", "t3")
+def test_a_healthy_transit_reaches_every_target(lab):
+    done = diagnose(lab, "edge", "t1", "--json", "--compare", "t3")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["compare"] == "t3" and report["compare_note"] == "chosen by the operator"

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from netwatch.config import load_site
-from netwatch.control.client import DaemonUnreachable, request
+from netwatch.control.client import DaemonUnreachable
+from netwatch.control.client import request as ask
 from netwatch.control.protocol import Command, ControlError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,13 +30,13 @@ def playbook(lab, name: str, *params: str, trail: Path) -> subprocess.CompletedP
                           env=dict(os.environ))
 
 
-def test_drain_then_restore_t1(announced, held, eventually, tmp_path):
-    lab = announced
+def test_drain_then_restore_t1(lab, held, eventually, tmp_path, request):
     socket_path = load_site(lab.site_file).control.controller
     try:
-        request(socket_path, Command.STATUS, None, timeout_s=2.0)
+        ask(socket_path, Command.STATUS, None, timeout_s=2.0)
     except (DaemonUnreachable, ControlError) as exc:
         pytest.skip(f"the lab's controller does not answer on {socket_path}: {exc}")
+    request.getfixturevalue("announced")  # every transit holds our prefixes, before and after
     trail = tmp_path / "trail.jsonl"
     started = time.monotonic()
     done = playbook(lab, "drain-upstream", "upstream=t1", "reason=lab drain test",
