@@ -301,6 +301,8 @@ class Console:
         if not answer:
             self.out.write("(no answer: no)\n")
             return False
+        if not self.inp.isatty():  # a piped answer is not echoed: show it, for the log
+            self.out.write(answer.strip()[:20] + "\n")
         return answer.strip().lower() in ("y", "yes")
 
     def show(self, text: str) -> None:

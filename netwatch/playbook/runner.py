@@ -265,8 +265,10 @@ class Runner:
         lease = answer.get("lease")
         changed = bool(lease or answer.get("removed") or answer.get("replaced"))
         text = str(answer.get("message") or "done")
-        if isinstance(lease, dict):
-            text += f" (override {lease.get('id')}, expires at {lease.get('expires_at')})"
+        expires = lease.get("expires_at") if isinstance(lease, dict) else None
+        if isinstance(expires, int | float):
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
+            text += f" (override {lease.get('id')}, expires {when})"
         return "ok", changed, text
 
     def _observe(self, condition) -> conditions.Observation:

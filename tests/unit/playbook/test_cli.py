@@ -74,7 +74,7 @@ def test_run_asks_first_and_does_nothing_when_declined(netwatch, tmp_path):
                     "reason=r", "--socket", str(tmp_path / "none.sock"), "--trail", str(trail),
                     input="n\n")
     assert done.returncode == 1
-    assert "Run playbook restore-upstream now? [y/N] not run" in done.stdout
+    assert "Run playbook restore-upstream now? [y/N] n\nnot run" in done.stdout
     assert not trail.exists()
 
 
