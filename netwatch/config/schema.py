@@ -138,7 +138,7 @@ class Upstream(_Strict):
     neighbor6: IPv6 | None = None  # a second, IPv6 session to the same provider
     local_address6: IPv6 | None = None
     nexthop6: IPv6 | None = None  # default: neighbor6
-    interface: IfName | None = None
+    interface: IfName  # the controller probes the upstream through a policy route on it
     communities: list[Community] = []
     # TCP-MD5 (RFC 2385) on both sessions to this provider: the path of a file that holds the
     # password (relative to the site file). The secret itself never enters the site file; it

@@ -426,9 +426,6 @@ class Controller:
         """Probe every target through every upstream once per interval, judge the window,
         write what is due. Runs until cancelled; raises only on a bug."""
         layout = probing.layout(self.ctl)
-        for name in layout.no_interface:
-            log.warning(kv("no_probe_path", upstream=name,
-                           reason="no interface in the site file"))
         routes = self.routes or probing.netlink_routes()
         await self.check_paths(routes, layout.paths)
         method = self.ctl.probe.method

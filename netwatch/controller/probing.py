@@ -81,10 +81,9 @@ class PathToProbe:
 
 @dataclass(frozen=True)
 class ProbeLayout:
-    """Every path to probe through, and the upstreams with no interface (no path at all)."""
+    """Every path to probe through."""
 
     paths: tuple[PathToProbe, ...]
-    no_interface: tuple[str, ...]
 
 
 def layout(ctl: ControllerSection) -> ProbeLayout:
@@ -92,11 +91,8 @@ def layout(ctl: ControllerSection) -> ProbeLayout:
     upstream has no next hop of it or no target is of it."""
     from netwatch.adapters.policy_routing import ProbePath  # pyroute2: see netlink_routes
 
-    paths, no_interface = [], []
+    paths = []
     for i, u in enumerate(ctl.upstreams):
-        if u.interface is None:
-            no_interface.append(u.name)
-            continue
         for j, gateway in enumerate((u.probe_nexthop, u.probe_nexthop6)):
             if gateway is None:
                 continue
@@ -106,7 +102,7 @@ def layout(ctl: ControllerSection) -> ProbeLayout:
             n = 2 * i + j
             path = ProbePath(ctl.fwmark_base + n, ctl.route_table_base + n, gateway, u.interface)
             paths.append(PathToProbe(u.name, path, mine))
-    return ProbeLayout(tuple(paths), tuple(no_interface))
+    return ProbeLayout(tuple(paths))
 
 
 @dataclass(frozen=True)

@@ -32,10 +32,10 @@ asn: 64500
 prefixes: [198.51.100.0/24]
 controller:
   upstreams:
-    - {name: a, asn: 64501, neighbor: 192.0.2.1, local_address: 192.0.2.2,
+    - {name: a, asn: 64501, interface: ea, neighbor: 192.0.2.1, local_address: 192.0.2.2,
        neighbor6: "2001:db8::1", local_address6: "2001:db8::2"}
-    - {name: b, asn: 64502, neighbor: 192.0.2.5, local_address: 192.0.2.6}
-    - {name: c, asn: 64503, neighbor: 192.0.2.9, local_address: 192.0.2.10}
+    - {name: b, asn: 64502, interface: eb, neighbor: 192.0.2.5, local_address: 192.0.2.6}
+    - {name: c, asn: 64503, interface: ec, neighbor: 192.0.2.9, local_address: 192.0.2.10}
   probe:
     targets: [203.0.113.1, 203.0.113.2, 203.0.113.3]
 """
@@ -106,8 +106,8 @@ INVALID = [
     ),
     (
         (
-            "{name: c, asn: 64503, neighbor: 192.0.2.9, local_address: 192.0.2.10}",
-            "{name: c, asn: 64503, neighbor: 192.0.2.9, local_address: 192.0.2.10, "
+            "local_address: 192.0.2.10}",
+            "local_address: 192.0.2.10, "
             'neighbor6: "2001:db8::1", local_address6: "2001:db8::3"}',
         ),
         "site.yaml:9: controller.upstreams[2].neighbor6: '2001:db8::1' is already used by "
@@ -587,3 +587,11 @@ def test_a_beyond_target_in_our_prefixes_or_internal_ranges_is_fine(tmp_path: Pa
     agent = agent.replace('gateway6: "fe80::1"', "gateway6: null")
     site = load_site(write(tmp_path, MINIMAL + agent))
     assert [str(b) for b in site.agent.probe.beyond] == ["198.51.100.1", "100.64.0.1"]
+
+
+
+def test_an_upstream_the_controller_cannot_probe_is_refused(tmp_path: Path) -> None:
+    text = MINIMAL.replace("asn: 64502, interface: eb, ", "asn: 64502, ")
+    assert errors_of(write(tmp_path, text)) == [
+        f"{tmp_path}/site.yaml:8: controller.upstreams[1].interface: required key is missing"
+    ]

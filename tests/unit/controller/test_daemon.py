@@ -888,10 +888,13 @@ def test_probe_paths_are_installed_through_the_port(make, logs):
 
 
 def test_an_unprobed_upstream_is_logged_once_and_has_a_metric(make, logs):
-    """t3 has no interface (no probe path), t2's IPv4 prober cannot open its socket: t3 is
-    not probed at all (netwatch_transit_probed 0, logged once), t2 still is through IPv6."""
-    probers = FakeProbers(fail={0x4E580 + 2: OSError(1, "Operation not permitted")})
-    r = make(edit=lambda section: section["upstreams"][2].pop("interface"), prober=probers)
+    """t3's probers cannot open their sockets (both families), t2's IPv4 one neither: t3 is
+    not probed at all (netwatch_transit_probed 0, logged once), t2 still is through IPv6.
+    (An upstream without an interface never gets this far: the site file refuses it.)"""
+    refused = OSError(1, "Operation not permitted")
+    probers = FakeProbers(fail={0x4E580 + 2: refused, 0x4E580 + 4: refused,
+                                0x4E580 + 5: refused})
+    r = make(prober=probers)
     asyncio.run(run_probes(r.c, 0.5))  # at least two rounds of 200 ms
     probed = {n: r.sample("netwatch_transit_probed", upstream=n) for n in T}
     assert probed == {"t1": 1, "t2": 1, "t3": 0, "t4": 1}
