@@ -127,6 +127,7 @@ def test_ctrl_c_stops_a_wait_and_offers_the_rollback(write_playbook, tmp_path):
 
 def test_drain_upstream_through_the_real_control_api(netwatch, control, control_server,
                                                      tmp_path):
+    control.withdraw_after_polls = 1  # withdrawn at the wait's first poll: no 2 s sleep
     socket_path, daemon_audit = control_server(control)
     trail = tmp_path / "trail.jsonl"
     done = netwatch("playbook", "run", "drain-upstream", "--yes", "--socket", str(socket_path),
