@@ -260,7 +260,8 @@ class ControllerControl:
         new_holds = {h.family: h.kept for h in new.plan.holds}
         for fam in sorted(set(old_holds) | set(new_holds)):
             if old_holds.get(fam) != new_holds.get(fam):
-                record("safety_hold", family=fam.label, kept=list(new_holds.get(fam, ())))
+                kept = list(new_holds.get(fam, ()))
+                record("safety_hold", family=fam.label, active=bool(kept), kept=kept)
         cause = ("overrides" if new.overrides != old.overrides
                  else "sessions" if new.sessions != old.sessions else "verdict")
         params = new.params
