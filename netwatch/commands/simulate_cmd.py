@@ -30,7 +30,7 @@ from netwatch.commands import CommandError, format_table, local_time, site_or_fa
 from netwatch.control import leases as lease_rules
 from netwatch.control.client import DEFAULT_TIMEOUT_S, DaemonUnreachable, request
 from netwatch.control.leases import Lease, LeaseKind
-from netwatch.control.protocol import Command, ControlError
+from netwatch.control.protocol import Command, ControlError, format_duration
 from netwatch.controller import overrides as operator
 from netwatch.controller.decision import (
     OperatorOverrides,
@@ -191,7 +191,7 @@ def why(params: Params, plan: Plan, name: str, level: TransitState, session: Ses
     its state's treatment, the operators' overrides, the interlock, its session."""
     reasons = []
     if level is TransitState.HEALTHY:
-        reasons.append("healthy: announced normally")
+        reasons.append("healthy (announced as configured)")
     else:
         treatment = params.degraded if level is TransitState.DEGRADED else params.failed
         extra = {"prepend": f" x{treatment.prepend}",
@@ -272,7 +272,7 @@ def render(result: dict[str, Any], now: float) -> list[str]:
         shown = ", ".join(f"{n} (weight {w})" for n, w in weights.items()) or "none"
         lines.append(f"  egress {fam}: {shown}")
     for lease in result["overrides"]:
-        left = lease["expires_at"] - now
-        lines.append(f"  override {lease['id']}: {Lease.from_json(lease).describe()}, "
-                     f"{max(0, round(left))} s left, by {lease['who']['user']}: {lease['reason']}")
+        left = format_duration(lease["expires_at"] - now)
+        lines.append(f"  override {lease['id']}: {Lease.from_json(lease).describe()}, {left} "
+                     f"left, by {lease['who']['user']}: {lease['reason']}")
     return lines
