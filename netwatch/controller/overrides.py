@@ -30,6 +30,7 @@ from dataclasses import dataclass, replace
 
 from netwatch.control.leases import Lease, LeaseKind
 from netwatch.controller.decision import State, drain_refusal, plan_of
+from netwatch.controller.params import SessionState
 from netwatch.controller.plan import Drain, Overrides
 
 
@@ -111,21 +112,37 @@ def interlock_refusal(state: State, upstream: str) -> str | None:
     t3 one after the other within their graceful periods would each pass that check, and the
     plan's interlock would then have to keep one of them announced against the operator's
     will. So the plan is also made with every drain already withdrawn: if it then keeps a
-    drained upstream announced for some family, this drain is one too many. Raises ValueError
-    for an unknown upstream."""
+    drained upstream announced for some family, this drain is one too many.
+
+    The reason counts the other upstreams that would announce with a session known to be up.
+    A session not known yet (a controller that has just started, a session ExaBGP has not
+    reported) is possibly up and possibly down, and the interlock holds for both: the reason
+    names those sessions, since they, not a lack of upstreams, are why. Raises ValueError for
+    an unknown upstream."""
     refusal = drain_refusal(state, upstream)
-    if refusal is not None:
-        return refusal
     drained = {name: Drain(withdraw=True, forced=d.forced)
                for name, d in state.overrides.drains.items()}
     drained[upstream] = Drain(withdraw=True)
     plan = plan_of(replace(state, overrides=replace(state.overrides, drains=drained)))
     for hold in plan.holds:
-        if any(name in drained for name in hold.kept):
-            others = [n for n in plan.announcing(hold.family) if n not in drained]
-            return (f"draining {upstream} would leave {hold.family.label} announced through "
-                    f"{len(others)} other upstream(s) ({', '.join(others) or 'none'}) once the "
-                    f"drains of {', '.join(sorted(drained))} have withdrawn, fewer than "
-                    f"min_announcing_upstreams ({state.params.min_announcing_upstreams}); "
-                    "--force overrides the interlock")
-    return None
+        if not any(name in drained for name in hold.kept):
+            continue
+        fam = hold.family
+        others = [n for n in plan.announcing(fam) if n not in drained
+                  and state.sessions.get((n, fam)) is SessionState.UP]
+        unknown = sorted(f"{name}/{f.label}" for (name, f), session in state.sessions.items()
+                         if f is fam and session is SessionState.UNKNOWN)
+        text = (f"draining {upstream} would leave {fam.label} announced through {len(others)} "
+                f"other upstream(s) ({', '.join(others) or 'none'})")
+        graceful = sorted(n for n, d in state.overrides.drains.items()
+                          if n != upstream and not d.withdraw)
+        if graceful:
+            text += f" once the drain(s) of {', '.join(graceful)}, still graceful, withdraw"
+        text += (f", fewer than min_announcing_upstreams "
+                 f"({state.params.min_announcing_upstreams})")
+        if unknown:
+            text += (f"; sessions not known yet: {', '.join(unknown)} (the controller has just "
+                     "started, or ExaBGP has not reported them): try again once `netwatch "
+                     "status` shows them")
+        return text + "; --force overrides the interlock"
+    return refusal

@@ -584,3 +584,59 @@ def test_audit_records_go_to_the_controllers_log_in_state_dir(make, tmp_path):
     assert r.c.control.audit_log.path == path
     events, _ = AuditLog(path).read()
     assert {e["kind"] for e in events} == {"announcement"}
+
+
+class ExabgpPipe(Pipe):
+    """Enough of the ExaBGP pipe for run(): ExaBGP answers `show neighbor json` (every
+    session up) and acknowledges it, then says nothing until `closed` is set, then EOF."""
+
+    async def open(self) -> None:
+        self.closed = asyncio.Event()
+
+    async def lines(self):
+        peers = [*T.values(), *T6.values()]
+        yield json.dumps([{"state": "up", "fsm": "ESTABLISHED", "peer": {"address": p}}
+                          for p in peers])
+        yield "done"
+        await self.closed.wait()
+
+
+def test_run_serves_the_control_socket_until_exabgp_goes(make, short_dir):
+    """The controller as ExaBGP runs it: `netwatch status` answers while it runs, a drain
+    goes out to ExaBGP, and the socket is gone once ExaBGP closes the pipe."""
+    r = make()
+    pipe = ExabgpPipe()
+    r.c.pipe = pipe
+    sock = str(short_dir / "controller.sock")
+
+    async def scenario():
+        running = asyncio.create_task(r.c.run())
+        for _ in range(300):
+            if Path(sock).exists():
+                break
+            await asyncio.sleep(0.01)
+        status = await asyncio.to_thread(client.request, sock, Command.STATUS)
+        change = await asyncio.to_thread(client.request, sock, Command.DRAIN,
+                                         {"upstream": "t2", "reason": "CHG-14"})
+        pipe.closed.set()
+        return status, change, await running
+
+    status, change, code = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert code == 0
+    assert status["daemon"] == "controller" and len(status["upstreams"]) == 4
+    assert change["lease"]["graceful_s"] == 60  # the site's default
+    assert announce("t2", 4, GSHUT) in pipe.written
+    assert not Path(sock).exists()
+
+
+def test_a_drain_before_the_sessions_are_known_is_refused_and_says_why(make):
+    """Just started, ExaBGP has not reported the sessions: the interlock keeps what every
+    possibly-up session announced, so a drain is refused, and the reason says it is the
+    sessions, not a lack of upstreams."""
+    r = make()
+    r.c.start()  # `show neighbor json` not answered yet
+    with pytest.raises(Refused) as refused:
+        r.request(Command.DRAIN, upstream="t2", reason="too early")
+    assert "sessions not known yet: t1/ipv4, t2/ipv4, t3/ipv4, t4/ipv4" in str(refused.value)
+    sessions_answered(r)
+    assert r.request(Command.DRAIN, upstream="t2", reason="now")["lease"]["target"] == "t2"
