@@ -31,13 +31,21 @@ PURE = (
     "netwatch.control.protocol",
     "netwatch.control.leases",
     "netwatch.control.overrides",
+    "netwatch.playbook.values",
+    "netwatch.playbook.template",
+    "netwatch.playbook.schema",
+    "netwatch.playbook.conditions",
+    "netwatch.playbook.plan",
+    "netwatch.playbook.inventory",
+    "netwatch.diagnose.analysis",
 )
 # What a pure module may never import: I/O, concurrency, and every layer above the core.
 IMPURE = (
     "socket", "subprocess", "asyncio", "select", "selectors", "threading", "pyroute2", "scapy",
     "netmiko", "prometheus_client", "netwatch.adapters", "netwatch.runtime", "netwatch.commands",
     "netwatch.cli", "netwatch.lab", "netwatch.agent.daemon", "netwatch.controller.daemon",
-    "netwatch.control.server", "netwatch.control.client", "netwatch.playbook",
+    "netwatch.control.server", "netwatch.control.client", "netwatch.playbook.runner",
+    "netwatch.playbook.control_port", "netwatch.diagnose.run", "netwatch.diagnose.tracer",
 )
 DAEMONS = ("netwatch.agent", "netwatch.controller", "netwatch.control")
 ABOVE_ADAPTERS = ("netwatch.commands", "netwatch.cli", "netwatch.lab", *DAEMONS)
