@@ -78,6 +78,8 @@ log = logging.getLogger("netwatch.control")
 
 MAX_SOCKET_PATH_BYTES = 107  # sun_path is 108 bytes with its NUL
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+RETRY_FIRST_S = 1.0  # the socket could not be opened: tried again after this,
+RETRY_MAX_S = 30.0  # doubling up to this
 
 
 class Handler(Protocol):
@@ -183,6 +185,27 @@ class ControlServer:
             await asyncio.Future()
         finally:
             await self.close()
+
+    async def serve_retrying(self, on_unavailable: Callable[[OSError, float], None]) -> None:
+        """`serve`, but while the socket cannot be opened (another daemon on it, a bad path)
+        call `on_unavailable(error, retry_in_s)` and try again, backing off from
+        RETRY_FIRST_S to RETRY_MAX_S. A daemon goes on with its real job meanwhile: an
+        operator's socket is no reason to stop failing over, and a daemon that exited for it
+        would be restarted into the same error in a loop. A worker for
+        `netwatch.runtime.supervise`."""
+        delay = RETRY_FIRST_S
+        while True:
+            try:
+                await self.start()
+            except OSError as exc:
+                on_unavailable(exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+                continue
+            try:
+                await asyncio.Future()
+            finally:
+                await self.close()
 
     async def __aenter__(self) -> ControlServer:
         await self.start()

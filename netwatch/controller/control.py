@@ -59,6 +59,7 @@ from netwatch import __version__
 from netwatch.control.audit import AuditLog, audit_path
 from netwatch.control.keeper import LeaseKeeper
 from netwatch.control.leases import Lease, LeaseKind
+from netwatch.control.metrics import ControlMetrics
 from netwatch.control.protocol import Command, Peer, Refused, Request
 from netwatch.control.server import ControlServer
 from netwatch.control.store import LeaseStore
@@ -70,7 +71,6 @@ from netwatch.controller.decision import (
     Transition,
     step,
 )
-from netwatch.controller.metrics import ControlMetrics
 from netwatch.controller.overrides import (
     drain_stage,
     interlock_refusal,
@@ -89,8 +89,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("netwatch.controller")
 
 TICK_S = 1.0  # the lease clock wakes at least this often
-RETRY_FIRST_S = 1.0  # the control socket could not be opened: tried again after this,
-RETRY_MAX_S = 30.0  # doubling up to this
 
 
 class ControllerControl:
@@ -108,7 +106,7 @@ class ControllerControl:
         self.audit_log = AuditLog(audit_path(site.state_dir, "controller"), clock=wall)
         self.keeper = LeaseKeeper(LeaseStore(site.state_dir, "controller"), self.audit_log,
                                   clock=wall)
-        self.metrics = ControlMetrics(registry)
+        self.metrics = ControlMetrics(registry, "controller")
         self.server = ControlServer(
             site.control.controller, "controller", self, audit=self.audit_log,
             mode=int(site.control.mode, 8), group=site.control.group,
@@ -281,21 +279,12 @@ class ControllerControl:
     async def serve(self) -> None:
         """Serve the control socket until cancelled; while it cannot be opened, log and try
         again (see the module doc)."""
-        delay = RETRY_FIRST_S
-        while True:
-            try:
-                await self.server.start()
-            except OSError as exc:
-                self.c.metrics.errors.labels("control").inc()
-                log.error(kv("control_unavailable", path=self.server.path, error=exc,
-                             retry_in_s=delay, note="steering BGP on; overrides in force stay"))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                continue
-            try:
-                await asyncio.Future()
-            finally:
-                await self.server.close()
+        await self.server.serve_retrying(self._unavailable)
+
+    def _unavailable(self, exc: OSError, retry_in_s: float) -> None:
+        self.c.metrics.errors.labels("control").inc()
+        log.error(kv("control_unavailable", path=self.server.path, error=exc,
+                     retry_in_s=retry_in_s, note="steering BGP on; overrides in force stay"))
 
     async def tick(self) -> None:
         """Expire what expired, move drains past their graceful stage; write what is due."""
