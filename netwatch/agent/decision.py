@@ -32,6 +32,16 @@ whole decision:
 - Families that move in one step, from the same uplink to the other for the same cause, are
   one `Failover` (one log line, one count): a silent gateway usually takes both families in
   the same probe round (`ProbeRound`).
+- An operator's forced failover (`Force`, a lease of the control API) makes one uplink the
+  home of every family while it lasts: no failback away from it, and a family goes to it as
+  soon as it is UP there (no hold-down: the operator chose it). The safety rules stay above
+  the lease: the forced uplink is left like any other when its link is lost or it is DOWN
+  while the other is UP, since a route through a dead link or a silent gateway is no route;
+  the family returns once the forced uplink is UP again. Forcing onto an uplink that is not
+  UP moves nothing until it is. When the lease ends (`Force(None)`) normal behaviour returns:
+  the primary's hold-down was counted all along, so a primary stable for `hold_down_s`
+  takes the families back at once (with manual failback too: ending the lease is the
+  operator's order to return; a primary not yet stable then waits for an operator).
 - Route snapshots (the kernel's real default routes, read after every route or link event
   and periodically) are compared with the desired state; any difference, whether an
   operator's manual change or the kernel deleting the routes of a link set admin-down, gives
@@ -203,7 +213,16 @@ class UseUplink:
     reason: str = "operator request"
 
 
-Observation = ProbeResult | ProbeRound | CarrierChange | RouteSnapshot | UseUplink
+@dataclass(frozen=True)
+class Force:
+    """An operator's forced failover: carry every family through `uplink` while it holds
+    (see the module doc); `uplink` None ends it. `reason` is the lease's, for the log."""
+
+    uplink: UplinkRole | None
+    reason: str = ""
+
+
+Observation = ProbeResult | ProbeRound | CarrierChange | RouteSnapshot | UseUplink | Force
 
 
 # --------------------------------------------------------------------------------- actions
@@ -361,6 +380,7 @@ class State:
     routing: dict[Family, FamilyRoute]  # one per managed family, in settings order
     uplinks: dict[UplinkRole, UplinkView]
     routes: RouteSnapshot | None = None  # the last snapshot seen
+    forced: Force | None = None  # the operator's forced failover in force, if any
 
     def active(self, family: Family) -> UplinkRole | None:
         """The uplink that carries `family`'s default route (None while starting)."""
@@ -445,6 +465,12 @@ def step(state: State, obs: Observation, now: float) -> tuple[State, list[Action
             if route.mode is Mode.STARTING:
                 adopted = obs.get(family) or UplinkRole.PRIMARY
                 state = _with_route(state, family, _transition(route, Mode.using(adopted)))
+    elif isinstance(obs, Force):
+        ended = obs.uplink is None
+        state = replace(state, forced=None if ended else obs)
+        state = _decide(state, now, actions, unforced=ended)
+        state = _repair_routes(state, actions)
+        return state, actions
     elif isinstance(obs, UseUplink):
         moving = tuple(f for f, r in state.routing.items()
                        if r.mode is not Mode.STARTING and r.mode.role is not obs.uplink)
@@ -477,7 +503,8 @@ def steady(state: State, role: UplinkRole, now: float) -> bool:
     for health in view.families.values():
         if health is not Health.UP:
             return False
-    auto = state.settings.failback_auto
+    forced = state.forced.uplink if state.forced is not None else None
+    auto = state.settings.failback_auto and forced is None
     for family, route in state.routing.items():
         active = route.mode.role
         if active is None or routes.get(family) is not active:
@@ -485,6 +512,8 @@ def steady(state: State, role: UplinkRole, now: float) -> bool:
         if role is UplinkRole.PRIMARY and route.primary_stable.since is None:
             return False
         if active is UplinkRole.SECONDARY and auto and route.primary_stable.ready(now):
+            return False
+        if forced is not None and active is not forced:
             return False
     return True
 
@@ -568,9 +597,13 @@ def _cause(view: UplinkView, family: Family) -> FailoverCause:
     return FailoverCause.GATEWAY
 
 
-def _decide(state: State, now: float, actions: list[Action]) -> State:
+def _decide(state: State, now: float, actions: list[Action], unforced: bool = False) -> State:
+    """The moves of this step. `unforced`: an operator's forced failover just ended, so a
+    primary that served its hold-down takes its families back, whatever the failback mode."""
     # Per family: (from, to, cause) -> the families that take that move in this step.
     moves: dict[tuple[UplinkRole, UplinkRole, FailoverCause], list[Family]] = {}
+    forced = state.forced.uplink if state.forced is not None else None
+    failback = (state.settings.failback_auto or unforced) and forced is None
     for family, route in state.routing.items():
         active = route.mode.role
         if active is None:
@@ -590,7 +623,10 @@ def _decide(state: State, now: float, actions: list[Action]) -> State:
               and other_view.families[family] is Health.UP
               and not other_view.failing_now(family)):
             moves.setdefault((active, other, _cause(view, family)), []).append(family)
-        elif (active is UplinkRole.SECONDARY and state.settings.failback_auto
+        elif (forced is other and other_view.families[family] is Health.UP
+              and not other_view.failing_now(family)):
+            moves.setdefault((active, other, FailoverCause.OPERATOR), []).append(family)
+        elif (active is UplinkRole.SECONDARY and failback
               and route.primary_stable.ready(now) and not _joins_later(state, family, now)):
             moves.setdefault((active, other, FailoverCause.FAILBACK), []).append(family)
 
@@ -638,6 +674,8 @@ def _reason(state: State, active: UplinkRole, cause: FailoverCause, families: li
     """Why `families` leave `active`, for the log: what failed, or how long the primary has
     been stable; a link-made move says when the uplink it goes to is not UP."""
     lost, other = state.uplinks[active], state.uplinks[active.other]
+    if cause is FailoverCause.OPERATOR and state.forced is not None:
+        return f"forced failover to {state.forced.uplink.value}: {state.forced.reason}"
     if cause is FailoverCause.FAILBACK:
         held = min(now - (state.routing[f].primary_stable.since or now) for f in families)
         return f"primary stable for {held:.1f} s (hold-down {state.settings.hold_down_s:g} s)"

@@ -12,6 +12,7 @@ from netwatch.agent.decision import (
     CarrierChange,
     Failover,
     FailoverCause,
+    Force,
     Mode,
     ProbeKind,
     ProbeResult,
@@ -676,3 +677,95 @@ def test_steady_means_a_good_probe_changes_nothing(script, auto):
                     slow = _observe_probe(d.state, obs, d.now, actions)
                     slow = _repair_routes(_decide(slow, d.now, actions), actions)
                     assert actions == [] and slow == d.state
+
+
+# ------------------------------------------------------------------ forced failover (a lease)
+
+
+def test_a_forced_failover_moves_every_family_and_holds_against_failback():
+    d = Driver()
+    d.tick(True, True, 10)
+    d.feed(Force(S, "CHG-1 switch work"))
+    assert d.on(S)
+    (failover,) = d.failovers()
+    assert failover.cause is OPERATOR and failover.families == (V4, V6)
+    assert "CHG-1 switch work" in failover.reason
+    d.tick(True, True, int(3 * HOLD / TICK))  # the primary is healthy far past its hold-down
+    assert d.on(S) and len(d.failovers()) == 1
+
+
+def test_an_ended_forced_failover_returns_at_once_when_the_hold_down_was_served():
+    d = Driver()
+    d.tick(True, True, 10)
+    d.feed(Force(S, "CHG-1"))
+    d.tick(True, True, int(HOLD / TICK) + 1)  # the primary served its hold-down while forced away
+    d.feed(Force(None))
+    assert d.on(P)
+    assert d.failovers()[-1].cause is FAILBACK
+
+
+def test_an_ended_forced_failover_waits_for_what_is_left_of_the_hold_down():
+    d = Driver()
+    d.tick(True, True, 10)
+    d.tick(False, True, FALL)  # the primary fails: on the secondary
+    d.feed(Force(S, "CHG-1"))
+    d.tick(True, True, RISE)  # back UP: its hold-down starts now
+    start = d.now
+    d.tick(True, True, int(HOLD / 2 / TICK))
+    d.feed(Force(None))
+    assert d.on(S)  # half the hold-down served: the rest is waited for
+    while d.on(S):
+        d.tick(True, True)
+    assert d.now - start == pytest.approx(HOLD, abs=2 * TICK)
+
+
+def test_an_ended_forced_failover_returns_with_manual_failback_too():
+    d = Driver(auto=False)
+    d.tick(True, True, 10)
+    d.feed(Force(S, "CHG-1"))
+    d.tick(True, True, int(HOLD / TICK) + 1)
+    d.feed(Force(None))
+    assert d.on(P)
+
+
+def test_a_forced_uplink_that_fails_is_left_and_taken_again_when_up():
+    d = Driver()
+    d.tick(True, True, 10)
+    d.feed(Force(S, "CHG-1"))
+    d.tick(True, False, FALL)  # the forced uplink's gateway goes silent, the primary works
+    assert d.on(P)
+    d.tick(True, True, RISE)  # no hold-down back onto the uplink the operator chose
+    assert d.on(S)
+
+
+def test_a_forced_uplink_whose_link_is_dead_never_leaves_the_server_without_a_route():
+    d = Driver()
+    d.tick(True, True, 10)
+    d.link(S, Carrier.ADMIN_DOWN)
+    d.tick(True, None, 10)
+    d.feed(Force(S, "CHG-1"))
+    assert d.on(P) and d.refused == 0  # nothing is asked through the dead link
+    d.link(S, Carrier.UP)
+    assert d.on(P)  # its gateway has to prove itself first
+    d.tick(True, True, RISE)
+    assert d.on(S)
+
+
+def test_forcing_the_primary_skips_its_hold_down():
+    d = Driver()
+    d.tick(True, True, 10)
+    d.tick(False, True, FALL)
+    d.tick(True, True, RISE)
+    assert d.on(S)
+    d.feed(Force(P, "back now"))
+    assert d.on(P)
+
+
+def test_a_forced_state_is_not_steady_while_a_family_is_elsewhere():
+    d = Driver()
+    d.tick(True, True, 10)
+    d.link(S, Carrier.NO_CARRIER)
+    d.tick(True, None, 10)
+    d.feed(Force(S, "CHG-1"))
+    assert d.on(P)
+    assert not steady(d.state, S, d.now)
