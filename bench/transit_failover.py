@@ -13,11 +13,20 @@ Always (goal 0): "prefix missing at a transit during an ExaBGP restart": ExaBGP 
 systemd unit stops it (SIGTERM), started again --restart-gap seconds later, every transit's
 BIRD polled every 50 ms from before the stop until 2 s after the last End-of-RIB arrived; the
 longest any of our prefixes was missing at any transit.
+Outbound (`--outbound-runs`, default 3): a steady stream from srv, one ICMP echo every 50 ms
+to each of --flows extra addresses per family on inet's loopback (each (source, destination)
+pair is one flow for edge's multipath hash), during `transit-blackhole t2`: the share of flows
+lost before the controller acted (every echo lost) and after it (any echo lost from 0.2 s
+after the inbound action on: goal 0), and the time from the fault to the last flow restored,
+next to the inbound action (the controller's `transition` to failed, when it writes the
+withdrawal) and the outbound one (its `egress` line). Goal: restored within 0.2 s of the
+inbound action.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import ipaddress
 import itertools
@@ -28,6 +37,7 @@ import secrets
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -154,6 +164,186 @@ def restart(lab, gap_s: float) -> dict:
     }
 
 
+STREAM_INTERVAL_S = 0.05
+ECHO_TIMEOUT_S = 1.0
+
+
+def stream(out: str, addresses: list[str], duration_s: float, interval_s: float) -> int:
+    """The outbound stream, run inside srv's namespace by `outbound`: one ICMP echo to every
+    address each `interval_s` for `duration_s` seconds; writes {address: [[sent, answered]]}
+    as JSON to `out`, wall-clock times (the controller's log lines carry them too)."""
+    import select
+    import socket
+    import struct
+
+    ident = os.getpid() & 0xFFFF
+    socks = {4: socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP),
+             6: socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)}
+    for sock in socks.values():
+        sock.setblocking(False)
+
+    def checksum(data: bytes) -> int:
+        total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+        total = (total >> 16) + (total & 0xFFFF)
+        return ~(total + (total >> 16)) & 0xFFFF
+
+    def echo(version: int, seq: int) -> bytes:
+        kind = 8 if version == 4 else 128  # the kernel sums ICMPv6 itself
+        body = struct.pack("!HH", ident, seq) + b"netwatch"
+        head = struct.pack("!BBH", kind, 0, 0)
+        if version == 4:
+            head = struct.pack("!BBH", kind, 0, checksum(head + body))
+        return head + body
+
+    def replies(version: int, sock):
+        while True:
+            try:
+                data, peer = sock.recvfrom(2048)
+            except BlockingIOError:
+                return
+            if version == 4:
+                data = data[(data[0] & 0x0F) * 4:]
+            if len(data) >= 8 and data[0] == (0 if version == 4 else 129):
+                got_id, seq = struct.unpack("!HH", data[4:8])
+                if got_id == ident:
+                    yield str(ipaddress.ip_address(peer[0])), seq
+
+    families = {a: ipaddress.ip_address(a).version for a in addresses}
+    sent: dict[tuple[str, int], float] = {}
+    answered: set[tuple[str, int]] = set()
+    start = time.time()
+    next_round, seq = start, 0
+    while time.time() < start + duration_s + ECHO_TIMEOUT_S:
+        now = time.time()
+        if now >= next_round and now < start + duration_s:
+            for address, version in families.items():
+                with contextlib.suppress(OSError):  # no route: lost like a dropped one
+                    socks[version].sendto(echo(version, seq), (address, 0))
+                sent[(address, seq)] = time.time()
+            seq = (seq + 1) & 0xFFFF
+            next_round += interval_s
+        readable, _, _ = select.select(list(socks.values()), [], [],
+                                       max(0.0, min(next_round - time.time(), 0.05)))
+        for version, sock in socks.items():
+            if sock in readable:
+                for key in replies(version, sock):
+                    if key in sent and time.time() - sent[key] <= ECHO_TIMEOUT_S:
+                        answered.add(key)
+    flows: dict[str, list] = {a: [] for a in addresses}
+    for (address, s), at in sorted(sent.items(), key=lambda kv: kv[1]):
+        flows[address].append([at, (address, s) in answered])
+    Path(out).write_text(json.dumps(flows))
+    return 0
+
+
+def log_time(lab, event: str, since: int, *words: str) -> float | None:
+    """Wall-clock time of the first controller log line after byte `since` with `event=EVENT`
+    and every one of `words` (its `ts=` is local time with milliseconds)."""
+    from datetime import datetime
+
+    text = (Path(lab.run_dir) / "exabgp.out").read_bytes()[since:].decode("utf-8", "replace")
+    for line in text.splitlines():
+        if f"event={event} " in line and all(w in line for w in words):
+            m = re.match(r"ts=(\S+)", line)
+            if m:
+                return datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S.%f").timestamp()
+    return None
+
+
+def edge_egress(lab) -> set[str]:
+    """The interfaces in edge's default routes, both families."""
+    devs = set()
+    for family in ("-4", "-6"):
+        for route in json.loads(lab.exec("edge", "ip", "-j", family, "route", "show",
+                                         "default").stdout or "[]"):
+            devs |= {h["dev"] for h in route.get("nexthops") or [route]}
+    return devs
+
+
+def flow_figures(flows: dict[str, list], fault: float, inbound: float) -> dict:
+    """What the stream saw: flows broken between the fault and the inbound action (every
+    echo sent from 0.3 s after the fault until then lost), flows with any echo lost from
+    0.2 s after the action on, and when the last broken flow answered again."""
+    broken, lost_after, restored = [], [], []
+    for address, echoes in flows.items():
+        before = [ok for at, ok in echoes if fault + 0.3 <= at < inbound]
+        if before and not any(ok for ok in before):
+            broken.append(address)
+            lost = [at for at, ok in echoes if at >= fault and not ok]
+            back = [at for at, ok in echoes if ok and at > max(lost)]
+            restored.append(min(back) if back else float("inf"))
+        if any(not ok for at, ok in echoes if at >= inbound + 0.2):
+            lost_after.append(address)
+    last = max(restored, default=fault)
+    return {
+        "flows": len(flows),
+        "broken_before_action": len(broken),
+        "lost_share_before_action": round(len(broken) / len(flows), 3),
+        "lost_after_action": len(lost_after),
+        "lost_share_after_action": round(len(lost_after) / len(flows), 3),
+        "lost_after_action_flows": lost_after,
+        "fault_to_last_flow_restored_s": round(last - fault, 3),
+        "last_flow_restored_after_inbound_s": round(last - inbound, 3),
+    }
+
+
+def outbound(lab, runs: int, per_family: int) -> dict:
+    """`runs` times: the stream from srv during `transit-blackhole t2` (see the module doc)."""
+    addresses = ([f"203.0.113.{100 + i}" for i in range(per_family)]
+                 + [f"2001:db8:203::{0x100 + i:x}" for i in range(per_family)])
+    lab.exec("inet", "sh", "-c", "; ".join(
+        f"ip addr add {a}/{32 if '.' in a else 128} dev lo" + ("" if "." in a else " nodad")
+        for a in addresses))
+    logfile = Path(lab.run_dir) / "exabgp.out"
+    out: list[dict] = []
+    for _ in range(runs):
+        result = lab.run_dir / "outbound-stream.json"
+        sender = subprocess.Popen(lab.exec_argv("srv", [
+            sys.executable, str(Path(__file__).resolve()), "--stream", str(result),
+            "--stream-duration", "9", *addresses]))
+        time.sleep(2.0)  # the stream is steady
+        mark = logfile.stat().st_size
+        fault = time.time()
+        faults.apply(lab, "transit-blackhole", "t2")
+        if sender.wait(timeout=60) != 0:
+            raise RuntimeError("the outbound stream failed")
+        inbound = log_time(lab, "transition", mark, "upstream=t2", "new=failed")
+        egress4 = log_time(lab, "egress", mark, "family=ipv4", "reason=plan")
+        egress6 = log_time(lab, "egress", mark, "family=ipv6", "reason=plan")
+        faults.heal(lab)
+        # t2 back everywhere (after the recovery hold) before anything else is measured
+        until(lambda: as_path(lab, "t2") == str(lab.topology().asn)
+              and edge_egress(lab) == {"t1", "t2", "t3", "t4"}, 60, hz=5)
+        if inbound is None:
+            raise RuntimeError("the controller did not act on t2's blackhole")
+        flows = json.loads(result.read_text())
+        r = {"inbound_action_s": round(inbound - fault, 3),
+             "outbound_action_s": {f: round(t - fault, 3) if t else None
+                                   for f, t in (("ipv4", egress4), ("ipv6", egress6))}}
+        r.update(flow_figures(flows, fault, inbound))
+        for family, prefix in (("ipv4", "."), ("ipv6", ":")):
+            mine = {a: e for a, e in flows.items() if prefix in a}
+            r[family] = {k: v for k, v in flow_figures(mine, fault, inbound).items()
+                         if k != "lost_after_action_flows"}
+        out.append(r)
+        print(f"outbound: {r['lost_share_before_action']:.0%} of {r['flows']} flows lost before "
+              f"the action, {r['lost_share_after_action']:.0%} after; last flow restored "
+              f"{r['fault_to_last_flow_restored_s']:.2f} s after the fault, "
+              f"{r['last_flow_restored_after_inbound_s']:+.2f} s from the inbound action "
+              f"({r['inbound_action_s']:.2f} s after the fault)", flush=True)
+    return {
+        "runs": out,
+        "median_lost_share_before_action": statistics.median(
+            r["lost_share_before_action"] for r in out),
+        "max_lost_share_after_action": max(r["lost_share_after_action"] for r in out),
+        "median_fault_to_last_flow_restored_s": statistics.median(
+            r["fault_to_last_flow_restored_s"] for r in out),
+        "median_inbound_action_s": statistics.median(r["inbound_action_s"] for r in out),
+        "max_last_flow_restored_after_inbound_s": max(
+            r["last_flow_restored_after_inbound_s"] for r in out),
+    }
+
+
 def cpu_rss(pid: int) -> tuple[float, int]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
@@ -170,7 +360,16 @@ def main() -> int:
     parser.add_argument("--no-failover", action="store_true", help="skip the failover runs")
     parser.add_argument("--restart-gap", type=float, default=2.0,
                         help="seconds between ExaBGP's stop and start (default 2)")
+    parser.add_argument("--outbound-runs", type=int, default=3,
+                        help="runs of the outbound stream during a blackhole (0: none)")
+    parser.add_argument("--flows", type=int, default=40,
+                        help="outbound stream: destinations per family (default 40)")
+    parser.add_argument("--stream", metavar="OUT", help=argparse.SUPPRESS)
+    parser.add_argument("--stream-duration", type=float, default=9.0, help=argparse.SUPPRESS)
+    parser.add_argument("addresses", nargs="*", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.stream:  # the outbound stream itself, inside srv's namespace
+        return stream(args.stream, args.addresses, args.stream_duration, STREAM_INTERVAL_S)
     name = "bench" + secrets.token_hex(2)
     results: dict = {}
     lab = lab_module.up(name, lab_module.DEFAULT_CONFIG, out=io.StringIO())
@@ -197,6 +396,15 @@ def main() -> int:
             results[f"{kind}_to_action_s"] = {"median": statistics.median(times), "runs": times}
             print(f"{kind}: median {statistics.median(times):.2f} s over {len(times)} runs "
                   f"{[round(t, 2) for t in times]}", flush=True)
+        if args.outbound_runs:
+            results["outbound"] = o = outbound(lab, args.outbound_runs, args.flows)
+            print(f"outbound (median of {args.outbound_runs}): "
+                  f"{o['median_lost_share_before_action']:.0%} of the flows lost before the "
+                  f"action, at most {o['max_lost_share_after_action']:.0%} after (goal 0); last "
+                  f"flow restored {o['median_fault_to_last_flow_restored_s']:.2f} s after the "
+                  f"fault, inbound action at {o['median_inbound_action_s']:.2f} s; at most "
+                  f"{o['max_last_flow_restored_after_inbound_s']:+.2f} s from it (goal 0.2)",
+                  flush=True)
         if args.soak:
             log = Path(lab.run_dir) / "exabgp.out"
             before = log.read_text().count("event=transition")
