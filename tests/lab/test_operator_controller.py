@@ -115,7 +115,7 @@ def test_a_drain_announces_graceful_shutdown_then_withdraws(operator, wait_for):
     lab = operator.lab
     start = time.monotonic()
     out = ok(operator("upstream", "drain", "t1", "--graceful-s", "2", "--reason", "test"))
-    assert "drain t1, graceful 2 s" in out
+    assert "drain t1, graceful 2 s" in out, f"drain t1 answered {out!r}"
 
     def tagged() -> bool:
         comms = communities_at(lab, "t1")
@@ -125,13 +125,15 @@ def test_a_drain_announces_graceful_shutdown_then_withdraws(operator, wait_for):
     assert took is not None, (
         f"t1 holds {communities_at(lab, 't1')} 5 s into the drain, expected {GSHUT} on "
         f"{', '.join(PREFIXES)}")
-    assert drain_of(operator, "t1")["stage"] == "graceful"
+    stage = drain_of(operator, "t1")
+    assert stage["stage"] == "graceful", f"t1's drain is {stage} while t1 holds (65535,0)"
     normal_elsewhere(lab, "t1")
     gone = wait_for(lambda: routes_of(lab, "t1") == {}, 8, 0.05)
     assert gone is not None, f"t1 still holds {communities_at(lab, 't1')} 8 s into the drain"
     graceful_s = time.monotonic() - start
     assert graceful_s >= 1.8, f"t1 lost our prefixes {graceful_s:.2f} s into a 2 s graceful drain"
-    assert drain_of(operator, "t1")["stage"] == "withdrawn"
+    stage = drain_of(operator, "t1")
+    assert stage["stage"] == "withdrawn", f"t1's drain is {stage} once t1 holds nothing"
     normal_elsewhere(lab, "t1")
     print(f"community at t1 after {took:.2f} s; withdrawn from t1 {graceful_s:.2f} s after the "
           "drain command")
@@ -147,13 +149,14 @@ def test_a_drain_below_the_interlock_is_refused_and_force_goes_through(operator,
     assert refused.returncode == exitcodes.REFUSED, (
         f"a third drain exited {refused.returncode}, expected {exitcodes.REFUSED}: "
         f"{refused.stderr.strip()}")
-    assert "min_announcing_upstreams" in refused.stderr and "--force" in refused.stderr
+    assert "min_announcing_upstreams" in refused.stderr and "--force" in refused.stderr, (
+        f"the refusal of t3's drain does not say why: {refused.stderr.strip()}")
     time.sleep(1)
     normal_elsewhere(lab, "t1", "t2")  # t3 and t4 untouched
 
     out = ok(operator("upstream", "drain", "t3", "--graceful-s", "0", "--force",
                       "--reason", "forced test"))
-    assert "FORCED past the interlock" in out
+    assert "FORCED past the interlock" in out, f"a forced drain of t3 answered {out!r}"
     assert wait_for(lambda: not routes_of(lab, "t3"), 8, 0.1), (
         f"t3 still holds {as_paths_at(lab, 't3')} 8 s after a forced drain")
     # t1 and t2 were not forced: the interlock keeps one of them, GRACEFUL_SHUTDOWN still on
@@ -192,7 +195,8 @@ def test_an_active_drain_survives_controller_and_exabgp_restarts(operator, wait_
             respawned = time.monotonic() - start
         time.sleep(0.1)
     assert respawned is not None, f"ExaBGP did not respawn the controller (PID {old}) in 8 s"
-    assert drain_of(operator, "t1")["stage"] == "withdrawn"
+    stage = drain_of(operator, "t1")
+    assert stage["stage"] == "withdrawn", f"t1's drain is {stage} after the controller's respawn"
 
     restart = lifecycle.restart_exabgp(lab)
     start = time.monotonic()
@@ -203,7 +207,8 @@ def test_an_active_drain_survives_controller_and_exabgp_restarts(operator, wait_
                                 for t in ("t2", "t3", "t4")), 20, 0.2), (
         f"after the ExaBGP restart t2-t4 hold {[as_paths_at(lab, t) for t in TRANSITS[1:]]}")
     t1_stays_withdrawn("after the ExaBGP restart")
-    assert drain_of(operator, "t1")["stage"] == "withdrawn"
+    stage = drain_of(operator, "t1")
+    assert stage["stage"] == "withdrawn", f"t1's drain is {stage} after the ExaBGP restart"
     print(f"controller respawned after {respawned:.2f} s; ExaBGP restart {restart}: "
           "t1 withdrawn all along")
 
@@ -215,13 +220,14 @@ def test_restore_brings_it_back_at_once(operator, wait_for):
         f"t2 still holds {as_paths_at(lab, 't2')} after its drain")
     start = time.monotonic()
     out = ok(operator("upstream", "restore", "t2", "--reason", "test done"))
-    assert "ended c" in out
+    assert "ended c" in out, f"restore t2 answered {out!r}"
     back = wait_for(lambda: as_paths_at(lab, "t2") == dict.fromkeys(PREFIXES, "64500"), 8, 0.05)
     assert back is not None, f"t2 holds {as_paths_at(lab, 't2')} 8 s after restore"
     took = time.monotonic() - start
     # recovery_hold_s is 10 in the lab: an operator's restore does not wait for it
     assert took < 5, f"t2 was announced again {took:.2f} s after restore, expected at once"
-    assert not any(communities_at(lab, "t2").values()), communities_at(lab, "t2")
+    assert not any(communities_at(lab, "t2").values()), (
+        f"t2 holds our prefixes with communities {communities_at(lab, 't2')} after restore")
     print(f"t2 announced again {took:.2f} s after `upstream restore` (CLI start included)")
 
 
@@ -238,8 +244,10 @@ def test_the_lease_expiring_restores_it(operator, wait_for):
     assert took >= 3.5, f"t4 was announced again {took:.2f} s into a 4 s drain"
     events = [json.loads(line) for line in ok(operator("events", "--json", "--since", "1m"))
               .splitlines()]
-    assert any(e["kind"] == "lease_expired" and "drain t4" in e["forces"] for e in events)
-    assert ok(operator("overrides")).startswith("no overrides")
+    assert any(e["kind"] == "lease_expired" and "drain t4" in e["forces"] for e in events), (
+        f"no lease_expired for t4's drain among {[e['kind'] for e in events]}")
+    left = ok(operator("overrides"))
+    assert left.startswith("no overrides"), f"overrides after t4's lease expired: {left}"
 
 
 def test_prepend_lengthens_the_path_at_that_transit(operator, wait_for):
@@ -250,5 +258,5 @@ def test_prepend_lengthens_the_path_at_that_transit(operator, wait_for):
         f"t3 holds {as_paths_at(lab, 't3')} after prepend 2, expected {want}")
     normal_elsewhere(lab, "t3")
     table = ok(operator("status"))
-    assert "prepend x2" in table and "prepend t3 x2" in table
+    assert "prepend x2" in table and "prepend t3 x2" in table, f"status shows:\n{table}"
     print(table)
