@@ -21,8 +21,12 @@ Contract:
 - Time: every decision reads `clock` (time.monotonic unless injected), never the wall clock;
   scheduling uses time.monotonic. The one wall-clock read is the Unix time exported in
   netwatch_agent_last_failover_timestamp_seconds, which is a timestamp by definition.
-- SIGUSR1 asks for the primary, SIGUSR2 for the secondary (manual failback, or a forced
-  failover): `systemctl kill -s USR1 netwatch-agent`.
+- SIGUSR1 asks for the primary, SIGUSR2 for the secondary (manual failback, or a one-shot
+  move): `systemctl kill -s USR1 netwatch-agent`. While an operator's forced failover (a
+  lease) is in force, a signal is logged and ignored: `netwatch failover --auto` ends it.
+- Given the site file (`site=`), the agent serves the control API on `site.control.agent`
+  (`netwatch.agent.control.AgentControl`: status, the forced failover as a lease that
+  survives a restart, the audit log of every automatic action); without it, none (tests).
 - Logs go to the `netwatch.agent` logger as `event=... uplink=... key=value` lines.
 """
 
@@ -43,14 +47,16 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry
 from pyroute2.netlink.exceptions import NetlinkError
 
+from netwatch import __version__
 from netwatch.adapters.netlink import Event, EventKind, LinkState, Netlink
 from netwatch.adapters.policy_routing import ProbePath
 from netwatch.agent import decision as core
+from netwatch.agent.control import AgentControl
 from netwatch.agent.metrics import AgentMetrics, StreamMetrics
 from netwatch.agent.probing import Prober, ProberFactory, RawProbers, probe_paths
 from netwatch.agent.routes import DefaultRoutes, RouteTable
 from netwatch.config import AgentSection
-from netwatch.core.vocabulary import Health, UplinkRole
+from netwatch.core.vocabulary import Family, Health, UplinkRole
 from netwatch.runtime.logs import kv
 from netwatch.runtime.supervise import WorkerDied, supervise
 
@@ -153,6 +159,8 @@ class Agent:
         *,
         resync_interval_s: float = RESYNC_INTERVAL_S,
         netlink_retry_s: float = NETLINK_RETRY_S,
+        site=None,
+        wall: Callable[[], float] = time.time,
     ):
         self.cfg = cfg
         self.clock = clock
@@ -173,6 +181,7 @@ class Agent:
         self._resync_wanted = asyncio.Event()
         self._stopping = asyncio.Event()
         self._loss_at = 0.0
+        self._carrying_out = False  # the actions worker runs
         self._dad: dict[UplinkRole, bool] = {}  # uplinks whose link-local address is in DAD
         self._ifindex: dict[UplinkRole, int | None] = {}  # behind each uplink's name, if any
         self._streams: list[Stream] = []
@@ -182,6 +191,12 @@ class Agent:
         self.timeout_s = min((cfg.probe.timeout_ms or cfg.probe.interval_ms) / 1000, interval)
         self.resync_interval_s = resync_interval_s
         self.netlink_retry_s = netlink_retry_s
+        # Wall-clock times for `status` only ("since"): the decisions never read them.
+        self.wall = wall
+        self._since: dict[tuple[UplinkRole, Family | None], float] = {}
+        self.control: AgentControl | None = None
+        if site is not None:
+            self.control = AgentControl(self, site, registry, wall=wall)
 
     # ---------------------------------------------------------------------------- decisions
 
@@ -195,7 +210,14 @@ class Agent:
             up = obs.carrier is core.Carrier.UP
             self.metrics.carrier.labels(obs.uplink.value).set(1 if up else 0)
         before = self.state.routing
+        healths = {role: self.state.health(role) for role in UplinkRole}
         self.state, actions = core.step(self.state, obs, self.clock())
+        for action in actions:
+            if isinstance(action, core.UplinkHealthChanged):
+                for family in action.families:
+                    self._since[(action.uplink, family)] = self.wall()
+                if self.state.health(action.uplink) is not healths[action.uplink]:
+                    self._since[(action.uplink, None)] = self.wall()
         if self.state.routing is not before:
             routes = {f: r.active for f, r in self.state.routing.items()}
             if routes != {f: r.active for f, r in before.items()}:
@@ -208,6 +230,7 @@ class Agent:
             self._actions.put_nowait(action)
 
     async def _carry_out(self) -> None:
+        self._carrying_out = True
         while True:
             action = await self._actions.get()
             try:
@@ -216,6 +239,8 @@ class Agent:
                 self._actions.task_done()
 
     async def _carry_out_one(self, action: core.Action) -> None:
+        if self.control is not None:
+            self.control.audit_action(action)
         if isinstance(action, core.SetDefaultRoute):
             await self._set_route(action)
         elif isinstance(action, core.Failover):
@@ -471,8 +496,90 @@ class Agent:
         return {f.label: r.active for f, r in self.state.routing.items()}
 
     def request(self, role: UplinkRole, reason: str) -> None:
+        """An operator's one-shot move (SIGUSR1/SIGUSR2): every family to `role`, unless a
+        forced failover is in force (the lease wins: it says who, why and until when)."""
+        forced = self.state.forced
+        if forced is not None:
+            log.warning(kv("operator_request", uplink=role, reason=reason, ignored=True,
+                           note=f"a forced failover to {forced.uplink.value} is in force "
+                                f"({forced.reason}): netwatch failover --auto ends it"))
+            return
         log.warning(kv("operator_request", uplink=role, reason=reason))
         self.feed(core.UseUplink(role, reason))
+
+    async def settled(self, timeout_s: float = 2.0) -> None:
+        """Wait (at most `timeout_s`) for the queued actions, route writes included, to be
+        carried out: an operator's answer then tells where the routes are."""
+        if not self._carrying_out:
+            return  # not running (a unit test drives the decision alone)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._actions.join()
+
+    def status(self, now: float, host: str, site: str, overrides: list[dict]) -> dict:
+        """The `AgentStatus` (netwatch.control.protocol) at wall-clock `now`; each uplink
+        also has `families`: per family its state, reason, since, active, and the RTT and
+        loss of its gateway and beyond probes."""
+        state = self.state
+        mono = self.clock()
+        modes = {r.mode.value for r in state.routing.values()}
+        mode = modes.pop() if len(modes) == 1 else ",".join(
+            f"{f.label}:{r.mode.value}" for f, r in state.routing.items())
+        stable = [mono - r.primary_stable.since for r in state.routing.values()
+                  if r.primary_stable.since is not None]
+        streams = {(st.role, st.kind): st.counters for st in self._streams}
+
+        def probed(role: UplinkRole, kind: core.ProbeKind) -> tuple[float | None, float | None]:
+            counters = streams.get((role, kind))
+            if counters is None or not counters.window:
+                return None, None
+            rtts = list(counters.rtts)
+            rtt = round(sum(rtts) / len(rtts) * 1000, 3) if rtts else None
+            return rtt, round(sum(counters.window) / len(counters.window), 3)
+
+        uplinks = []
+        for role, up in self.uplinks.items():
+            view = state.uplinks[role]
+            families = {}
+            for family in self.settings.families:
+                gateway = (core.ProbeKind.GATEWAY if family is Family.V4
+                           else core.ProbeKind.GATEWAY6)
+                rtt, loss = probed(role, gateway)
+                entry = {"state": view.families[family].value,
+                         "reason": view.reasons.get(family, ""),
+                         "since": self._since.get((role, family)),
+                         "active": state.active(family) is role,
+                         "rtt_ms": rtt, "loss_ratio": loss}
+                beyond = core.ProbeKind.beyond_of(family)
+                if beyond in self.settings.kinds:
+                    entry["beyond_rtt_ms"], entry["beyond_loss_ratio"] = probed(role, beyond)
+                families[family.label] = entry
+            rtt, loss = probed(role, core.ProbeKind.GATEWAY)
+            reasons = list(dict.fromkeys(r for r in view.reasons.values() if r))
+            uplinks.append({
+                "role": role.value, "interface": up.interface,
+                "gateway": str(up.gateway),
+                "gateway6": None if up.gateway6 is None else str(up.gateway6),
+                "state": view.health.value,
+                "carrier": None if view.carrier is None else view.carrier.value,
+                "rtt_ms": rtt, "loss_ratio": loss, "active": role in state.carrying,
+                "since": self._since.get((role, None)), "reason": "; ".join(reasons),
+                "families": families,
+            })
+        forced = state.forced
+        return {
+            "daemon": "agent", "site": site, "host": host, "version": __version__, "now": now,
+            "mode": mode,
+            "failback": {"mode": "auto" if self.settings.failback_auto else "manual",
+                         "hold_down_s": self.settings.hold_down_s,
+                         "primary_stable_for_s": round(min(stable), 1) if stable else None},
+            "both_down": state.both_down,
+            "forced": None if forced is None else {
+                "uplink": forced.uplink.value, "reason": forced.reason,
+                "applied": all(r.active is forced.uplink for r in state.routing.values())},
+            "uplinks": uplinks,
+            "overrides": overrides,
+        }
 
     def _on_loop_error(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         """The loop's exception handler: an exception in a callback (a probe socket's reader,
@@ -530,6 +637,7 @@ class Agent:
                     "resync": self._resync_loop(),
                     "probes": self._tick_loop(streams),
                     "callbacks": self._callbacks(callback_failed),
+                    **(self.control.workers() if self.control is not None else {}),
                 }, self._stopping)
             except WorkerDied as died:
                 error = died.error

@@ -33,11 +33,12 @@ class StreamMetrics:
     """The labelled children of one probe stream (uplink, kind), looked up once: `labels()`
     per probe (a lock and a dict lookup each, four per probe) was a tenth of the agent's CPU."""
 
-    __slots__ = ("_lost", "_no_verdict", "_ok", "_rtt", "window")
+    __slots__ = ("_lost", "_no_verdict", "_ok", "_rtt", "rtts", "window")
 
     def __init__(self, window: deque[bool], ok, lost, rtt, no_verdict):
         self.window, self._ok, self._lost, self._rtt = window, ok, lost, rtt
         self._no_verdict = no_verdict
+        self.rtts: deque[float] = deque(maxlen=window.maxlen)  # the last answers (status)
 
     def no_verdict(self) -> None:
         """Count an unanswered probe that says nothing (sent from a tentative address): not
@@ -52,6 +53,7 @@ class StreamMetrics:
         else:
             self._ok.inc()
             self._rtt.observe(rtt_s)
+            self.rtts.append(rtt_s)
 
 
 class AgentMetrics:

@@ -63,7 +63,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     server = None
     if listen != "none":
         server = serve_metrics(listen, registry, log)  # logged and carried on when it fails
-    agent = Agent(site.agent, registry)
+    agent = Agent(site.agent, registry, site=site)  # site: the control API and its leases
     try:
         asyncio.run(agent.run())
     except Exception as exc:
