@@ -188,7 +188,7 @@ def test_automatic_actions_are_audited(site):
     records = [json.loads(x) for x in agent.control.audit_log.path.read_text().split("\n") if x]
     failovers = [r for r in records if r["kind"] == "failover"]
     assert failovers[-1]["cause"] == FailoverCause.OPERATOR.value
-    assert failovers[-1]["families"] == ["ipv4", "ipv6"]
+    assert failovers[-1]["families"] == "ipv4,ipv6"
     assert any(r["kind"] == "uplink_health" for r in records)
 
 
