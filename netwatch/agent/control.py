@@ -167,12 +167,15 @@ class AgentControl:
         if isinstance(action, core.Failover):
             self.audit("failover", uplink=action.to_uplink.value,
                        previous=action.from_uplink.value if action.from_uplink else None,
-                       families=",".join(f.label for f in action.families), cause=action.cause.value,
-                       reason=action.reason)
+                       families=",".join(f.label for f in action.families),
+                       cause=action.cause.value, reason=action.reason)
         elif isinstance(action, core.UplinkHealthChanged):
             self.audit("uplink_health", uplink=action.uplink.value,
                        families=",".join(f.label for f in action.families),
                        health=action.health.value, reason=action.reason)
+        elif isinstance(action, core.BeyondSuspect):
+            self.audit("beyond_suspect", uplink=action.uplink.value,
+                       family=action.family.label, note=action.note)
         elif isinstance(action, core.BothDown):
             self.audit("both_down", family=action.family.label, reason=action.reason)
 

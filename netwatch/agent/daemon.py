@@ -257,6 +257,9 @@ class Agent:
             log.log(level, kv("uplink_health", uplink=action.uplink,
                               families=_labels(action.families), health=action.health,
                               reason=action.reason))
+        elif isinstance(action, core.BeyondSuspect):
+            log.warning(kv("beyond_suspect", uplink=action.uplink, family=action.family.label,
+                           note=action.note))
         elif isinstance(action, core.BothDown):
             log.error(kv("both_down", uplink=self.state.active(action.family),
                          family=action.family.label, reason=action.reason))

@@ -269,7 +269,23 @@ class Failover:
     families: tuple[Family, ...]
 
 
-Action = SetDefaultRoute | BothDown | UplinkHealthChanged | Failover
+BEYOND_SUSPECT_NOTE = (
+    "the gateway answers and the other uplink reaches the border: most likely a path problem "
+    "past this gateway (or a beyond target that is not inside our network: see docs/agent.md)")
+
+
+@dataclass(frozen=True)
+class BeyondSuspect:
+    """The beyond targets of `family` went DOWN through `uplink` while its gateway answers and
+    the other uplink's gateway and beyond targets answer: what it most likely means, for the
+    log. Reported once per episode (until those beyond probes are UP again)."""
+
+    uplink: UplinkRole
+    family: Family
+    note: str = BEYOND_SUSPECT_NOTE
+
+
+Action = SetDefaultRoute | BothDown | UplinkHealthChanged | Failover | BeyondSuspect
 
 
 # ----------------------------------------------------------------------------------- state
@@ -381,6 +397,7 @@ class State:
     uplinks: dict[UplinkRole, UplinkView]
     routes: RouteSnapshot | None = None  # the last snapshot seen
     forced: Force | None = None  # the operator's forced failover in force, if any
+    suspects: frozenset[tuple[UplinkRole, Family]] = frozenset()  # BeyondSuspect reported
 
     def active(self, family: Family) -> UplinkRole | None:
         """The uplink that carries `family`'s default route (None while starting)."""
@@ -457,6 +474,7 @@ def step(state: State, obs: Observation, now: float) -> tuple[State, list[Action
             changed = True
         if not changed:
             return state, actions
+        state = _beyond_suspects(state, actions)
     elif isinstance(obs, CarrierChange):
         state = _observe_carrier(state, obs, now, actions)
     elif isinstance(obs, RouteSnapshot):
@@ -536,6 +554,30 @@ def _observe_probe(state: State, obs: ProbeResult, now: float, actions: list[Act
         silent_ms = (now - failing_since[obs.kind]) * 1000
         why = f"{_what(obs)} silent: {failures[obs.kind]} probes, {silent_ms:.0f} ms"
     return _set_view(state, obs.uplink, view, {obs.kind.family: why}, now, actions)
+
+
+def _beyond_suspects(state: State, actions: list[Action]) -> State:
+    """Report each family whose beyond probes are DOWN through one uplink while that uplink's
+    gateway and the other uplink's gateway and beyond probes are UP (once per episode)."""
+    suspects = set(state.suspects)
+    for family in state.settings.families:
+        beyond = ProbeKind.beyond_of(family)
+        if beyond not in state.settings.kinds:
+            continue
+        gateway = ProbeKind.GATEWAY if family is Family.V4 else ProbeKind.GATEWAY6
+        for role, view in state.uplinks.items():
+            other = state.uplinks[role.other]
+            if view.kind(beyond).health is not Health.DOWN:
+                suspects.discard((role, family))
+            elif ((role, family) not in suspects
+                  and view.carrier is Carrier.UP
+                  and view.kind(gateway).health is Health.UP
+                  and other.kind(gateway).health is Health.UP
+                  and other.kind(beyond).health is Health.UP):
+                suspects.add((role, family))
+                actions.append(BeyondSuspect(role, family))
+    suspects_now = frozenset(suspects)
+    return state if suspects_now == state.suspects else replace(state, suspects=suspects_now)
 
 
 def _what(obs: ProbeResult) -> str:

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from netwatch.agent.decision import (
+    BeyondSuspect,
     BothDown,
     Carrier,
     CarrierChange,
@@ -769,3 +770,36 @@ def test_a_forced_state_is_not_steady_while_a_family_is_elsewhere():
     d.feed(Force(S, "CHG-1"))
     assert d.on(P)
     assert not steady(d.state, S, d.now)
+
+
+# ----------------------------------------------------------- the runtime hint (beyond_suspect)
+
+
+def test_a_beyond_failure_on_one_uplink_only_is_explained_once_per_episode():
+    d = Driver()
+    d.tick(True, True, 10)
+
+    def beyond_only(kind):  # the primary's gateways answer, its IPv4 beyond target does not
+        return kind is not ProbeKind.BEYOND4
+
+    for _ in range(3 * FALL):
+        d.now += TICK
+        d.feed(ProbeRound(tuple(
+            ProbeResult(role, kind, 0.001 if role is S or beyond_only(kind) else None, "x", TICK)
+            for role in (P, S) for kind in KINDS)))
+    hints = [a for a in d.actions if isinstance(a, BeyondSuspect)]
+    assert [(h.uplink, h.family) for h in hints] == [(P, V4)]
+    assert "path problem past this gateway" in hints[0].note
+    d.tick(True, True, RISE)  # the episode ends: a new one would be reported again
+    assert not d.state.suspects
+
+
+def test_no_hint_when_the_other_uplink_fails_beyond_too():
+    d = Driver()
+    d.tick(True, True, 10)
+    for _ in range(3 * FALL):
+        d.now += TICK
+        d.feed(ProbeRound(tuple(
+            ProbeResult(role, kind, None if kind is ProbeKind.BEYOND4 else 0.001, "x", TICK)
+            for role in (P, S) for kind in KINDS)))
+    assert not [a for a in d.actions if isinstance(a, BeyondSuspect)]
