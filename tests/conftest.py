@@ -4,8 +4,8 @@ the test's tmp_path), a fake clock, wait helpers, and the lab itself.
 Tests take these as fixtures (a test module never imports another one or this file):
 
 - `lab_site` (Path): the lab's site file, as the package ships it;
-- `site_copy(**changes)` -> Path: a copy of it in tmp_path, state_dir inside tmp_path and the
-  targets file by absolute path; `changes` replace top-level keys;
+- `site_copy(**changes)` -> Path: a copy of it in tmp_path, state_dir and control sockets
+  inside tmp_path and the targets file by absolute path; `changes` replace top-level keys;
 - `clock`: a `FakeClock` at 1000.0 s; `clock.now += 5` moves it;
 - `wait_for(check, timeout_s, step_s=0.05) -> float | None`: seconds until check() held, or
   None; `eventually(check, timeout_s, message)`: the same, failing the test with `message`;
@@ -91,6 +91,9 @@ def site_copy(tmp_path):
     def make(**changes) -> Path:
         raw = yaml.safe_load(LAB_SITE.read_text())
         raw["state_dir"] = str(tmp_path / "state")
+        # Sockets of its own: a test's daemon must not bind the lab's (another run's) paths.
+        raw["control"] = {**raw.get("control", {}), "agent": str(tmp_path / "agent.sock"),
+                          "controller": str(tmp_path / "controller.sock")}
         probe = raw["controller"]["probe"]
         probe["targets_file"] = str((LAB_SITE.parent / probe["targets_file"]).resolve())
         raw.update(changes)
