@@ -81,18 +81,6 @@ def edge_routes(lab, node: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def log_ts(lab, event: str, since: int, *words: str) -> float | None:
-    """Wall-clock ts of the first controller log line after byte `since` with `event=EVENT`
-    and every one of `words`."""
-    text = (Path(lab.run_dir) / "exabgp.out").read_bytes()[since:].decode("utf-8", "replace")
-    for line in text.splitlines():
-        if f"event={event}" in line and all(w in line for w in words):
-            m = re.match(r"ts=([\d.]+)", line)
-            if m:
-                return float(m.group(1))
-    return None
-
-
 def scale(lab, counts: list[int]) -> dict:
     """Announce, withdraw (blackhole t2) and re-announce `count` extra prefixes; seconds."""
     import yaml
@@ -115,7 +103,7 @@ def scale(lab, counts: list[int]) -> dict:
         os.kill(pid, signal.SIGTERM)  # ExaBGP respawns it with the new site file
         until(lambda w=want: edge_routes(lab, "t2") >= w, 120, hz=5)
         seen = time.time()
-        started = log_ts(lab, "start", mark) or killed
+        started = log_time(lab, "start", mark) or killed
         r = {"announce_from_start_s": seen - started, "announce_from_kill_s": seen - killed}
         until(lambda w=want: all(edge_routes(lab, t) >= w for t in ("t1", "t3", "t4")), 120, 5)
         time.sleep(3)  # the respawned controller's first window
@@ -124,14 +112,14 @@ def scale(lab, counts: list[int]) -> dict:
         faults.apply(lab, "transit-blackhole", "t2")
         until(lambda: edge_routes(lab, "t2") == 0, 120, hz=10)
         gone = time.time()
-        decided = log_ts(lab, "transition", mark, "upstream=t2", "new=failed") or fault
+        decided = log_time(lab, "transition", mark, "upstream=t2", "new=failed") or fault
         r["withdraw_from_fault_s"] = gone - fault
         r["withdraw_from_decision_s"] = gone - decided
         mark = logfile.stat().st_size
         faults.heal(lab)
         until(lambda w=want: edge_routes(lab, "t2") >= w, 120, hz=5)
         back = time.time()
-        healed = log_ts(lab, "transition", mark, "upstream=t2", "new=healthy") or back
+        healed = log_time(lab, "transition", mark, "upstream=t2", "new=healthy") or back
         r["reannounce_from_decision_s"] = back - healed
         out[str(count)] = r
         print(f"scale {count}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
