@@ -37,7 +37,13 @@ from pyroute2.netlink.rtnl import (
     RTMGRP_LINK,
 )
 
-from netwatch.adapters.policy_routing import RTPROT_NETWATCH, ProbePath, install_probe_path
+from netwatch.adapters.policy_routing import (
+    RTPROT_NETWATCH,
+    ProbePath,
+    install_probe_path,
+    install_unreachable,
+    is_unreachable_default,
+)
 
 IFF_UP = 0x1
 IFF_LOWER_UP = 0x10000
@@ -300,15 +306,20 @@ class Netlink:
         NetlinkError (link down, no such interface)."""
         source = str(path.source) if path.source is not None else None
         index = self._index_of(path.ifname)
-        route = rule = False
+        route = rule = unreachable = False
         async for msg in await self.ipr.route("dump", family=path.family, table=path.table):
-            route = route or (msg["dst_len"] == 0 and msg.get("table") == path.table
-                              and msg.get("prefsrc") == source and index is not None
-                              and msg.get("oif") == index)
+            if msg.get("table") != path.table:
+                continue
+            unreachable = unreachable or is_unreachable_default(msg)
+            route = route or (msg["dst_len"] == 0 and msg.get("prefsrc") == source
+                              and index is not None and msg.get("oif") == index)
         async for msg in await self.ipr.rule("dump", family=path.family):
             rule = rule or (msg.get("fwmark") == path.mark and msg.get("table") == path.table)
-        if route and rule:
+        if route and rule and unreachable:
             return False
+        if route and rule:
+            await install_unreachable(self.ipr, path)
+            return True
         await install_probe_path(self.ipr, path)
         return True
 

@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from netwatch.config import load_site
+
 pytestmark = pytest.mark.timeout(180)
 
 
@@ -99,3 +101,24 @@ def test_a_forced_failover_survives_an_agent_restart(lab, agent, forcing, wait_f
     assert status["forced"]["uplink"] == "secondary"
     ok(forcing("failover", "--auto", "--reason", "lab CHG-3 done"))
     assert wait_for(lambda: on(lab, "eth0"), 8, 0.1) is not None, agent.tail()
+
+
+def test_a_marked_probe_never_leaves_through_the_other_uplink(lab, agent, wait_for):
+    """With the secondary set admin-down the kernel flushes its probe table's route; a probe
+    marked for the secondary then meets the table's unreachable default, instead of falling
+    through to the main table and out of eth0 (a false "beyond answers")."""
+    site = load_site(lab.site_file).agent
+    mark, table = site.fwmark_base + 1, site.route_table_base + 1
+    shown = lab.exec("srv", "ip", "route", "show", "table", str(table)).stdout
+    assert "unreachable default" in shown and "metric 1000000" in shown, shown
+    shown6 = lab.exec("srv", "ip", "-6", "route", "show", "table", str(table)).stdout
+    assert "unreachable default" in shown6, shown6
+    lab.exec("srv", "ip", "link", "set", "eth1", "down")
+    try:
+        got = lab.exec("srv", "ip", "route", "get", "198.51.100.1", "mark", str(mark))
+        assert got.returncode != 0 and "eth0" not in got.stdout, \
+            f"a probe marked for the secondary: {got.stdout or got.stderr}"
+    finally:
+        lab.exec("srv", "ip", "link", "set", "eth1", "up")
+        assert wait_for(lambda: agent.uplinks_up() == {"primary": 1.0, "secondary": 1.0},
+                        15, 0.2) is not None, agent.tail()

@@ -236,13 +236,16 @@ def test_a_probe_table_through_another_interface_is_rewritten(monkeypatch):
     through 7; through 7 already, nothing is written."""
     from ipaddress import IPv4Address
 
-    from netwatch.adapters.policy_routing import ProbePath
+    from netwatch.adapters.policy_routing import RTN_UNREACHABLE, ProbePath
 
     path = ProbePath(mark=77, table=1000, gateway=IPv4Address("100.64.1.1"), ifname="eth0")
 
-    def writes(oif: int) -> list[tuple]:
+    def writes(oif: int, unreachable: bool = True) -> list[tuple]:
         scripted(monkeypatch, [], links=[link_message("RTM_NEWLINK", 7, "eth0", UP)])
-        monkeypatch.setattr(ScriptedSocket, "TABLE", [Message(dst_len=0, table=1000, oif=oif)])
+        table = [Message(dst_len=0, table=1000, oif=oif)]
+        if unreachable:
+            table.append(Message(dst_len=0, table=1000, type=RTN_UNREACHABLE))
+        monkeypatch.setattr(ScriptedSocket, "TABLE", table)
         monkeypatch.setattr(ScriptedSocket, "WRITES", [])
 
         async def main():
@@ -257,5 +260,8 @@ def test_a_probe_table_through_another_interface_is_rewritten(monkeypatch):
         asyncio.run(main())
         return ScriptedSocket.WRITES
 
-    assert writes(oif=2) == [("replace", 7)]
+    # the unreachable default (no oif) is written first, so it is there when the link is not
+    assert writes(oif=2) == [("replace", None), ("replace", 7)]
     assert writes(oif=7) == []
+    # A probe table without its unreachable default gets it, and only it.
+    assert writes(oif=7, unreachable=False) == [("replace", None)]
