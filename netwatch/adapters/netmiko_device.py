@@ -2,8 +2,9 @@
 and `DeviceSession` ports (netwatch.playbook.ports). I/O only.
 
 - Credentials come in as a `Credentials` (a password `Secret` or a key file) and go only to
-  netmiko; no message of this module contains one. Agent and `~/.ssh` keys are never used:
-  the inventory says exactly how a device is logged into.
+  netmiko; no message of this module contains one. Agent and `~/.ssh` keys are never used
+  (paramiko gets allow_agent=False, look_for_keys=False): the inventory says exactly how a
+  device is logged into. A key file is loaded here and must not need a passphrase.
 - With `known_hosts` in the inventory the device's host key must be in that file (paramiko's
   RejectPolicy); without it, netmiko accepts any host key, and `netwatch playbook run`
   says so in its plan.
@@ -27,9 +28,11 @@ CONNECT_TIMEOUT_S = 15.0
 
 def _errors() -> tuple[type[BaseException], ...]:
     from netmiko.exceptions import NetmikoBaseException
+    from paramiko.pkey import UnknownKeyType
     from paramiko.ssh_exception import SSHException
 
-    return (NetmikoBaseException, SSHException, OSError, EOFError, socket.timeout, ValueError)
+    return (NetmikoBaseException, SSHException, UnknownKeyType, OSError, EOFError,
+            socket.timeout, ValueError)
 
 
 class NetmikoSession:
@@ -68,6 +71,20 @@ class NetmikoSession:
         self._do("disconnect", self.connection.disconnect)
 
 
+def _login(credentials: Credentials) -> dict[str, Any]:
+    """netmiko's login parameters for `credentials`: the password, or the key file loaded
+    here as a paramiko key. Raises OSError if the key file cannot be read and paramiko's
+    SSHException if it is not a private key (or needs a passphrase)."""
+    if credentials.password is not None:
+        return {"password": credentials.password.reveal(), "use_keys": False}
+    from paramiko import PKey
+
+    # netmiko's use_keys=True becomes paramiko's look_for_keys=True, which also offers the
+    # ~/.ssh/id_* keys of whoever runs the playbook (usually root). Handing paramiko the
+    # loaded key with use_keys=False offers that key and no other.
+    return {"pkey": PKey.from_path(credentials.key_file), "use_keys": False, "password": None}
+
+
 class NetmikoConnector:
     def __init__(self, connect_timeout_s: float = CONNECT_TIMEOUT_S):
         self.connect_timeout_s = connect_timeout_s
@@ -86,15 +103,12 @@ class NetmikoConnector:
             "auth_timeout": self.connect_timeout_s,
             "banner_timeout": self.connect_timeout_s,
         }
-        if credentials.password is not None:
-            params.update(password=credentials.password.reveal(), use_keys=False)
-        else:
-            params.update(use_keys=True, key_file=credentials.key_file, password="")
         if device.known_hosts:
             params.update(ssh_strict=True, system_host_keys=False, alt_host_keys=True,
                           alt_key_file=device.known_hosts)
         where = f"{device.host}:{device.port}"
         try:
+            params.update(_login(credentials))
             connection = ConnectHandler(**params)
         except NetmikoAuthenticationException:
             raise ActionFailed(f"{name}: authentication failed at {where} for user "
