@@ -46,7 +46,7 @@ from pyroute2 import NetNS
 
 from netwatch.config import load_site
 from netwatch.lab import faults, lifecycle
-from netwatch.lab.handle import Lab
+from netwatch.lab.handle import Lab, is_running
 
 RESULTS = Path(__file__).resolve().parent / "results" / "chaos.json"
 TRANSITS = ("t1", "t2", "t3", "t4")
@@ -201,7 +201,9 @@ def daemon_pids(lab: Lab) -> dict[str, int]:
     if children:
         pids["controller"] = children[0]
     with contextlib.suppress(OSError, ValueError, IndexError):
-        pids["agent"] = int((lab.run_dir / "chaos-agent.pid").read_text().split()[0])
+        pid = int((lab.run_dir / "chaos-agent.pid").read_text().split()[0])
+        if b"agent" in Path(f"/proc/{pid}/cmdline").read_bytes():
+            pids["agent"] = pid
     return pids
 
 
@@ -255,8 +257,17 @@ def operator(lab: Lab, *argv: str) -> int:
     return subprocess.run([*cmd, "--socket", sock], capture_output=True, timeout=20).returncode
 
 
+def _is_controller(lab: Lab, pids: dict[str, int]) -> bool:
+    """Whether `pids["controller"]` is still this lab's controller (ExaBGP's child)."""
+    try:
+        cmdline = Path(f"/proc/{pids['controller']}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"controller" in cmdline and str(lab.site_file).encode() in cmdline
+
+
 def act(lab: Lab, rng: random.Random, active: dict, forced: threading.Event,
-        counts: Counter) -> None:
+        counts: Counter, supervisor: Supervisor) -> None:
     """Draw one action and carry it out; record faults to heal in `active` (target -> when)."""
     gateways_down = {t for t, (kind, _) in active.items() if kind == "link-down" and
                      t in ("gwa", "gwb")}
@@ -278,11 +289,13 @@ def act(lab: Lab, rng: random.Random, active: dict, forced: threading.Event,
         return  # one fault per target, and never both uplinks' links at once
     heal_at = time.monotonic() + rng.uniform(3, 20)
     pids = daemon_pids(lab)
-    if kind == "kill-agent" and "agent" in pids:
-        os.kill(pids["agent"], signal.SIGKILL)
-    elif kind == "kill-controller" and "controller" in pids:
+    # Only processes this bench started, checked at the moment of the kill: a pidfile of a
+    # daemon that died a moment ago may name a PID the system has given to another process.
+    if kind == "kill-agent" and supervisor.agent is not None and supervisor.agent.poll() is None:
+        supervisor.agent.kill()
+    elif kind == "kill-controller" and "controller" in pids and _is_controller(lab, pids):
         os.kill(pids["controller"], signal.SIGKILL)
-    elif kind == "kill-exabgp" and "exabgp" in pids:
+    elif kind == "kill-exabgp" and is_running(lab.pidfile("exabgp"), "exabgp"):
         os.kill(pids["exabgp"], signal.SIGKILL)
     elif kind == "restart-exabgp":
         with contextlib.suppress(Exception):
@@ -357,7 +370,7 @@ def main() -> int:
             supervisor.tick()
             heal_due(lab, active, forced)
             if time.monotonic() >= next_at:
-                act(lab, rng, active, forced, counts)
+                act(lab, rng, active, forced, counts, supervisor)
                 next_at = time.monotonic() + rng.uniform(0.5, 1.5) * args.fault_every_s
             time.sleep(0.2)
         heal_due(lab, active, forced, everything=True)

@@ -79,11 +79,18 @@ def _beyond_checks(site: Site) -> list[tuple[Loc, str]]:
     agent = site.agent
     if agent is None:
         return []
+    found: list[tuple[Loc, str]] = []
+    for i, net in enumerate(agent.probe.internal_prefixes):
+        widest = 8 if net.version == 4 else 16
+        if net.prefixlen < widest:  # 0.0.0.0/0 would let every internet target in
+            found.append((("agent", "probe", "internal_prefixes", i),
+                          f"'{net}' is wider than /{widest}: not a range of ours"))
+    if found:
+        return found
     inside = [*site.prefixes, *agent.probe.internal_prefixes]
     external = set()
     if site.controller is not None:
         external = {t.address for t in site.controller.probe.targets}
-    found: list[tuple[Loc, str]] = []
     for i, target in enumerate(agent.probe.beyond):
         where = ("agent", "probe", "beyond", i)
         if target in external:
@@ -97,11 +104,29 @@ def _beyond_checks(site: Site) -> list[tuple[Loc, str]]:
     return found
 
 
+def _overlap_checks(site: Site) -> list[tuple[Loc, str]]:
+    """An agent and a controller on one host (one site file): their probe tables and fwmarks
+    must not overlap, or one's policy routes would send the other's probes."""
+    if site.agent is None or site.controller is None:
+        return []
+    agent, ctl = site.agent, site.controller
+    n = 2 * len(ctl.upstreams)
+    found = []
+    for key, mine, theirs in (
+        ("route_table_base", agent.route_table_base, ctl.route_table_base),
+        ("fwmark_base", agent.fwmark_base, ctl.fwmark_base),
+    ):
+        if set(range(mine, mine + 2)) & set(range(theirs, theirs + n)):
+            found.append((("agent", key), f"{mine}..{mine + 1} overlaps the controller's "
+                                          f"{theirs}..{theirs + n - 1}"))
+    return found
+
+
 def probe_checks(site: Site) -> list[tuple[Loc, str]]:
     """Checks that need the controller's targets (from `targets_file` too): beyond targets
     are ours, every session of every upstream can be judged, and a lost probe is counted
     inside the window."""
-    found = _beyond_checks(site)
+    found = _beyond_checks(site) + _overlap_checks(site)
     ctl = site.controller
     if ctl is None:
         return found

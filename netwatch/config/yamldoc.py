@@ -100,9 +100,11 @@ class Document:
 def read_yaml(path: Path, shown: str) -> Document:
     """Parse one YAML file, recording the line of every key. Raises ConfigError."""
     try:
-        if path.stat().st_size > MAX_BYTES:
+        with open(path, "rb") as handle:  # at most MAX_BYTES + 1: a FIFO or /dev/zero too
+            raw = handle.read(MAX_BYTES + 1)
+        if len(raw) > MAX_BYTES:
             raise ConfigError([Problem(shown, None, "", f"larger than {MAX_BYTES} bytes")])
-        text = path.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise ConfigError([Problem(shown, None, "", "no such file")]) from None
     except (OSError, UnicodeDecodeError) as exc:

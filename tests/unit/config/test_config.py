@@ -595,3 +595,26 @@ def test_an_upstream_the_controller_cannot_probe_is_refused(tmp_path: Path) -> N
     assert errors_of(write(tmp_path, text)) == [
         f"{tmp_path}/site.yaml:8: controller.upstreams[1].interface: required key is missing"
     ]
+
+
+
+def test_a_wide_internal_range_cannot_let_internet_targets_in(tmp_path: Path):
+    agent = AGENT.replace(
+        '{beyond: [203.0.113.9, "2001:db8:9::9"]}',
+        "{beyond: [8.8.8.8], internal_prefixes: [0.0.0.0/0]}",
+    ).replace('gateway6: "fe80::1"', "gateway6: null")
+    errors = errors_of(write(tmp_path, MINIMAL + agent))
+    assert any("agent.probe.internal_prefixes[0]: '0.0.0.0/0' is wider than /8" in e
+               for e in errors), errors
+
+
+def test_the_agents_and_the_controllers_probe_tables_and_marks_do_not_overlap(tmp_path: Path):
+    agent = AGENT.replace(
+        '{beyond: [203.0.113.9, "2001:db8:9::9"]}', "{beyond: [198.51.100.9]}"
+    ).replace('gateway6: "fe80::1"', "gateway6: null")
+    agent += "  route_table_base: 2000\n  fwmark_base: 0x4E581\n"
+    errors = errors_of(write(tmp_path, MINIMAL + agent))
+    assert any("agent.route_table_base: 2000..2001 overlaps the controller's 2000..2005" in e
+               for e in errors), errors
+    assert any("agent.fwmark_base: 320897..320898 overlaps the controller's" in e
+               for e in errors), errors

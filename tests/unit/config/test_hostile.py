@@ -74,3 +74,9 @@ def test_a_file_over_a_mebibyte_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_site(path)
     assert caught.value.errors == [f"{path}: larger than 1048576 bytes"]
+
+
+def test_an_endless_file_is_read_no_further_than_the_limit() -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_site("/dev/zero")
+    assert caught.value.errors == ["/dev/zero: larger than 1048576 bytes"]
