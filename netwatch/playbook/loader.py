@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +40,18 @@ class PlaybookFile:
 
     path: Path
     playbook: Playbook
+    lines: Mapping[Loc, int] = field(default_factory=dict)  # the line of each key in the file
 
     @property
     def name(self) -> str:
         return self.playbook.name
+
+    def where(self, loc: Loc) -> str:
+        """`FILE:LINE` of `loc` (or of its nearest ancestor in the file), for messages."""
+        for end in range(len(loc), -1, -1):
+            if loc[:end] in self.lines:
+                return f"{self.path}:{self.lines[loc[:end]]}"
+        return str(self.path)
 
 
 def load_playbook(path: str | Path) -> PlaybookFile:
@@ -58,7 +66,7 @@ def load_playbook(path: str | Path) -> PlaybookFile:
     problems += _template_file_problems(playbook, doc, path)
     if problems:
         raise ConfigError(problems)
-    return PlaybookFile(path, playbook)
+    return PlaybookFile(path, playbook, doc.lines)
 
 
 def _problem(doc: Document, loc: Loc, message: str) -> Problem:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from netwatch.config.errors import Loc
 from netwatch.control import leases
 from netwatch.control.protocol import (
     FAILOVER_AUTO,
@@ -31,7 +32,7 @@ from netwatch.control.protocol import (
 from netwatch.core import validators
 from netwatch.playbook import conditions
 from netwatch.playbook.inventory import Device, Inventory
-from netwatch.playbook.loader import PlaybookFile
+from netwatch.playbook.loader import PlaybookFile, shipped_dir
 from netwatch.playbook.schema import (
     UPLINK_STATES,
     UPSTREAM_STATES,
@@ -219,7 +220,7 @@ class _Resolver:
             self.fail(where, str(exc))
             return 0.0
 
-    def step(self, label: str, step: Step) -> PlannedStep | None:
+    def step(self, label: str, step: Step, loc: Loc) -> PlannedStep | None:
         where = f"step {label}"
         kind = step.kind
         before = len(self.problems)
@@ -229,7 +230,7 @@ class _Resolver:
         elif kind == "wait":
             action = self.wait(where, step.wait)
         elif kind == "check":
-            action = self.check(where, step.check)
+            action = self.check(where, step.check, loc)
         elif kind == "device":
             action = self.device_run(where, step.device)
         elif kind == "diagnose":
@@ -331,6 +332,24 @@ class _Resolver:
         self.devices[name] = device
         return name, device
 
+    def template_file(self, where: str, value: str, loc: Loc) -> str | None:
+        """The absolute path of a TextFSM template `value` (relative to the playbook), which
+        must resolve (symbolic links followed) inside the playbook's directory or the shipped
+        templates: a parameter must not make a check read any file on the host."""
+        relative = self.text(where, value)
+        if relative is None:
+            return None
+        path = (self.pf.path.parent / relative).resolve()
+        roots = [self.pf.path.parent.resolve()]
+        if (shipped := shipped_dir()) is not None:
+            roots.append((shipped / "templates").resolve())
+        if not any(path.is_relative_to(root) for root in roots):
+            self.fail(f"{self.pf.where(loc)}: {where}",
+                      f"{shown(relative)} resolves to {path}, outside "
+                      f"{' and '.join(str(r) for r in roots)}")
+            return None
+        return str(path)
+
     def device_line(self, where: str, value: str) -> str:
         line = self.text(where, value, Mode.DEVICE)
         if line is None:
@@ -341,7 +360,7 @@ class _Resolver:
             self.fail(where, str(exc))
             return ""
 
-    def check(self, where: str, c: CheckStep) -> CheckState | CheckDevice:
+    def check(self, where: str, c: CheckStep, loc: Loc) -> CheckState | CheckDevice:
         if c.netwatch is not None:
             return CheckState(self.condition(f"{where}: check.netwatch", c.netwatch))
         name, device = self.device_of(f"{where}: check.device", c.device)
@@ -350,8 +369,8 @@ class _Resolver:
             t = c.textfsm
             template = None
             if t.template is not None:
-                relative = self.text(f"{where}: check.textfsm.template", t.template) or ""
-                template = str((self.pf.path.parent / relative).resolve())
+                template = self.template_file(f"{where}: check.textfsm.template", t.template,
+                                              (*loc, "check", "textfsm", "template"))
             fsm = TextFsmCheck(
                 template,
                 {k: self.text(f"{where}: check.textfsm.where.{k}", v) for k, v in t.where.items()},
@@ -394,8 +413,9 @@ def resolve(pf: PlaybookFile, given: Mapping[str, str], inventory: Inventory | N
     if problems:
         raise PlanError(problems)
     r = _Resolver(pf, values, inventory)
-    steps = [r.step(str(i), s) for i, s in enumerate(pf.playbook.steps, 1)]
-    rollback = [r.step(f"R{i}", s) for i, s in enumerate(pf.playbook.rollback, 1)]
+    steps = [r.step(str(i), s, ("steps", i - 1)) for i, s in enumerate(pf.playbook.steps, 1)]
+    rollback = [r.step(f"R{i}", s, ("rollback", i - 1))
+                for i, s in enumerate(pf.playbook.rollback, 1)]
     if r.problems:
         raise PlanError(r.problems)
     return Plan(pf.name, pf.path, values, tuple(s for s in steps if s),

@@ -196,3 +196,43 @@ def test_the_dry_run_of_every_shipped_playbook(name, capsys, tmp_path):
     for i in range(1, len(pf.playbook.steps) + 1):
         assert f"\n  {i:>3}. " in out  # every step is shown
     assert not trail.exists()
+
+
+TEMPLATE_PARAM = (
+    "name: p\ndescription: d\nparams:\n  template: {type: string, required: true}\n"
+    "steps:\n  - check:\n      device: jump1\n      command: show bgp summary\n"
+    "      textfsm:\n        template: '{{ template }}'\n")
+
+
+@pytest.mark.parametrize("template", ["../../../../etc/passwd", "/etc/shadow",
+                                      "templates/../../outside.textfsm"])
+def test_a_textfsm_template_outside_the_playbooks_directory_is_refused(write_playbook, template):
+    path = write_playbook(TEMPLATE_PARAM)
+    pf = load_playbook(path)
+    with pytest.raises(PlanError) as caught:
+        resolve(pf, {"template": template}, load_inventory(INVENTORY))
+    [problem] = caught.value.problems
+    assert problem.startswith(f"{path}:10: step 1: check.textfsm.template: {template!r} "
+                              "resolves to ")
+    assert "outside" in problem
+
+
+def test_a_textfsm_template_through_a_symbolic_link_out_of_the_directory_is_refused(
+        write_playbook, tmp_path):
+    (tmp_path / "templates").symlink_to("/etc")
+    pf = load_playbook(write_playbook(TEMPLATE_PARAM))
+    with pytest.raises(PlanError, match="resolves to /etc/passwd, outside"):
+        resolve(pf, {"template": "templates/passwd"}, load_inventory(INVENTORY))
+
+
+def test_a_textfsm_template_beside_the_playbook_or_shipped_is_used(write_playbook, tmp_path,
+                                                                    shipped):
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "mine.textfsm").write_text("Value A (\\S+)\n\nStart\n")
+    pf = load_playbook(write_playbook(TEMPLATE_PARAM))
+    plan = resolve(pf, {"template": "templates/mine.textfsm"}, load_inventory(INVENTORY))
+    assert plan.steps[0].action.textfsm.template == str(tmp_path / "templates" / "mine.textfsm")
+
+    shipped_template = shipped / "templates" / "bgp_summary.textfsm"
+    plan = resolve(pf, {"template": str(shipped_template)}, load_inventory(INVENTORY))
+    assert plan.steps[0].action.textfsm.template == str(shipped_template.resolve())
