@@ -3,10 +3,19 @@ own config, host key and throwaway users, driven by netmiko; and FRR's vtysh as 
 router CLI (netmiko's cisco_ios) in a namespace pair where FRR's bgpd peers with a BIRD.
 
 One `rig` for the module (one sshd, one FRR, one BIRD): two throwaway users, `nwpb<hex>l`
-with bash (netmiko's `linux`) and `nwpb<hex>r` whose login shell is vtysh. Everything is
-removed afterwards, whatever happened: the daemons (by PID), the users, the namespaces
-(`nwpb-<hex>-frr`, `-bird`), the files. Addresses: 127.0.0.1 for sshd, 100.64.97.0/30
-between FRR and BIRD, inside their namespaces only.
+with bash (netmiko's `linux`) and `nwpb<hex>r` whose login shell is vtysh, `<hex>` new for
+every run. Everything is removed afterwards, whatever happened: the daemons (by PID), the
+users, the namespaces (`nwpb-<hex>-frr`, `-bird`), the files. Addresses: 127.0.0.1 for sshd
+(checked: it listens nowhere else), 100.64.97.0/30 between FRR and BIRD, inside their
+namespaces only.
+
+The users have passwords (the password logins are what is tested), so a run killed before
+its cleanup must not leave a usable account behind:
+- their login shells are wrappers that start bash or vtysh only in an SSH session to this
+  run's sshd port, and refuse any other login (the host's own sshd, su, a console);
+- the accounts expire the day after they were made (sshd and login refuse expired ones);
+- every run first removes `nwpb<hex>l`/`r` users left by a run whose process is gone (each
+  user's comment names the pytest PID that made it).
 """
 
 from __future__ import annotations
@@ -14,6 +23,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pwd
+import re
 import secrets
 import shutil
 import socket
@@ -22,6 +33,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -47,6 +59,60 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+THROWAWAY_USER = re.compile(r"^nwpb[0-9a-f]{6}[lr]$")
+THROWAWAY_COMMENT = "netwatch lab test, pid "
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale_users() -> list[str]:
+    """Remove the throwaway users of runs whose pytest process is gone; returns their names.
+    A user of a run still going (another job on this host) is left alone."""
+    removed = []
+    for entry in pwd.getpwall():
+        if not THROWAWAY_USER.match(entry.pw_name):
+            continue
+        owner = entry.pw_gecos.removeprefix(THROWAWAY_COMMENT)
+        if owner.isdigit() and int(owner) != os.getpid() and _alive(int(owner)):
+            continue
+        _run("userdel", entry.pw_name, check=False)
+        removed.append(entry.pw_name)
+    return removed
+
+
+def _add_user(name: str, home: Path, shell: Path, *extra: str) -> None:
+    """A throwaway user: `shell` as its login shell, expiring tomorrow (UTC days, as shadow
+    counts them), with this process's PID in its comment for `_remove_stale_users`."""
+    expires = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    _run("useradd", "-M", "-d", str(home), "-s", str(shell), "-e", expires,
+         "-c", f"{THROWAWAY_COMMENT}{os.getpid()}", *extra, name)
+
+
+def _session_only_shell(path: Path, port: int, program: str) -> Path:
+    """A login shell that runs `program` only for an SSH session to 127.0.0.1:`port` (sshd
+    sets SSH_CONNECTION to "client port server port"), and refuses every other login."""
+    path.write_text(
+        "#!/bin/sh\n"
+        f'case "$SSH_CONNECTION" in\n  *" 127.0.0.1 {port}") exec {program} "$@" ;;\nesac\n'
+        "echo 'not a login account' >&2\nexit 1\n")
+    path.chmod(0o755)
+    return path
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """Local addresses with a TCP socket listening on `port`, in this namespace."""
+    out = _run("ss", "-Hltn", f"sport = :{port}").stdout
+    return {line.split()[3].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()}
 
 
 def _wait(check, timeout_s: float, step_s: float = 0.1) -> bool:
@@ -113,6 +179,7 @@ def rig():
     for program in (SSHD, VTYSH, BGPD):
         if not os.path.exists(program):
             pytest.skip(f"{program} missing: scripts/install installs openssh-server and frr")
+    _remove_stale_users()
     tag = secrets.token_hex(3)
     home = Path(tempfile.mkdtemp(prefix=f"nwpb-{tag}-", dir="/tmp"))
     home.chmod(0o755)  # the throwaway users read their shell wrapper and keys here
@@ -157,16 +224,17 @@ def rig():
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
         # --- the throwaway users ---
+        port = _free_port()
         linux_user, router_user = f"nwpb{tag}l", f"nwpb{tag}r"
         linux_home = home / "linux"
         linux_home.mkdir()
-        shell = home / "vtysh-shell"
-        shell.write_text(f'#!/bin/sh\nexec {VTYSH} --vty_socket {frr_dir} "$@"\n')
-        shell.chmod(0o755)
-        _run("useradd", "-M", "-d", str(linux_home), "-s", "/bin/bash", linux_user)
+        bash = _session_only_shell(home / "bash-shell", port, "/bin/bash")
+        vtysh = _session_only_shell(home / "vtysh-shell", port,
+                                    f"{VTYSH} --vty_socket {frr_dir}")
         users.append(linux_user)
-        _run("useradd", "-M", "-d", str(home), "-s", str(shell), "-G", "frrvty", router_user)
+        _add_user(linux_user, linux_home, bash)
         users.append(router_user)
+        _add_user(router_user, home, vtysh, "-G", "frrvty")
         shutil.chown(linux_home, linux_user, linux_user)
         passwords = {u: secrets.token_urlsafe(12) for u in users}
         _run("chpasswd", input="".join(f"{u}:{p}\n" for u, p in passwords.items()))
@@ -174,10 +242,10 @@ def rig():
 
         # --- sshd, its own config, host key and port ---
         _run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / "host_key"))
-        port = _free_port()
         config = home / "sshd_config"
         config.write_text(
-            f"ListenAddress 127.0.0.1:{port}\nHostKey {home}/host_key\nPidFile {home}/sshd.pid\n"
+            f"AddressFamily inet\nListenAddress 127.0.0.1:{port}\nHostKey {home}/host_key\n"
+            f"PidFile {home}/sshd.pid\n"
             "UsePAM no\nPasswordAuthentication yes\nKbdInteractiveAuthentication no\n"
             f"PubkeyAuthentication yes\nAuthorizedKeysFile {home}/keys/%u\n"
             f"AllowUsers {linux_user} {router_user}\nPermitRootLogin no\n"
@@ -196,6 +264,7 @@ def rig():
                 return sock.connect_ex(("127.0.0.1", port)) == 0
 
         assert _wait(listening, 10), (home / "sshd.log").read_text()
+        assert _listening_addresses(port) == {"127.0.0.1"}
         rig = Rig(home, port, linux_user, passwords[linux_user], linux_home, router_user,
                   passwords[router_user], (home / "host_key.pub").read_text().strip(),
                   namespaces[0], namespaces[1], bird_socket)
@@ -213,11 +282,22 @@ def rig():
             os.kill(int((home / "bird.pid").read_text().split()[0]), 15)
         for user in users:
             _run("userdel", user, check=False)
+        _remove_stale_users()
         for ns in namespaces:
             _run("ip", "netns", "del", ns, check=False)
         if made_privsep:
             shutil.rmtree("/run/sshd", ignore_errors=True)
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_the_throwaway_users_log_in_only_through_the_rigs_sshd(rig):
+    today = int(time.time() // 86400)
+    for user in (rig.linux_user, rig.router_user):
+        done = _run("su", "-", user, "-c", "id -un", check=False)
+        assert done.returncode != 0, done.stdout
+        assert "not a login account" in done.stderr
+        expires_day = int(_run("getent", "shadow", user).stdout.split(":")[7])
+        assert today <= expires_day <= today + 1
 
 
 def run_playbook(rig: Rig, *argv: str, trail: Path, env: dict | None = None):
