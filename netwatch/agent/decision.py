@@ -37,8 +37,11 @@ whole decision:
   soon as it is UP there (no hold-down: the operator chose it). The safety rules stay above
   the lease: the forced uplink is left like any other when its link is lost or it is DOWN
   while the other is UP, since a route through a dead link or a silent gateway is no route;
-  the family returns once the forced uplink is UP again. Forcing onto an uplink that is not
-  UP moves nothing until it is. When the lease ends (`Force(None)`) normal behaviour returns:
+  the family returns once the forced uplink has been UP, without a failed probe, for
+  `hold_down_s`, like any restored uplink (a gateway that answers `rise` probes between
+  silences would otherwise move the routes back and forth every second). Forcing onto an
+  uplink that is not UP moves nothing until it is, then moves at once (the lease's own move
+  needs no hold-down). When the lease ends (`Force(None)`) normal behaviour returns:
   the primary's hold-down was counted all along, so a primary stable for `hold_down_s`
   takes the families back at once (with manual failback too: ending the lease is the
   operator's order to return; a primary not yet stable then waits for an operator).
@@ -378,16 +381,31 @@ class Settings:
 
 @dataclass(frozen=True)
 class FamilyRoute:
-    """One managed family's default route: which uplink carries it, since when the primary
-    has been stable in this family (failback), and whether both uplinks are DOWN in it."""
+    """One managed family's default route: which uplink carries it, since when each uplink
+    has been stable in this family (failback, and the return to a forced uplink), whether
+    both uplinks are DOWN in it, and whether it left the forced uplink for a safety reason
+    while the lease holds (its return then waits for the hold-down)."""
 
     mode: Mode
     primary_stable: HoldDown
+    secondary_stable: HoldDown
     both_down: bool = False
+    left_forced: bool = False
 
     @property
     def active(self) -> UplinkRole | None:
         return self.mode.role
+
+    def stable(self, role: UplinkRole) -> HoldDown:
+        """Since when `role` has been UP in this family without a failed probe."""
+        if role is UplinkRole.PRIMARY:
+            return self.primary_stable
+        return self.secondary_stable
+
+    def with_stable(self, role: UplinkRole, held: HoldDown) -> FamilyRoute:
+        if role is UplinkRole.PRIMARY:
+            return replace(self, primary_stable=held)
+        return replace(self, secondary_stable=held)
 
 
 @dataclass(frozen=True)
@@ -428,7 +446,8 @@ def initial_state(settings: Settings) -> State:
     fresh = Hysteresis(fall=settings.fall, rise=settings.rise)
     view = UplinkView(carrier=None, probes=tuple((k, fresh) for k in settings.kinds),
                       families=dict.fromkeys(settings.families, Health.UNKNOWN))
-    route = FamilyRoute(Mode.STARTING, HoldDown(settings.hold_down_s))
+    held = HoldDown(settings.hold_down_s)
+    route = FamilyRoute(Mode.STARTING, primary_stable=held, secondary_stable=held)
     return State(
         settings=settings,
         routing=dict.fromkeys(settings.families, route),
@@ -485,6 +504,13 @@ def step(state: State, obs: Observation, now: float) -> tuple[State, list[Action
                 state = _with_route(state, family, _transition(route, Mode.using(adopted)))
     elif isinstance(obs, Force):
         ended = obs.uplink is None
+        previous = state.forced.uplink if state.forced is not None else None
+        if obs.uplink is not previous:
+            # A new lease, or none: what the old one's forced uplink did no longer matters.
+            # A renewed lease (the same uplink) keeps it: the hold-down still applies.
+            for family, route in state.routing.items():
+                if route.left_forced:
+                    state = _with_route(state, family, replace(route, left_forced=False))
         state = replace(state, forced=None if ended else obs)
         state = _decide(state, now, actions, unforced=ended)
         state = _repair_routes(state, actions)
@@ -527,7 +553,7 @@ def steady(state: State, role: UplinkRole, now: float) -> bool:
         active = route.mode.role
         if active is None or routes.get(family) is not active:
             return False
-        if role is UplinkRole.PRIMARY and route.primary_stable.since is None:
+        if route.stable(role).since is None:
             return False
         if active is UplinkRole.SECONDARY and auto and route.primary_stable.ready(now):
             return False
@@ -619,14 +645,13 @@ def _set_view(state: State, role: UplinkRole, view: UplinkView, why: dict[Family
     uplinks = dict(state.uplinks)
     uplinks[role] = view
     state = replace(state, uplinks=uplinks)
-    if role is UplinkRole.PRIMARY:
-        for family in why:
-            # Stable means UP with no failed probe since: one lost probe restarts the hold-down.
-            stable = families[family] is Health.UP and not view.failing_now(family)
-            route = state.routing[family]
-            held = route.primary_stable.update(stable, now)
-            if held is not route.primary_stable:
-                state = _with_route(state, family, replace(route, primary_stable=held))
+    for family in why:
+        # Stable means UP with no failed probe since: one lost probe restarts the hold-down.
+        stable = families[family] is Health.UP and not view.failing_now(family)
+        route = state.routing[family]
+        held = route.stable(role).update(stable, now)
+        if held is not route.stable(role):
+            state = _with_route(state, family, route.with_stable(role, held))
     return state
 
 
@@ -666,7 +691,10 @@ def _decide(state: State, now: float, actions: list[Action], unforced: bool = Fa
               and not other_view.failing_now(family)):
             moves.setdefault((active, other, _cause(view, family)), []).append(family)
         elif (forced is other and other_view.families[family] is Health.UP
-              and not other_view.failing_now(family)):
+              and not other_view.failing_now(family)
+              and (not route.left_forced or route.stable(other).ready(now))):
+            # Once a safety rule took the family off the forced uplink, it goes back only
+            # after the hold-down, like to any uplink that failed.
             moves.setdefault((active, other, FailoverCause.OPERATOR), []).append(family)
         elif (active is UplinkRole.SECONDARY and failback
               and route.primary_stable.ready(now) and not _joins_later(state, family, now)):
@@ -741,8 +769,16 @@ def _switch(state: State, families: tuple[Family, ...], to: UplinkRole, cause: F
             reason: str, actions: list[Action]) -> State:
     previous = state.routing[families[0]].mode.role
     routes = state.routes or RouteSnapshot(v4=None, v6=None)
+    forced = state.forced.uplink if state.forced is not None else None
+    # Leaving the forced uplink for anything but an operator's order is a safety move.
+    left_forced = (forced is not None and previous is forced
+                   and cause in (FailoverCause.CARRIER, FailoverCause.GATEWAY,
+                                 FailoverCause.BEYOND))
     for family in families:
-        state = _with_route(state, family, _transition(state.routing[family], Mode.using(to)))
+        route = _transition(state.routing[family], Mode.using(to))
+        if left_forced or to is forced:
+            route = replace(route, left_forced=left_forced)
+        state = _with_route(state, family, route)
         # The route now matches the new choice as far as this state knows: a later snapshot
         # that still shows the old uplink (read before the replace landed) is repaired
         # again, which is idempotent.

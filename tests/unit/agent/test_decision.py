@@ -729,14 +729,17 @@ def test_an_ended_forced_failover_returns_with_manual_failback_too():
     assert d.on(P)
 
 
-def test_a_forced_uplink_that_fails_is_left_and_taken_again_when_up():
+def test_a_forced_uplink_that_fails_is_left_and_taken_again_after_its_hold_down():
     d = Driver()
     d.tick(True, True, 10)
     d.feed(Force(S, "CHG-1"))
     d.tick(True, False, FALL)  # the forced uplink's gateway goes silent, the primary works
     assert d.on(P)
-    d.tick(True, True, RISE)  # no hold-down back onto the uplink the operator chose
+    d.tick(True, True, RISE)  # UP again: its hold-down starts
+    assert d.on(P)
+    d.tick(True, True, int(HOLD / TICK) + 1)
     assert d.on(S)
+    assert d.failovers()[-1].cause is OPERATOR
 
 
 def test_a_forced_uplink_whose_link_is_dead_never_leaves_the_server_without_a_route():
@@ -803,3 +806,83 @@ def test_no_hint_when_the_other_uplink_fails_beyond_too():
             ProbeResult(role, kind, None if kind is ProbeKind.BEYOND4 else 0.001, "x", TICK)
             for role in (P, S) for kind in KINDS)))
     assert not [a for a in d.actions if isinstance(a, BeyondSuspect)]
+
+
+# ------------------------------------------- forced failover: hold-down after a safety failover
+
+
+def test_a_forced_uplink_that_flaps_does_not_flap_the_routes():
+    """Forced onto a secondary that is silent for `fall` probes, then answers `rise`, over and
+    over: the first failure moves the routes away, and they stay away while it flaps."""
+    d = Driver()
+    d.tick(True, True, 10)
+    d.feed(Force(S, "CHG-1"))
+    assert d.on(S)
+    for _ in range(5):
+        d.tick(True, False, FALL)
+        d.tick(True, True, RISE)
+    assert d.on(P)
+    assert [f.cause for f in d.failovers()] == [OPERATOR, GATEWAY]
+
+
+def test_a_forced_uplink_left_for_its_link_is_taken_again_after_the_hold_down():
+    d = Driver()
+    d.tick(True, True, 10)
+    d.feed(Force(S, "CHG-1"))
+    d.link(S, Carrier.NO_CARRIER)
+    assert d.on(P)
+    d.link(S, Carrier.UP)
+    d.tick(True, True, RISE)
+    start = d.now  # UP again: its hold-down starts
+    while d.on(P):
+        d.tick(True, True)
+    assert d.now - start == pytest.approx(HOLD, abs=2 * TICK)
+    assert d.failovers()[-1].cause is OPERATOR
+
+
+# Runs of identical probe rounds (a gateway silent for a while, then answering), link events
+# and lease changes.
+# and lease changes; the forced uplink's gateway mostly answers or is silent as a whole.
+probe_run = st.tuples(uplink_round, st.one_of(st.booleans(), uplink_round), st.integers(1, 8))
+forced_steps = st.lists(st.one_of(probe_run, probe_run, probe_run, link_event,
+                                  st.sampled_from([P, S, None])), min_size=4, max_size=100)
+
+
+@settings(max_examples=200, deadline=None)
+@given(forced_steps)
+def test_a_forced_uplink_that_went_down_is_not_used_again_before_the_hold_down(seq):
+    """Over any run of probe rounds, link events and leases (`P`, `S`: Force onto it; None:
+    the lease ends), a family that left the forced uplink while the lease held (it went DOWN
+    or lost its link) returns to it only once it has been UP, without a failed probe, for
+    hold_down_s: never sooner than hold_down_s after its last bad verdict. (The safety rules
+    still apply: with the other uplink failing too, the family goes where it can, as ever.)"""
+    d = Driver()
+    d.tick(True, True, RISE)  # both UP: a lease moves at once
+    bad_since: dict[tuple[UplinkRole, Family], float] = {}  # last time seen DOWN or failing
+    left: set[Family] = set()  # families that left the forced uplink during this lease
+    forced = None
+    for item in seq:
+        active_before = {f: d.state.active(f) for f in (V4, V6)}
+        n_before = len(d.failovers())
+        if item is None or isinstance(item, UplinkRole):
+            if item is not forced:
+                left.clear()
+            forced = item
+            d.feed(Force(item, "lease"))
+        else:
+            d.run([item])
+        for role in (P, S):
+            view = d.state.uplinks[role]
+            for family in (V4, V6):
+                if view.families[family] is not Health.UP or view.failing_now(family):
+                    bad_since[role, family] = d.now
+        for failover in d.failovers()[n_before:]:
+            for family in failover.families:
+                if failover.cause is OPERATOR and family in left:
+                    assert failover.to_uplink is forced
+                    assert d.now - bad_since[forced, family] >= HOLD - 1e-9
+                if failover.to_uplink is forced:
+                    left.discard(family)
+                elif (forced is not None and active_before[family] is forced
+                      and failover.cause is not OPERATOR):
+                    left.add(family)
