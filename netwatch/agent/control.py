@@ -44,7 +44,7 @@ from netwatch.control.audit import AuditLog, audit_path
 from netwatch.control.keeper import LeaseKeeper
 from netwatch.control.leases import Lease, LeaseKind
 from netwatch.control.metrics import ControlMetrics
-from netwatch.control.protocol import Command, Peer, Request
+from netwatch.control.protocol import Command, Peer, Request, Unavailable
 from netwatch.control.server import ControlServer
 from netwatch.control.store import LeaseStore
 from netwatch.core.vocabulary import Health, UplinkRole
@@ -215,13 +215,16 @@ class AgentControl:
 
     async def keep_time(self) -> None:
         """The lease clock: `tick` at the lease's expiry, at every change, and at least every
-        TICK_S. A failing tick is logged and tried again at the next one."""
+        TICK_S. A tick that fails on the lease book's I/O (`Unavailable`, OSError) is logged
+        and tried again at the next one. Anything else (a TransitionError from the decision
+        the lease's end is fed to) raises: retried every second, it would keep a forced
+        failover in force for ever; raised, it stops the daemon, and systemd restarts it."""
         while True:
             self._changed.clear()
             try:
                 await self.tick()
-            except Exception:
-                log.exception(kv("overrides_failed"))
+            except (Unavailable, OSError) as exc:
+                log.error(kv("overrides_failed", error=exc, note="tried again in a second"))
             now = self.wall()
             ends = [lease.expires_at for lease in self.keeper.book.leases]
             wait = TICK_S if not ends else min(TICK_S, max(0.0, min(ends) - now) + 0.001)

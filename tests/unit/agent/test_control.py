@@ -11,6 +11,7 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry
 
+from netwatch.agent import decision
 from netwatch.agent.daemon import Agent
 from netwatch.agent.decision import (
     Carrier,
@@ -23,7 +24,7 @@ from netwatch.agent.decision import (
 )
 from netwatch.config import load_site
 from netwatch.control.protocol import Command, Peer, Request, validate_args
-from netwatch.core.vocabulary import Family, UplinkRole
+from netwatch.core.vocabulary import Family, TransitionError, UplinkRole
 
 P, S = UplinkRole.PRIMARY, UplinkRole.SECONDARY
 ROOT = Peer(uid=0, gid=0, pid=1, user="root", may_write=True)
@@ -204,3 +205,25 @@ def test_the_agent_exports_the_control_metrics(site):
         "netwatch_override_expiry_timestamp_seconds",
         {"daemon": "agent", "id": "a1", "kind": "failover", "target": "secondary"},
     ) == pytest.approx(clocks.wall + 60)
+
+
+def test_a_decision_error_on_the_lease_clock_stops_the_agent(site, monkeypatch):
+    """A lease that ends into a decision that raises (a bug) is not retried every second with
+    the forced failover still in force: the lease clock dies, and with it the daemon, for
+    systemd to restart."""
+    clocks = Clocks()
+    agent = start(site, clocks)
+    ask(agent, Command.FAILOVER, to="secondary", reason="CHG-1", for_s=3)
+    clocks.advance(5)
+
+    def broken(state, obs, now):
+        raise TransitionError("uplink mode on_secondary -> on_secondary is not allowed")
+
+    monkeypatch.setattr(decision, "step", broken)
+
+    async def lease_clock():
+        async with asyncio.timeout(5):
+            await agent.control.keep_time()
+
+    with pytest.raises(TransitionError):
+        asyncio.run(lease_clock())
