@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from netwatch.core import validators
+from netwatch.core.text import shown
 from netwatch.core.vocabulary import UplinkRole
 
 DEFAULT_FOR_S = 3600.0  # an override without --for lasts one hour
@@ -55,12 +56,6 @@ class LeaseNotFound(LookupError):
 
 
 # --- value rules, shared with the control protocol's request validation ----------------------
-
-
-def shown(value: Any, limit: int = 40) -> str:
-    """`repr(value)`, cut to `limit` characters: an error message never echoes 64 KiB back."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def check_reason(value: Any) -> str:

@@ -16,14 +16,16 @@ line) and quotes. Addresses, names, interface names, communities and numbers all
 from __future__ import annotations
 
 import enum
+import functools
 import math
 import re
 from typing import Any
 
+from netwatch.control import leases
 from netwatch.control.protocol import parse_duration
+from netwatch.core import text as core_text
 from netwatch.core import validators
 
-MAX_STRING_CHARS = 300  # a reason with a ticket reference; the control API's own cap
 _INTEGER = re.compile(r"\A[+-]?\d{1,18}\Z")
 _DEVICE_TOKEN = re.compile(r"\A[A-Za-z0-9_.:/@+,=-]{1,200}\Z")
 
@@ -50,10 +52,8 @@ def check_line(value: Any, what: str = "value") -> str:
     return value
 
 
-def shown(value: Any, limit: int = 60) -> str:
-    """`repr(value)` cut to `limit` characters, for messages (control characters escaped)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+# A parameter is quoted at more length than a control API value: it is the operator's own text.
+shown = functools.partial(core_text.shown, limit=60)
 
 
 def parse_value(kind: ParamType, raw: Any, choices: tuple[Any, ...] | None = None) -> Any:
@@ -68,8 +68,9 @@ def parse_value(kind: ParamType, raw: Any, choices: tuple[Any, ...] | None = Non
 def _parse(kind: ParamType, raw: Any) -> Any:
     if kind is ParamType.STRING:
         text = check_line(raw)
-        if len(text) > MAX_STRING_CHARS:
-            raise ValueError(f"is {len(text)} characters long; at most {MAX_STRING_CHARS}")
+        if len(text) > leases.MAX_REASON_CHARS:  # the longest string passed on is a reason
+            raise ValueError(f"is {len(text)} characters long; "
+                             f"at most {leases.MAX_REASON_CHARS}")
         return text
     if kind is ParamType.UPSTREAM:
         return validators.check_name(raw)
