@@ -89,6 +89,11 @@ from netwatch.runtime.supervise import WorkerDied, supervise
 log = logging.getLogger("netwatch.controller")
 
 LINE_LOGGED = 200  # characters of an ExaBGP line that go into a log message
+# While a session's state is unknown (no event since start, and the answer to `show neighbor
+# json` was missing or did not name it), the interlock cannot withdraw through it: asked again
+# after this long, doubling up to SESSIONS_ASK_MAX_S while some session stays unknown.
+SESSIONS_ASK_MIN_S = 5.0
+SESSIONS_ASK_MAX_S = 60.0
 
 
 class Controller:
@@ -140,12 +145,15 @@ class Controller:
                 self.sessions[(u.name, 6)] = str(u.neighbor6)
         self.by_address = {addr: key for key, addr in self.sessions.items()}
         self.sync = Sync(self.params.min_announcing_upstreams)
-        self.sync.want(self.desired(), self.neighbors_up())
+        self.sync.want(self.desired(), self.neighbors_up(), self.forced_neighbors())
         # A probe counts once its fate is known: `timeout` after it was sent (verdict.py).
         timeout_s = (self.ctl.probe.timeout_ms or self.ctl.probe.interval_ms) / 1000
         self.window = ProbeWindow(self.ctl.probe.window_s, self.params.recent_probes,
                                   settle_s=timeout_s)
         self.started = mono()
+        self._ask_at: float | None = None  # next `show neighbor json` while sessions are unknown
+        self._ask_wait_s = SESSIONS_ASK_MIN_S
+        self._acked_since_ask = False  # ExaBGP answered something since the last ask
         self._persisted = to_json(self.state)  # on the decision clock: compared, not saved
         self._egress_setup(registry, egress_routes)
 
@@ -161,11 +169,19 @@ class Controller:
         return {address for (name, fam), address in self.sessions.items()
                 if self.state.sessions.get((name, Family(fam))) is SessionState.UP}
 
+    def forced_neighbors(self) -> set[str]:
+        """The neighbor addresses an operator's forced drain withdraws: make-before-break
+        lets their withdrawals through (Sync)."""
+        forced = self.state.overrides.forced_withdrawals
+        return {address for (name, _), address in self.sessions.items() if name in forced}
+
     def start(self) -> None:
         """What `run` does before its workers: the restored state's metrics, and `show
         neighbor json` (the desired state goes out with its answer: see Sync)."""
         self.publish()
         self.write(self.sync.ask_sessions(self.mono()))
+        self._ask_at = self.mono() + SESSIONS_ASK_MIN_S
+        self._acked_since_ask = False
 
     def send_due(self) -> None:
         """Write what Sync says is due now (at every probe round and after every event)."""
@@ -174,7 +190,37 @@ class Controller:
             self.report(report)
         for command in due.commands:
             self.write(command)
+        self.ask_unknown_sessions()
 
+    def unknown_sessions(self) -> list[str]:
+        """The sessions whose state is unknown, as `upstream/family`."""
+        return sorted(f"{n}/{f.label}" for (n, f), s in self.state.sessions.items()
+                      if s is SessionState.UNKNOWN)
+
+    def ask_unknown_sessions(self) -> None:
+        """While some session is unknown (its state never reported: `show neighbor json`
+        acknowledged without an answer, an answer that could not be read or did not name it),
+        ask ExaBGP again: after SESSIONS_ASK_MIN_S, doubling up to SESSIONS_ASK_MAX_S. Without
+        it such a session stays unknown until it flaps, and a failed upstream behind it is never
+        withdrawn. Nothing before `start`, and nothing while ExaBGP has acknowledged nothing
+        since the last ask: an ExaBGP that answers nothing gets no queries piled up behind the
+        one it owes (its answer, however late, is used when it comes)."""
+        if self._ask_at is None:
+            return
+        now = self.mono()
+        unknown = self.unknown_sessions()
+        if not unknown:  # all known: a session unknown again later starts the backoff afresh
+            self._ask_wait_s = SESSIONS_ASK_MIN_S
+            self._ask_at = now + SESSIONS_ASK_MIN_S
+            return
+        if now < self._ask_at or not self._acked_since_ask:
+            return
+        self._ask_wait_s = min(SESSIONS_ASK_MAX_S, 2 * self._ask_wait_s)
+        self._ask_at = now + self._ask_wait_s
+        log.warning(kv("sessions_unknown", unknown=",".join(unknown),
+                       action="asking show neighbor json again", next_in_s=self._ask_wait_s))
+        self._acked_since_ask = False
+        self.write(self.sync.ask_sessions(now))
     def write(self, command: exabgp.Command) -> bool:
         """Write one command line. False (and Sync told) when the pipe refused it."""
         try:
@@ -205,8 +251,7 @@ class Controller:
                 log.warning(kv("sessions_unanswered", ack=kind, note="sending the desired "
                                "state; unknown sessions count as possibly up"))
             case SessionsTimeout(after_s):
-                unknown = sorted(f"{n}/{f.label}" for (n, f), s in self.state.sessions.items()
-                                 if s is SessionState.UNKNOWN)
+                unknown = self.unknown_sessions()
                 log.warning(kv("sessions_timeout", after_s=after_s,
                                unknown=",".join(unknown) or "-", note="sending the desired "
                                "state; unknown sessions count as possibly up"))
@@ -232,6 +277,7 @@ class Controller:
             log.error(kv("bad_event", error=exc, line=line[:LINE_LOGGED]))
             return
         if isinstance(event, exabgp.Ack):
+            self._acked_since_ask = True
             self.report(self.sync.on_ack(event.kind, self.mono()))
         elif isinstance(event, exabgp.NeighborSummary):
             self.on_summary(event)
@@ -302,7 +348,7 @@ class Controller:
         self.control.audit(old, self.state, actions)
         plan_changed = self.state.plan != old.plan
         if plan_changed or self.state.sessions != old.sessions:
-            self.sync.want(self.desired(), self.neighbors_up())
+            self.sync.want(self.desired(), self.neighbors_up(), self.forced_neighbors())
         self.publish(modes=plan_changed)
         self.steer_egress()
         self.persist()
@@ -315,6 +361,7 @@ class Controller:
         for fam in Family:
             self.metrics.safety_hold.labels(fam.label).set(1 if fam in holds else 0)
         self.metrics.local_fault.set(1 if self.state.local_fault else 0)
+        self.metrics.sessions_unknown.set(len(self.unknown_sessions()))
         self.metrics.budget_exhausted.set(1 if self.state.budget_exhausted else 0)
         for name, u in self.state.upstreams.items():
             self.metrics.set_state(name, u.state)

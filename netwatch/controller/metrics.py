@@ -64,6 +64,12 @@ class ControllerMetrics:
             "netwatch_bgp_session_up", "1 when the BGP session is established",
             ["upstream", "family"], registry=registry,
         )
+        self.sessions_unknown = Gauge(
+            "netwatch_bgp_sessions_unknown",
+            "BGP sessions whose state the controller does not know (no session event, no usable"
+            " answer to show neighbor json): the interlock cannot withdraw through them",
+            registry=registry,
+        )
         self.mode = Gauge(
             "netwatch_announcement_mode", "1 for how the prefix is announced to the upstream",
             ["upstream", "prefix", "mode"], registry=registry,

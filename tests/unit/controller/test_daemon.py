@@ -990,3 +990,61 @@ def test_a_failing_save_is_logged_once_per_episode_and_the_controller_runs_on(
     assert r.sample("netwatch_controller_state_file_stale") == 0
     assert len(logged(caplog, "persist_recovered")) == 1
     assert (blocker / "controller.json").exists()
+
+
+# --- sessions whose state is unknown ----------------------------------------------------------
+
+
+def test_unknown_sessions_are_asked_again_with_a_backoff_until_failover_works(make, logs):
+    """ExaBGP acknowledges `show neighbor json` without an answer (or with one that cannot be
+    read): every session stays UNKNOWN, and the interlock withdraws through none of them, so
+    a failed t2 stays announced. The controller asks again after 5 s, then 10 s, ..., and
+    once the answer is in, t2 is withdrawn; the gauge counts the unknown sessions."""
+    r = make(policy=FAST)
+    t0 = r.mono.now
+    r.c.start()
+    r.c.on_event("done")  # acknowledged, no answer
+    ack_all(r)
+    assert r.sample("netwatch_bgp_sessions_unknown") == 8
+    r.mono.now += 1
+    r.c.apply(window(t2="failed"))
+    r.c.send_due()
+    assert not any("withdraw" in line for line in r.pipe.written)  # the problem itself
+    asked = []
+    for _ in range(30):  # 30 s of probe rounds; ExaBGP answers every ask with nothing
+        r.mono.now += 1
+        r.c.send_due()
+        while r.pipe.written:  # ExaBGP accepts everything
+            if r.pipe.written.pop(0) == "show neighbor json":
+                asked.append(r.mono.now)
+            r.c.on_event("done")
+    assert [round(t - t0) for t in asked] == [5, 15]  # then 35, 75, +60 ...
+    [first, *_] = logged(logs, "sessions_unknown")
+    assert first.levelno == logging.WARNING and "unknown=t1/ipv4," in first.getMessage()
+    r.mono.now += 5  # the next ask, answered this time
+    r.c.send_due()
+    assert r.pipe.written == ["show neighbor json"]
+    r.pipe.written.clear()
+    r.c.on_event(answer(EVERY_SESSION_UP))
+    r.c.on_event("done")
+    assert r.sample("netwatch_bgp_sessions_unknown") == 0
+    # t2's withdrawals are held until t3's replacing announcements are acknowledged.
+    while r.pipe.written and not all(x in r.pipe.written for x in WITHDRAW_T2):
+        ack_all(r)
+        r.c.send_due()
+    assert all(x in r.pipe.written for x in WITHDRAW_T2)
+    ack_all(r)
+    r.mono.now += 600
+    r.c.send_due()
+    assert "show neighbor json" not in r.pipe.written  # all known: no more asking
+
+
+def test_no_ask_again_while_exabgp_acknowledges_nothing(make):
+    """An ExaBGP that answers nothing gets no second `show neighbor json` piled up behind the
+    first: its answer, however late, is used when it comes."""
+    r = make()
+    r.c.start()
+    for _ in range(120):
+        r.mono.now += 1
+        r.c.send_due()
+    assert r.pipe.written.count("show neighbor json") == 1
