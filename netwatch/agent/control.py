@@ -176,6 +176,10 @@ class AgentControl:
         elif isinstance(action, core.BeyondSuspect):
             self.audit("beyond_suspect", uplink=action.uplink.value,
                        family=action.family.label, note=action.note)
+        elif isinstance(action, core.RequestRefused):
+            self.audit("operator_request_refused", uplink=action.uplink.value,
+                       families=",".join(f.label for f in action.families),
+                       reason=action.reason)
         elif isinstance(action, core.BothDown):
             self.audit("both_down", family=action.family.label, reason=action.reason)
 

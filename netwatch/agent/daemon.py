@@ -24,6 +24,8 @@ Contract:
 - SIGUSR1 asks for the primary, SIGUSR2 for the secondary (manual failback, or a one-shot
   move): `systemctl kill -s USR1 netwatch-agent`. While an operator's forced failover (a
   lease) is in force, a signal is logged and ignored: `netwatch failover --auto` ends it.
+  A family the asked-for uplink is DOWN in (or whose link is lost) is not moved:
+  `event=operator_request_refused` says which and why (a signal has no other answer).
 - Given the site file (`site=`), the agent serves the control API on `site.control.agent`
   (`netwatch.agent.control.AgentControl`: status, the forced failover as a lease that
   survives a restart, the audit log of every automatic action); without it, none (tests).
@@ -260,6 +262,10 @@ class Agent:
         elif isinstance(action, core.BeyondSuspect):
             log.warning(kv("beyond_suspect", uplink=action.uplink, family=action.family.label,
                            note=action.note))
+        elif isinstance(action, core.RequestRefused):
+            log.warning(kv("operator_request_refused", uplink=action.uplink,
+                           families=_labels(action.families), reason=action.reason,
+                           note="not moved: the routes would come straight back"))
         elif isinstance(action, core.BothDown):
             log.error(kv("both_down", uplink=self.state.active(action.family),
                          family=action.family.label, reason=action.reason))

@@ -288,7 +288,19 @@ class BeyondSuspect:
     note: str = BEYOND_SUSPECT_NOTE
 
 
-Action = SetDefaultRoute | BothDown | UplinkHealthChanged | Failover | BeyondSuspect
+@dataclass(frozen=True)
+class RequestRefused:
+    """An operator's `UseUplink` was not carried out for `families`: `uplink` is DOWN in them
+    or its link is lost (the safety rules would move them straight back). `reason` says why,
+    for the log."""
+
+    uplink: UplinkRole
+    families: tuple[Family, ...]
+    reason: str
+
+
+Action = (SetDefaultRoute | BothDown | UplinkHealthChanged | Failover | BeyondSuspect
+          | RequestRefused)
 
 
 # ----------------------------------------------------------------------------------- state
@@ -516,16 +528,36 @@ def step(state: State, obs: Observation, now: float) -> tuple[State, list[Action
         state = _repair_routes(state, actions)
         return state, actions
     elif isinstance(obs, UseUplink):
-        moving = tuple(f for f, r in state.routing.items()
-                       if r.mode is not Mode.STARTING and r.mode.role is not obs.uplink)
-        if moving:
-            state = _switch(state, moving, obs.uplink, FailoverCause.OPERATOR, obs.reason,
-                            actions)
+        state = _use_uplink(state, obs, actions)
     else:
         raise TypeError(f"not an observation: {obs!r}")
     state = _decide(state, now, actions)
     state = _repair_routes(state, actions)
     return state, actions
+
+
+def _use_uplink(state: State, obs: UseUplink, actions: list[Action]) -> State:
+    """Move every family to `obs.uplink`, except those it is DOWN in or whose link is lost:
+    the safety rules would take them straight back in the same step (two route writes, two
+    failovers, and a moment through a dead gateway). Those are refused and reported."""
+    target = state.uplinks[obs.uplink]
+    moving, refused = [], []
+    for family, route in state.routing.items():
+        if route.mode is Mode.STARTING or route.mode.role is obs.uplink:
+            continue
+        dead = target.link_lost or target.families[family] is Health.DOWN
+        (refused if dead else moving).append(family)
+    if refused:
+        if target.link_lost:
+            why = f"{obs.uplink.value}: {target.carrier.value}"
+        else:
+            whys = dict.fromkeys(target.reasons.get(f, "") for f in refused)
+            why = f"{obs.uplink.value} is DOWN: " + "; ".join(w for w in whys if w)
+        actions.append(RequestRefused(obs.uplink, tuple(refused), why))
+    if moving:
+        state = _switch(state, tuple(moving), obs.uplink, FailoverCause.OPERATOR, obs.reason,
+                        actions)
+    return state
 
 
 def steady(state: State, role: UplinkRole, now: float) -> bool:

@@ -18,6 +18,7 @@ from netwatch.agent.decision import (
     ProbeKind,
     ProbeResult,
     ProbeRound,
+    RequestRefused,
     RouteSnapshot,
     SetDefaultRoute,
     Settings,
@@ -538,13 +539,42 @@ def test_moving_to_a_probe_dead_uplink_says_why():
 
 
 def test_an_operator_cannot_put_the_routes_on_a_dead_link():
-    """SIGUSR1 while the primary is admin-down: the order is carried out and undone in the
-    same step (the kernel refuses the first write), so the routes stay on a live link."""
+    """SIGUSR1 while the primary is admin-down: refused, and said so; no route is written
+    and no failover counted (it used to move there and straight back in one step)."""
     d = Driver()
     d.run([HEALTHY, SECONDARY_SILENT, (P, Carrier.ADMIN_DOWN)])
-    d.feed(UseUplink(P, "SIGUSR1"))
-    assert d.on(S) and d.state.active(V4) is S
-    assert [f.cause for f in d.failovers()] == [CARRIER, OPERATOR, CARRIER]
+    n_failovers = len(d.failovers())
+    actions = d.feed(UseUplink(P, "SIGUSR1"))
+    assert d.on(S) and d.refused == 0
+    assert len(d.failovers()) == n_failovers
+    assert not any(isinstance(a, SetDefaultRoute) for a in actions)
+    (refusal,) = [a for a in actions if isinstance(a, RequestRefused)]
+    assert refusal.families == (V4, V6) and "admin down" in refusal.reason
+
+
+def test_an_operator_cannot_send_the_routes_through_a_silent_gateway():
+    """SIGUSR2 while the secondary's gateway is silent (DOWN, its link up): refused, no
+    route through it even for a moment."""
+    d = Driver()
+    d.tick(True, True, 10)
+    d.tick(True, False, FALL)
+    actions = d.feed(UseUplink(S, "SIGUSR2"))
+    assert d.on(P) and d.failovers() == []
+    assert not any(isinstance(a, SetDefaultRoute) for a in actions)
+    (refusal,) = [a for a in actions if isinstance(a, RequestRefused)]
+    assert "secondary is DOWN" in refusal.reason and "silent" in refusal.reason
+
+
+def test_an_operator_moves_only_the_families_the_uplink_can_carry():
+    """The secondary's IPv6 gateway is silent: SIGUSR2 moves IPv4 and refuses IPv6."""
+    d = Driver()
+    d.tick(True, True, 10)
+    d.tick(True, {V6: False}, FALL)
+    actions = d.feed(UseUplink(S, "SIGUSR2"))
+    assert d.routes == {V4: S, V6: P}
+    assert [(f.cause, f.families) for f in d.failovers()] == [(OPERATOR, (V4,))]
+    (refusal,) = [a for a in actions if isinstance(a, RequestRefused)]
+    assert refusal.families == (V6,)
 
 
 def test_start_on_a_dead_link_moves_to_the_live_one():
