@@ -418,8 +418,12 @@ def stack(lab, agent, tmp_path_factory, wait_for):
 # --- the tests -----------------------------------------------------------------------------
 
 
-def test_transit_blackhole_pages_oncall_and_heal_resolves(stack, lab, eventually):
-    hook, prom = stack.webhook, stack.prometheus
+def test_transit_blackhole_pages_oncall_and_heal_resolves(stack, announced, eventually):
+    """`announced`: every transit holds our prefixes before (a lab left degraded by an earlier
+    test fails there, by name) and again after the heal."""
+    lab, hook, prom = announced, stack.webhook, stack.prometheus
+    eventually(lambda: len(prom.values('netwatch_transit_state{state="healthy"} == 1')) == 4,
+               30, "Prometheus sees the four upstreams healthy before the fault")
     want = {"alertname": "NetwatchUpstreamFailed", "upstream": "t2", "severity": "critical",
             "state": "failed", "site": "lab", "job": "netwatch-controller",
             "instance": CONTROLLER_INSTANCE}

@@ -113,12 +113,17 @@ def test_inhibitions(alertmanager, wait_for, case):
     source, muted, spared = INHIBITIONS[case]
     alertmanager.post_alerts([source, muted, spared])
 
-    def state(a: dict) -> tuple[str, list[str]]:
+    def state(a: dict) -> tuple[str, list[str]] | None:
+        """(state, inhibitedBy) of that alert, None while Alertmanager does not list it."""
         found = alertmanager.alerts(**a["labels"])
-        assert len(found) == 1, f"{a['labels']}: {found}"
+        if len(found) != 1:
+            return None
         status = found[0]["status"]
         return status["state"], status["inhibitedBy"]
 
+    listed = wait_for(lambda: all(state(a) is not None for a in (source, muted, spared)),
+                      10, 0.1)
+    assert listed is not None, f"{case}: posted alerts not listed\n{alertmanager.tail()}"
     took = wait_for(lambda: state(muted)[0] == "suppressed", 10, 0.1)
     assert took is not None, f"{case}: {muted['labels']} is {state(muted)}, not inhibited"
     assert state(muted)[1], f"{case}: suppressed, but by no inhibition"
