@@ -3,9 +3,11 @@
 systemd-friendly: logs go to stderr as key=value lines, SIGTERM stops it cleanly (routes are
 left as they are), and a fatal error exits non-zero so `Restart=always` brings it back.
 Exit codes: 0 stopped by SIGTERM or SIGINT, 65 invalid config (or no `agent` section), 66
-config file missing, 71 the namespace or the kernel refused (netlink, raw sockets), 77 not
-allowed (needs CAP_NET_ADMIN and CAP_NET_RAW), 70 an internal error. A metrics listener that
-cannot start is logged and the agent runs without it (netwatch.runtime.metrics_http).
+config file missing, 71 the namespace or the kernel refused (netlink, raw sockets, the
+control socket or state_dir), 77 not allowed (needs CAP_NET_ADMIN and CAP_NET_RAW), 70 an
+internal error; the same whether the agent fails while it is built or while it runs. A
+metrics listener that cannot start is logged and the agent runs without it
+(netwatch.runtime.metrics_http).
 """
 
 from __future__ import annotations
@@ -63,8 +65,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
     server = None
     if listen != "none":
         server = serve_metrics(listen, registry, log)  # logged and carried on when it fails
-    agent = Agent(site.agent, registry, site=site)  # site: the control API and its leases
     try:
+        try:
+            agent = Agent(site.agent, registry, site=site)  # site: the control API, its leases
+        except ValueError as exc:
+            # The decision's Settings refuse what the schema let through.
+            log.error(kv("fatal", config=args.config, error=exc, note="invalid agent section"))
+            return exitcodes.DATAERR
         asyncio.run(agent.run())
     except Exception as exc:
         # A dead worker's own error says what failed; a worker that returned is a bug.
