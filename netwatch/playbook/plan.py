@@ -40,7 +40,9 @@ from netwatch.playbook.schema import (
     Condition,
     DeviceStep,
     NetwatchStep,
+    OnFailure,
     Step,
+    StepKind,
     WaitStep,
 )
 from netwatch.playbook.template import Mode, render
@@ -140,8 +142,8 @@ Action = (
 class PlannedStep:
     label: str  # "3" for the third step, "R1" for the first rollback step
     name: str
-    kind: str
-    on_failure: str
+    kind: StepKind
+    on_failure: OnFailure
     confirm: str | None
     action: Action
 
@@ -225,27 +227,29 @@ class _Resolver:
         kind = step.kind
         before = len(self.problems)
         action: Any
-        if kind == "netwatch":
+        if kind is StepKind.NETWATCH:
             action = self.netwatch(where, step.netwatch)
-        elif kind == "wait":
+        elif kind is StepKind.WAIT:
             action = self.wait(where, step.wait)
-        elif kind == "check":
+        elif kind is StepKind.CHECK:
             action = self.check(where, step.check, loc)
-        elif kind == "device":
+        elif kind is StepKind.DEVICE:
             action = self.device_run(where, step.device)
-        elif kind == "diagnose":
+        elif kind is StepKind.DIAGNOSE:
             d = step.diagnose
             upstream = self.name(f"{where}: diagnose.upstream", d.upstream)
             compare = (self.name(f"{where}: diagnose.compare", d.compare)
                        if d.compare is not None else None)
             action = Diagnosis(upstream, compare, d.targets)
-        else:
+        elif kind is StepKind.NOTE:
             action = Note(self.text(where, step.note) or "")
+        else:
+            raise AssertionError(f"step kind {kind!r} has no plan")
         confirm = self.text(f"{where}: confirm", step.confirm) if step.confirm else None
         if len(self.problems) > before:
             return None
         name = self.text(f"{where}: name", step.name) if step.name else default_name(action)
-        return PlannedStep(label, name or kind, kind, step.on_failure, confirm, action)
+        return PlannedStep(label, name or kind.value, kind, step.on_failure, confirm, action)
 
     def name(self, where: str, value: str) -> str:
         text = self.text(where, value)

@@ -26,6 +26,7 @@ Time is injected (`clock`: monotonic seconds, `sleep`), so tests never wait.
 from __future__ import annotations
 
 import contextlib
+import enum
 import re
 import time
 from collections.abc import Callable
@@ -58,43 +59,64 @@ from netwatch.playbook.ports import (
     StopSignal,
     Trail,
 )
+from netwatch.playbook.schema import OnFailure, StepKind
 
 MAX_TRAIL_OUTPUT = 64 * 1024  # characters of one step's output kept in the trail
 PROGRESS_EVERY_S = 1.0
 SLICE_S = 0.2  # how often a wait looks at the stop signal
 
 
+class StepStatus(enum.StrEnum):
+    """How one step ended (the words of the progress lines and the trail)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    DECLINED = "declined"  # the operator answered no to its question: it did not run
+    INTERRUPTED = "interrupted"  # stopped (Ctrl-C) while it waited
+
+
+class RunOutcome(enum.StrEnum):
+    """How a run ended (the words of its last line and of the trail's `playbook_end`)."""
+
+    COMPLETED = "completed"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled back"
+    ROLLBACK_FAILED = "rollback failed"
+    STOPPED = "stopped"  # by Ctrl-C, with no rollback run
+    DECLINED = "stopped by the operator"  # an answer no to a step's question
+
+
 @dataclass(frozen=True)
 class StepResult:
     label: str
     name: str
-    kind: str
-    status: str  # "ok", "failed", "declined", "interrupted"
+    kind: StepKind
+    status: StepStatus
     changed: bool
     output: str
     elapsed_s: float
 
     @property
     def ok(self) -> bool:
-        return self.status == "ok"
+        return self.status is StepStatus.OK
 
     @property
     def failed(self) -> bool:
-        return self.status in ("failed", "interrupted")
+        return self.status in (StepStatus.FAILED, StepStatus.INTERRUPTED)
 
 
 @dataclass
 class RunResult:
     playbook: str
     run_id: str
-    outcome: str = "completed"  # completed, failed, rolled back, rollback failed, stopped
+    outcome: RunOutcome = RunOutcome.COMPLETED
     steps: list[StepResult] = field(default_factory=list)
     rollback: list[StepResult] = field(default_factory=list)
     elapsed_s: float = 0.0
 
     @property
     def ok(self) -> bool:
-        return self.outcome in ("completed", "stopped by the operator")
+        return self.outcome in (RunOutcome.COMPLETED, RunOutcome.DECLINED)
 
     @property
     def changed(self) -> bool:
@@ -149,7 +171,7 @@ class Runner:
                      who=self.who, steps=len(self.plan.steps), rollback=len(self.plan.rollback))
         try:
             result.outcome = self._run_steps(result)
-            if result.outcome == "completed":
+            if result.outcome is RunOutcome.COMPLETED:
                 self._confirm_commits()
         finally:
             self._close_sessions()
@@ -158,24 +180,24 @@ class Runner:
                          changed=result.changed, elapsed_s=round(result.elapsed_s, 3))
         return result
 
-    def _run_steps(self, result: RunResult) -> str:
+    def _run_steps(self, result: RunResult) -> RunOutcome:
         total = len(self.plan.steps)
         for step in self.plan.steps:
             if self.stop.is_set():
                 return self._stopped(result, f"before step {step.label}")
             if step.confirm and not self._confirmed(step):
                 result.steps.append(self._declined(step))
-                return "stopped by the operator"
+                return RunOutcome.DECLINED
             outcome = self._execute(step, total)
             result.steps.append(outcome)
-            if outcome.status == "interrupted" or (self.stop.is_set() and outcome.ok):
+            if outcome.status is StepStatus.INTERRUPTED or (self.stop.is_set() and outcome.ok):
                 return self._stopped(result, f"at step {step.label}")
-            if outcome.ok or step.on_failure == "continue":
+            if outcome.ok or step.on_failure is OnFailure.CONTINUE:
                 continue
-            if step.on_failure == "rollback":
+            if step.on_failure is OnFailure.ROLLBACK:
                 return self._rollback(result, f"step {step.label} failed")
-            return "failed"
-        return "completed"
+            return RunOutcome.FAILED
+        return RunOutcome.COMPLETED
 
     def _confirmed(self, step: PlannedStep) -> bool:
         if self.assume_yes:
@@ -184,37 +206,37 @@ class Runner:
         return self.operator.confirm(step.confirm or "")
 
     def _declined(self, step: PlannedStep) -> StepResult:
-        declined = StepResult(step.label, step.name, step.kind, "declined", False,
+        declined = StepResult(step.label, step.name, step.kind, StepStatus.DECLINED, False,
                               f"the operator answered no to: {step.confirm}", 0.0)
         self._record_step(step, declined, "step")
-        self.operator.step_done(step.label, step.name, "declined", 0.0, declined.output)
+        self.operator.step_done(step.label, step.name, StepStatus.DECLINED, 0.0, declined.output)
         return declined
 
-    def _stopped(self, result: RunResult, where: str) -> str:
+    def _stopped(self, result: RunResult, where: str) -> RunOutcome:
         self.operator.show(f"stopped {where} (Ctrl-C)")
         self._record("playbook_stopped", where=where)
         if not self.plan.rollback:
-            return "stopped"
+            return RunOutcome.STOPPED
         labels = ", ".join(s.name for s in self.plan.rollback)
         if self.operator.confirm(f"Run the rollback steps now ({labels})?"):
             return self._rollback(result, f"stopped {where}")
-        return "stopped"
+        return RunOutcome.STOPPED
 
-    def _rollback(self, result: RunResult, why: str) -> str:
+    def _rollback(self, result: RunResult, why: str) -> RunOutcome:
         if not self.plan.rollback:
-            return "failed"
+            return RunOutcome.FAILED
         self.operator.show(f"rolling back: {why}")
         self._record("rollback_start", why=why)
         total = len(self.plan.rollback)
-        outcome = "rolled back"
+        outcome = RunOutcome.ROLLED_BACK
         for step in self.plan.rollback:
             done = self._execute(step, total, kind="rollback_step", interruptible=False)
             result.rollback.append(done)
-            if not done.ok and step.on_failure != "continue":
-                outcome = "rollback failed"
+            if not done.ok and step.on_failure is not OnFailure.CONTINUE:
+                outcome = RunOutcome.ROLLBACK_FAILED
                 break
             if not done.ok:
-                outcome = "rollback failed"
+                outcome = RunOutcome.ROLLBACK_FAILED
         self._record("rollback_end", outcome=outcome)
         return outcome
 
@@ -227,7 +249,7 @@ class Runner:
         try:
             status, changed, output = self._act(step, started, interruptible)
         except ActionFailed as exc:
-            status, changed, output = "failed", False, str(exc)
+            status, changed, output = StepStatus.FAILED, False, str(exc)
         output = self.redact(output)
         done = StepResult(step.label, step.name, step.kind, status, changed, output,
                           self.clock() - started)
@@ -236,7 +258,7 @@ class Runner:
         return done
 
     def _act(self, step: PlannedStep, started: float,
-             interruptible: bool) -> tuple[str, bool, str]:
+             interruptible: bool) -> tuple[StepStatus, bool, str]:
         action = step.action
         if isinstance(action, NetwatchCall):
             return self._netwatch(action)
@@ -246,22 +268,22 @@ class Runner:
             return self._wait_until(step, action, started, interruptible)
         if isinstance(action, CheckState):
             seen = self._observe(action.condition)
-            return ("ok" if seen.ok else "failed"), False, seen.text
+            return (StepStatus.OK if seen.ok else StepStatus.FAILED), False, seen.text
         if isinstance(action, CheckDevice):
             return self._check_device(action)
         if isinstance(action, DeviceRun):
             return self._device_run(action)
         if isinstance(action, Diagnosis):
             report = self.diagnoser.diagnose(action.upstream, action.compare, action.targets)
-            return "ok", False, report
+            return StepStatus.OK, False, report
         if isinstance(action, Note):
-            return "ok", False, action.text
+            return StepStatus.OK, False, action.text
         raise TypeError(f"no way to carry out {action!r}")
 
-    def _netwatch(self, call: NetwatchCall) -> tuple[str, bool, str]:
+    def _netwatch(self, call: NetwatchCall) -> tuple[StepStatus, bool, str]:
         answer = self.control.call(call.daemon, call.command, call.args)
         if not isinstance(answer, dict):
-            return "ok", True, str(answer)
+            return StepStatus.OK, True, str(answer)
         lease = answer.get("lease")
         changed = bool(lease or answer.get("removed") or answer.get("replaced"))
         text = str(answer.get("message") or "done")
@@ -269,7 +291,7 @@ class Runner:
         if isinstance(expires, int | float):
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
             text += f" (override {lease.get('id')}, expires {when})"
-        return "ok", changed, text
+        return StepStatus.OK, changed, text
 
     def _observe(self, condition) -> conditions.Observation:
         try:
@@ -288,30 +310,31 @@ class Runner:
         return not (interruptible and self.stop.is_set())
 
     def _wait_for(self, step: PlannedStep, w: WaitFor, started: float,
-                  interruptible: bool) -> tuple[str, bool, str]:
+                  interruptible: bool) -> tuple[StepStatus, bool, str]:
         while (elapsed := self.clock() - started) < w.seconds:
             self.operator.waiting(step.label, elapsed, w.seconds, "")
             if not self._pause(min(PROGRESS_EVERY_S, w.seconds - elapsed), interruptible):
                 elapsed = self.clock() - started
-                return "interrupted", False, f"stopped after {elapsed:.1f} s of {w.seconds:g} s"
-        return "ok", False, f"waited {w.seconds:g} s"
+                return (StepStatus.INTERRUPTED, False,
+                        f"stopped after {elapsed:.1f} s of {w.seconds:g} s")
+        return StepStatus.OK, False, f"waited {w.seconds:g} s"
 
     def _wait_until(self, step: PlannedStep, w: WaitUntil, started: float,
-                    interruptible: bool) -> tuple[str, bool, str]:
+                    interruptible: bool) -> tuple[StepStatus, bool, str]:
         polls = 0
         while True:
             seen = self._observe(w.condition)
             polls += 1
             elapsed = self.clock() - started
             if seen.ok:
-                return "ok", False, f"after {elapsed:.1f} s ({polls} polls): {seen.text}"
+                return StepStatus.OK, False, f"after {elapsed:.1f} s ({polls} polls): {seen.text}"
             if elapsed >= w.timeout_s:
-                return "failed", False, (f"not within {w.timeout_s:g} s ({polls} polls); "
+                return StepStatus.FAILED, False, (f"not within {w.timeout_s:g} s ({polls} polls); "
                                          f"last seen: {seen.text}")
             self.operator.waiting(step.label, elapsed, w.timeout_s, seen.text)
             pause = min(w.every_s, w.timeout_s - elapsed)
             if not self._pause(pause, interruptible):
-                return ("interrupted", False,
+                return (StepStatus.INTERRUPTED, False,
                         f"stopped after {elapsed:.1f} s; last seen: {seen.text}")
 
     def _session(self, name: str, device: Device | None) -> DeviceSession:
@@ -327,15 +350,15 @@ class Runner:
             self._sessions[name] = self.devices.open(name, device, creds)
         return self._sessions[name]
 
-    def _check_device(self, check: CheckDevice) -> tuple[str, bool, str]:
+    def _check_device(self, check: CheckDevice) -> tuple[StepStatus, bool, str]:
         session = self._session(check.device_name, check.device)
         output = self.redact(session.send_command(check.command, check.timeout_s))
         ok, findings = parsing.judge(check, output, check.device.device_type)
         text = f"{check.device_name}> {check.command}\n{output.strip()}\n" + "\n".join(
             f"  {f}" for f in findings)
-        return ("ok" if ok else "failed"), False, text
+        return (StepStatus.OK if ok else StepStatus.FAILED), False, text
 
-    def _device_run(self, run: DeviceRun) -> tuple[str, bool, str]:
+    def _device_run(self, run: DeviceRun) -> tuple[StepStatus, bool, str]:
         session = self._session(run.device_name, run.device)
         if run.config:
             output = session.send_config(list(run.lines), run.timeout_s)
@@ -351,8 +374,9 @@ class Runner:
             )
         output = self.redact(output)
         if run.expect is not None and not re.search(run.expect, output, re.MULTILINE):
-            return "failed", run.config, f"{output.strip()}\n  expected /{run.expect}/: not found"
-        return "ok", run.config, output.strip()
+            return (StepStatus.FAILED, run.config,
+                    f"{output.strip()}\n  expected /{run.expect}/: not found")
+        return StepStatus.OK, run.config, output.strip()
 
     def _confirm_commits(self) -> None:
         for name in self._pending_commits:

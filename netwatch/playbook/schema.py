@@ -25,6 +25,7 @@ are known (`netwatch.playbook.plan`), everything else here.
 
 from __future__ import annotations
 
+import enum
 import re
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -109,7 +110,23 @@ Duration = Annotated[Any, PlainValidator(_duration)]
 Regex = Annotated[str, PlainValidator(_regex)]
 Name = Annotated[str, AfterValidator(validators.check_name)]
 ParamName = Annotated[str, Field(pattern=r"^[a-z_][a-z0-9_]{0,31}$")]
-OnFailure = Literal["abort", "continue", "rollback"]
+class OnFailure(enum.StrEnum):
+    """What a failed step does to the run (the YAML's and the trail's words)."""
+
+    ABORT = "abort"
+    CONTINUE = "continue"
+    ROLLBACK = "rollback"
+
+
+class StepKind(enum.StrEnum):
+    """Which action a step holds: the name of its one action key in the YAML."""
+
+    NETWATCH = "netwatch"
+    WAIT = "wait"
+    CHECK = "check"
+    DEVICE = "device"
+    DIAGNOSE = "diagnose"
+    NOTE = "note"
 
 ANNOUNCE_MODES = ("normal", "prepend", "communities", "graceful_shutdown", "withdrawn")
 UPSTREAM_STATES = ("healthy", "degraded", "failed")
@@ -376,7 +393,7 @@ class DiagnoseStep(_Strict):
 
 class Step(_Strict):
     name: Line | None = None
-    on_failure: OnFailure = "abort"
+    on_failure: OnFailure = OnFailure.ABORT
     confirm: Line | None = None
     netwatch: NetwatchStep | None = None
     wait: WaitStep | None = None
@@ -385,11 +402,11 @@ class Step(_Strict):
     diagnose: DiagnoseStep | None = None
     note: Text | None = None
 
-    KINDS: ClassVar[tuple[str, ...]] = ("netwatch", "wait", "check", "device", "diagnose", "note")
+    KINDS: ClassVar[tuple[str, ...]] = tuple(kind.value for kind in StepKind)
 
     @property
-    def kind(self) -> str:
-        return _one_of(self, self.KINDS, "a step")
+    def kind(self) -> StepKind:
+        return StepKind(_one_of(self, self.KINDS, "a step"))
 
     @model_validator(mode="after")
     def _check(self) -> Step:

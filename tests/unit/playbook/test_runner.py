@@ -3,6 +3,7 @@ asked, what the trail keeps, and that a credential never shows."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,15 @@ def test_every_runbook_runs_read_only_on_a_healthy_site(runbook, make_runner, co
     result = make_runner(plan_of(runbook, **params)).run()
     assert result.outcome == "completed", [r.output for r in result.steps]
     assert control.commands() == [] and not result.changed
+
+
+def test_the_trail_and_the_result_keep_the_playbooks_words(make_runner, trail, write_playbook):
+    inventory = load_inventory(SHIPPED / "inventory.example.yaml")
+    plan = plan_of(write_playbook(DEVICE_PLAYBOOK), inventory, neighbor="192.0.2.1")
+    result = make_runner(plan).run()
+    written = [(kind, json.loads(json.dumps(fields))) for kind, fields in trail.records]
+    steps = [fields for kind, fields in written if kind in ("step", "rollback_step")]
+    assert [(s["step_kind"], s["status"]) for s in steps] == [("device", "failed"),
+                                                              ("device", "ok")]
+    assert dict(written)["playbook_end"]["outcome"] == "rolled back"
+    assert f"{result.outcome}" == "rolled back" and plan.steps[0].on_failure == "rollback"
