@@ -133,6 +133,11 @@ class Netlink:
         self.ipr: AsyncIPRoute | None = None
         self._events: AsyncIPRoute | None = None
         self._names: dict[int, str] = {}
+        # Link events handled while a link dump is under way: index -> sequence number, so
+        # that the dump (read by the kernel before them) does not undo what they learnt.
+        self._link_seq = 0
+        self._link_updated: dict[int, int] = {}
+        self._dumps = 0  # link dumps under way
         self._addrs6: dict[int, dict[IPv6Address, int]] = {}  # ifindex -> address -> flags
         self._tentative: dict[tuple[str, IPv6Address | None], bool] = {}  # answers, cached
 
@@ -173,13 +178,31 @@ class Netlink:
         """The current state of each named interface (missing ones with exists=False), and
         of every IPv6 address (for `ipv6_tentative`)."""
         found = {name: LinkState(name, exists=False) for name in ifnames}
-        self._names = {}
+        start = self._link_seq
+        names: dict[int, str] = {}
+        self._dumps += 1
+        try:
+            async for msg in await self.ipr.link("dump"):
+                state = _link_state(msg)
+                names[msg["index"]] = state.ifname
+                if state.ifname in found:
+                    found[state.ifname] = state
+        finally:
+            self._dumps -= 1
+        # Merged, not replaced: a link event handled while the dump was awaited (a rename, a
+        # deletion, a new link) is newer than the dump, and `events()` reads `_names` to
+        # tell a rename (the old name gone) from a new link.
+        newer = {i for i, seq in self._link_updated.items() if seq > start}
+        merged = {i: n for i, n in names.items() if i not in newer}
+        merged.update((i, n) for i, n in self._names.items() if i in newer)
+        self._names = merged
+        if not self._dumps:
+            self._link_updated = {}
+        for name, state in found.items():
+            if state.exists and merged.get(state.index) != name:
+                found[name] = LinkState(name, exists=False, index=state.index,
+                                        renamed_to=merged.get(state.index))
         self._tentative = {}
-        async for msg in await self.ipr.link("dump"):
-            state = _link_state(msg)
-            self._names[msg["index"]] = state.ifname
-            if state.ifname in found:
-                found[state.ifname] = state
         await self._read_addresses()
         return found
 
@@ -237,6 +260,9 @@ class Netlink:
                 event = msg.get("event", "")
                 if event in ("RTM_NEWLINK", "RTM_DELLINK"):
                     state = _link_state(msg)
+                    if self._dumps:
+                        self._link_seq += 1
+                        self._link_updated[msg["index"]] = self._link_seq
                     if state.exists:
                         old = self._names.get(msg["index"])
                         self._names[msg["index"]] = state.ifname

@@ -265,3 +265,56 @@ def test_a_probe_table_through_another_interface_is_rewritten(monkeypatch):
     assert writes(oif=7) == []
     # A probe table without its unreachable default gets it, and only it.
     assert writes(oif=7, unreachable=False) == [("replace", None)]
+
+
+class SlowDumpSocket(ScriptedSocket):
+    """A link dump that waits for `GATE` (when set) before answering: a kernel event can be
+    handled meanwhile, as on a busy loop."""
+
+    GATE: asyncio.Event | None = None
+
+    async def link(self, command, **kwargs):
+        gate, links = self.GATE, list(self.LINKS)  # the dump's snapshot: taken when asked
+
+        async def answer():
+            if gate is not None:
+                await gate.wait()
+            for message in links:
+                yield message
+
+        return answer()
+
+
+def test_a_rename_during_a_link_dump_is_not_lost(monkeypatch):
+    """`ip link set eth0 name wan0` handled while `links()` waits for its dump (which the
+    kernel answered before the rename): the old name is still reported gone, and the dump
+    does not give the link its old name back (routes through it are named after wan0)."""
+    scripted(monkeypatch, [link_message("RTM_NEWLINK", 2, "wan0", UP)], links=[ETH0])
+    monkeypatch.setattr(netlink, "AsyncIPRoute", SlowDumpSocket)
+    monkeypatch.setattr(ScriptedSocket, "TABLE", [Message(
+        dst_len=0, table=netlink.MAIN_TABLE, type=1, gateway="100.64.1.1", oif=2,
+        priority=0, proto=4)])
+
+    async def main():
+        kernel = Netlink()
+        await kernel.open()
+        try:
+            await kernel.links(["eth0"])  # eth0 is index 2
+            gate = asyncio.Event()
+            monkeypatch.setattr(SlowDumpSocket, "GATE", gate)
+            dump = asyncio.create_task(kernel.links(["eth0", "wan0"]))
+            await asyncio.sleep(0)  # the dump is asked for, and waits
+            stream = kernel.events()
+            first = await asyncio.wait_for(anext(stream), 5)
+            gate.set()
+            found = await dump
+            routes = await kernel.default_routes(socket.AF_INET)
+            return first, found, [r.ifname for r in routes]
+        finally:
+            kernel.close()
+
+    first, found, via = asyncio.run(main())
+    assert first == Event(EventKind.LINK, LinkState("eth0", exists=False, index=2,
+                                                    renamed_to="wan0"))
+    assert via == ["wan0"]
+    assert not found["eth0"].exists
