@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 
 from netwatch.controller.decision import State, UpstreamState, plan_of
 from netwatch.controller.params import HOUR_S, Params, SessionState, TransitState
-from netwatch.controller.plan import Announcement, Plan
+from netwatch.controller.plan import Announcement, Plan, SafetyHold
 from netwatch.core.hysteresis import ActionBudget, HoldDown, Hysteresis
 from netwatch.core.vocabulary import Family, Health
 
@@ -72,13 +72,13 @@ def restore(
     budget = ActionBudget(
         params.max_actions_per_hour, HOUR_S, tuple(mono(t) for t in saved.action_times)
     )
-    # The last plan's holds, as if just planned: the interlock keeps them first (no migration).
-    held = {
-        (name, fam): Announcement()
-        for fam, names in saved.holds.items() for name in names
-        if (name, fam) in sessions
-    }
-    state = State(params, ups, sessions, budget, plan=Plan(held))
+    # The last plan's holds, as if just planned: the interlock keeps them first (no migration)
+    # and an UNKNOWN session keeps the announcement it had.
+    kept = {fam: tuple(n for n in names if (n, fam) in sessions)
+            for fam, names in saved.holds.items()}
+    held = {(name, fam): Announcement() for fam, names in kept.items() for name in names}
+    holds = tuple(SafetyHold(fam, names) for fam, names in sorted(kept.items()) if names)
+    state = State(params, ups, sessions, budget, plan=Plan(held, holds))
     return replace(state, plan=plan_of(state))
 
 

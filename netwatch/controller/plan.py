@@ -16,8 +16,10 @@ The same plan holds the *egress* set: per family, the upstreams that may carry o
 traffic and their weights (`egress`): one decision, two effects. An upstream carries
 traffic when its session of that family is up (or not known yet: possibly up, as for the
 interlock), it is not FAILED and not drained by an operator; a DEGRADED one with the lower
-weight. When that leaves none, every upstream with a session that may be up stays (every
-upstream looking bad at once is our fault, as for the announcements). With no session up at
+weight. When that leaves none, the ones that are not FAILED carry it, drained or not (never a
+FAILED one while another may carry it: half the outbound would go into a blackhole); only
+when every upstream with a session that may be up is FAILED do they all stay (every upstream
+looking bad at once is our fault, as for the announcements). With no session up at
 all (ExaBGP restarting), the same rules over every upstream of the family: a transit forwards
 what we send whether our session with it is up or not, and no default route is worse than any.
 Recovery follows the upstream's state, so the recovery hold is the same as for the
@@ -85,6 +87,12 @@ class Overrides:
     drains: Mapping[str, Drain] = field(default_factory=dict)
     prepends: Mapping[str, int] = field(default_factory=dict)  # upstream -> prepend count
 
+    @property
+    def forced_withdrawals(self) -> frozenset[str]:
+        """The upstreams a forced drain withdraws now: neither the interlock nor
+        make-before-break may keep them."""
+        return frozenset(n for n, d in self.drains.items() if d.forced and d.withdraw)
+
 
 NO_OVERRIDES = Overrides()
 
@@ -149,7 +157,9 @@ def make_plan(
             desired[(up.name, fam)] = _overridden(
                 params, up.name, _treat(params, up, treatment), overrides)
     before = before_plan.desired if before_plan is not None else {}
-    forced = {n for n, d in overrides.drains.items() if d.forced and d.withdraw}
+    held_before = {h.family: frozenset(h.kept)
+                   for h in (before_plan.holds if before_plan is not None else ())}
+    forced = overrides.forced_withdrawals
     holds = []
     for fam in Family:
         carriers = [u for u in params.upstreams if fam in u.families]
@@ -160,19 +170,23 @@ def make_plan(
             1 for n in announcing if session[n] is SessionState.UP)
         need_maybe_up = params.min_announcing_upstreams - sum(
             1 for n in announcing if session[n] is not SessionState.DOWN)
-        # Withdrawn by their verdict or an unforced drain, session up or unknown. The ones the
-        # last plan announced come first (a hold does not move from one upstream to another
-        # while it lasts: that would be a flap), then sessions known to be up, then the least
-        # bad: by state (a drained healthy upstream before a failed one, which would blackhole),
-        # not drained before drained, by measured excess loss, by name (stable).
+        # Withdrawn by their verdict or an unforced drain, session up or unknown. A FAILED one
+        # comes after every other (it would blackhole what it is kept for); then the ones the
+        # last plan's hold of this family kept (a hold does not move from one upstream to
+        # another while it lasts: that would be a flap; "announced in the last plan" would
+        # prefer an upstream that has just failed to a drained healthy one), then the least
+        # bad: by state, sessions known to be up first (fewer kept), not drained before
+        # drained, by measured excess loss, by name (stable).
+        held = held_before.get(fam, frozenset())
         candidates = sorted(
             (u for u in carriers
              if desired[(u.name, fam)] is None and session[u.name] is not SessionState.DOWN
              and u.name not in forced),
             key=lambda u: (
-                before.get((u.name, fam)) is None,
-                session[u.name] is not SessionState.UP,
+                levels[u.name] is TransitState.FAILED,
+                u.name not in held,
                 levels[u.name].severity,
+                session[u.name] is not SessionState.UP,
                 u.name in overrides.drains,  # of equally bad ones, an operator's drain last
                 loss_excess.get(u.name, 0.0),
                 u.name,
@@ -242,14 +256,17 @@ def egress_of(
         # production) while the transits still forward what we send; the verdicts still
         # count, or a FAILED transit would carry its share of our traffic all that time.
         pool = maybe_up or carriers
-        chosen = {
-            n: (params.egress_degraded_weight if levels[n] is TransitState.DEGRADED
-                else params.egress_weight)
-            for n in pool
-            if levels[n] is not TransitState.FAILED and n not in drained
-        }
-        if not chosen:  # every upstream looks bad or is drained: the fault is ours, keep all
-            chosen = {n: params.egress_weight for n in pool}
+
+        def weighted(names: list[str]) -> dict[str, int]:
+            return {n: (params.egress_degraded_weight if levels[n] is TransitState.DEGRADED
+                        else params.egress_weight) for n in names}
+
+        working = [n for n in pool if levels[n] is not TransitState.FAILED]
+        # Every working upstream drained: they carry it still (a drain moves traffic away, it
+        # does not send it into a FAILED one's blackhole). Every one FAILED: the fault is
+        # ours (as for the announcements), keep all.
+        chosen = (weighted([n for n in working if n not in drained]) or weighted(working)
+                  or {n: params.egress_weight for n in pool})
         egress[fam] = chosen
     return egress
 

@@ -210,6 +210,7 @@ def safe_withdrawals(
     in_flight: Iterable[Command],
     up: Collection[str],
     minimum: int,
+    forced: Collection[str] = (),
 ) -> list[Command]:
     """The withdrawals that may be sent now, in their order: make-before-break as a wait.
 
@@ -222,9 +223,18 @@ def safe_withdrawals(
     announcements, once acknowledged, make them safe (the interlock counts the same
     sessions); an announcement ExaBGP keeps rejecting holds back only the withdrawals that
     needed it.
+
+    A withdrawal to a neighbor in `forced` (an operator's drain forced past the interlock)
+    always goes: the operator chose to go below `minimum`, and holding it would leave the
+    prefix announced while status and audit say withdrawn. It still goes after the
+    announcements of its diff (the caller sends those first), and what it takes away is
+    counted before any other withdrawal is judged.
     """
     up = set(up)
+    forced = set(forced)
     withdrawing = {key for c in in_flight if c.withdraws for key in c.effect}
+    withdrawing |= {key for c in withdrawals if c.withdraws for key in c.effect
+                    if key[0] in forced}
     carriers: dict[str, set[str]] = {}  # prefix -> neighbors up that announce it, acknowledged
     for key, ann in acked.items():
         if ann is not None and key[0] in up and key not in withdrawing:
@@ -236,6 +246,9 @@ def safe_withdrawals(
 
     ready = []
     for command in withdrawals:
+        if all(n in forced for n, _ in command.effect):
+            ready.append(command)
+            continue
         taken = [(n, p) for n, p in command.effect if n in up]
         if all(others(n, p) >= minimum for n, p in taken):
             for n, p in taken:

@@ -51,11 +51,12 @@ Contract:
   neighbor's session is up;
 * make-before-break is a wait: `due` returns the announcements, then only the withdrawals
   that leave every prefix announced through `minimum` neighbors whose session is up,
-  counting only acknowledged announcements (`protocol.safe_withdrawals`). The others are held
-  (`WithdrawalsHeld`) and looked at again as soon as the last announcement in flight is
-  acknowledged (one ack round trip, not a probe interval); a rejected or timed-out
-  announcement keeps holding the withdrawals that need it until a retry of it is
-  acknowledged.
+  counting only acknowledged announcements (`protocol.safe_withdrawals`), and those of an
+  operator's forced drain (`want(..., forced=...)`), which go whatever they leave (and so
+  does that neighbor's End-of-RIB). The others are held (`WithdrawalsHeld`) and looked at
+  again as soon as the last announcement in flight is acknowledged (one ack round trip, not
+  a probe interval); a rejected or timed-out announcement keeps holding the withdrawals
+  that need it until a retry of it is acknowledged.
 """
 
 from __future__ import annotations
@@ -178,6 +179,7 @@ class Sync:
         self._minimum = minimum
         self._desired: Desired = {}
         self._up: frozenset[str] = frozenset()
+        self._forced: frozenset[str] = frozenset()
         self._acked: dict[Key, Announcement | None] = {}
         self._pending: deque[Command] = deque()
         self._head_since = 0.0  # since when pending[0] has waited for its acknowledgement
@@ -218,12 +220,15 @@ class Sync:
 
     # --- inputs ---------------------------------------------------------------------------
 
-    def want(self, desired: Desired, up: Collection[str]) -> None:
-        """The plan, per (neighbor address, prefix) (`protocol.expand`), and the neighbors
-        whose session is known to be up (make-before-break counts only those). Call it when
-        either changes: the next `due` diffs again."""
+    def want(self, desired: Desired, up: Collection[str], forced: Collection[str] = ()) -> None:
+        """The plan, per (neighbor address, prefix) (`protocol.expand`), the neighbors whose
+        session is known to be up (make-before-break counts only those), and the neighbors
+        an operator's forced drain withdraws (make-before-break lets their withdrawals
+        through: `protocol.safe_withdrawals`). Call it when any changes: the next `due`
+        diffs again."""
         self._desired = dict(desired)
         self._up = frozenset(up)
+        self._forced = frozenset(forced)
         self._dirty = True
 
     def ask_sessions(self, now: float) -> Command:
@@ -347,7 +352,7 @@ class Sync:
             self._sent(command, now)
         withdrawals = [c for c in commands if c.withdraws]
         ready = protocol.safe_withdrawals(withdrawals, self._acked, self._pending, self._up,
-                                          self._minimum) if withdrawals else []
+                                          self._minimum, self._forced) if withdrawals else []
         self._withdrawals_held = len(withdrawals) - len(ready)
         if self._withdrawals_held:
             reports.append(WithdrawalsHeld(self._withdrawals_held, len(self._pending)))

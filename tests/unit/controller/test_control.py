@@ -47,6 +47,7 @@ from netwatch.controller.decision import (
 from netwatch.controller.params import params_from_site
 from netwatch.controller.plan import Drain, Overrides
 from netwatch.controller.verdict import PathStats, ProbeStats
+from netwatch.core.vocabulary import Family
 
 T = {"t1": "192.0.2.1", "t2": "192.0.2.5", "t3": "192.0.2.9", "t4": "192.0.2.13"}
 T6 = {f"t{i}": f"2001:db8:ffff:{i}::1" for i in range(1, 5)}
@@ -640,3 +641,22 @@ def test_a_drain_before_the_sessions_are_known_is_refused_and_says_why(make):
     assert "sessions not known yet: t1/ipv4, t2/ipv4, t3/ipv4, t4/ipv4" in str(refused.value)
     sessions_answered(r)
     assert r.request(Command.DRAIN, upstream="t2", reason="now")["lease"]["target"] == "t2"
+
+
+def test_a_forced_drain_below_the_minimum_is_withdrawn_not_held_by_make_before_break(make):
+    """Every drain forced but t4's: the plan keeps nothing, and ExaBGP is told to withdraw t2
+    although only t4 is left (make-before-break would hold it forever, while status and the
+    audit say withdrawn)."""
+    r = started(make())
+    for name in ("t1", "t2"):
+        r.request(Command.DRAIN, upstream=name, reason="CHG-4", graceful_s=0)
+    r.settled()
+    for name in ("t3", "t1", "t2"):
+        change = r.request(Command.DRAIN, upstream=name, reason="CHG-4 all but t4",
+                           graceful_s=0, force=True)
+        assert change["lease"]["forced"] is True
+    lines = r.settled()
+    assert withdraw("t2") in lines and withdraw("t2", 6) in lines
+    assert r.c.state.plan.announcing(Family.V4) == ["t4"]
+    assert {k[0] for k, v in r.c.sync.acknowledged.items() if v is not None} == {T["t4"],
+                                                                                    T6["t4"]}

@@ -39,6 +39,7 @@ from netwatch.controller.plan import (
     Plan,
     SafetyHold,
     egress_of,
+    make_plan,
     mode_of,
 )
 from netwatch.controller.verdict import PathStats, ProbeStats, ProbeWindow, assess, is_local_fault
@@ -530,6 +531,9 @@ def egress4(levels, sessions=None, drained=()):
     ((H, H, H, H), {"t3": UNKNOWN}, (), {"t1": 10, "t2": 10, "t3": 10, "t4": 10}),  # maybe up
     ((F, F, F, H), {}, (), {"t4": 10}),  # three failed: the healthy one
     ((F, F, F, F), {}, (), {"t1": 10, "t2": 10, "t3": 10, "t4": 10}),  # all bad: ours, keep all
+    # every working one drained: they carry it, not the FAILED ones (a blackhole)
+    ((F, H, D, F), {}, ("t2", "t3"), {"t2": 10, "t3": 1}),
+    ((F, H, F, F), {"t3": DOWN}, ("t2",), {"t2": 10}),
     ((F, F, H, H), {"t3": DOWN, "t4": DOWN}, (), {"t1": 10, "t2": 10}),  # none other up
     ((H, H, H, H), dict.fromkeys(NAMES, DOWN), (), {"t1": 10, "t2": 10, "t3": 10, "t4": 10}),
     # no session up (ExaBGP restarting): the verdicts still count, over every upstream
@@ -563,9 +567,12 @@ def test_egress_properties(levels, sessions, drained):
     pool = maybe_up or NAMES  # no session up at all (ExaBGP restarting): every upstream
     fine = [n for n, lv in zip(NAMES, levels, strict=True)
             if n in pool and lv is not F and n not in drained]
+    working = [n for n, lv in zip(NAMES, levels, strict=True) if n in pool and lv is not F]
     if fine:  # some upstream may carry traffic: only those do, FAILED and drained never
         assert set(chosen) == set(fine)
-    else:  # every one that may be up is bad or drained: ours, keep them all
+    elif working:  # every working one drained: they carry it, never a FAILED one
+        assert set(chosen) == set(working)
+    else:  # every one that may be up is FAILED: ours, keep them all
         assert set(chosen) == set(pool)
 
 
@@ -667,3 +674,92 @@ def test_an_unforced_drain_never_breaks_the_interlock(levels, drained):
     s, _ = with_overrides(s, drains=drains)
     for fam in Family:
         assert len(s.plan.announcing(fam)) >= 2
+
+
+# --- which upstream the interlock keeps ---------------------------------------------------------
+
+
+def three_with_t2_drained() -> State:
+    """t1..t3, m=2, every session up; an operator drained t2 (not forced, accepted: t1 and t3
+    announce, no hold)."""
+    p = params(upstreams=params().upstreams[:3])
+    s, _ = step(restore(p), SessionSummary({(n, f): True for n in NAMES[:3] for f in Family}),
+                0.0)
+    s, _ = step(s, OperatorOverrides(Overrides(drains={"t2": Drain(withdraw=True)})), 0.0)
+    assert s.plan.announcing(Family.V4) == ["t1", "t3"] and s.plan.holds == ()
+    return s
+
+
+def with_state(s: State, **states: TransitState) -> State:
+    ups = {n: dataclasses.replace(u, state=states.get(n, u.state)) for n, u in s.upstreams.items()}
+    s = dataclasses.replace(s, upstreams=ups)
+    return dataclasses.replace(s, plan=plan_of(s))
+
+
+def test_a_drained_healthy_upstream_is_kept_before_one_that_has_just_failed():
+    """t1 blackholes while t2 is drained: the interlock announces t2 again (still tagged),
+    not t1, which the last plan announced but would carry inbound traffic into a blackhole."""
+    s = with_state(three_with_t2_drained(), t1=TransitState.FAILED)
+    assert s.plan.announcing(Family.V4) == ["t2", "t3"]
+    assert GRACEFUL_SHUTDOWN in s.plan.desired[("t2", Family.V4)].communities
+    assert s.plan.holds == (SafetyHold(Family.V4, ("t2",)), SafetyHold(Family.V6, ("t2",)))
+
+
+def test_a_hold_stays_on_its_upstream_across_changes_and_a_restart():
+    """t1 and t3 FAILED, t2 drained: t2 and one failed upstream are kept. The hold stays on
+    them when the other failed one looks better (no migration), and across a restart of the
+    controller (restore rebuilds the plan's holds; the leases come back after it)."""
+    s = with_state(three_with_t2_drained(), t1=TransitState.FAILED, t3=TransitState.FAILED)
+    assert holds_of(s.plan) == {Family.V4: {"t1", "t2"}, Family.V6: {"t1", "t2"}}
+    better = dataclasses.replace(s, plan=make_plan(
+        s.params, {n: u.state for n, u in s.upstreams.items()}, {"t1": 0.9, "t3": 0.1},
+        s.sessions, s.plan, s.overrides))
+    assert better.plan.holds == s.plan.holds  # t3 measures better now: the hold stays on t1
+    again = restore(s.params, to_json(s))
+    again, _ = step(again, OperatorOverrides(s.overrides), 0.0)
+    again, _ = step(again, SessionSummary({k: True for k in s.sessions}), 0.0)
+    assert again.plan == s.plan
+
+
+def test_restore_rebuilds_the_plans_holds():
+    s = three_failed()
+    persisted = to_json(s)
+    persisted["holds"] = {"ipv4": ["t3"], "ipv6": ["t3"]}
+    again = restore(params(), persisted)
+    assert holds_of(again.plan) == {Family.V4: {"t3"}, Family.V6: {"t3"}}
+
+
+levels_st = st.fixed_dictionaries({n: st.sampled_from(list(TransitState)) for n in NAMES})
+sessions_st = st.fixed_dictionaries({(n, f): st.sampled_from(list(SessionState))
+                                     for n in NAMES for f in Family})
+overrides_st = st.builds(
+    lambda drains: Overrides(drains=drains),
+    st.dictionaries(st.sampled_from(NAMES), st.builds(Drain, st.booleans(), st.booleans())))
+
+
+@settings(max_examples=400, deadline=None)
+@given(levels_st, sessions_st, overrides_st, levels_st, sessions_st, overrides_st)
+def test_a_kept_upstream_is_never_failed_while_a_healthier_candidate_is_withdrawn(
+        levels0, sessions0, overrides0, levels, sessions, overrides):
+    """Whatever the last plan held: a FAILED upstream is kept only when no upstream that is
+    not FAILED, withdrawn and not forced out, could serve the same need instead (one whose
+    session is up; or possibly up, when the failed one's is not known to be up). Excepted: an
+    UNKNOWN session that had the announcement (never withdrawn on a guess)."""
+    p = params()
+    before = make_plan(p, levels0, {}, sessions0, None, overrides0)
+    plan = make_plan(p, levels, {}, sessions, before, overrides)
+    forced = overrides.forced_withdrawals
+    for hold in plan.holds:
+        fam = hold.family
+        for k in hold.kept:
+            if levels[k] is not TransitState.FAILED:
+                continue
+            if (sessions[(k, fam)] is SessionState.UNKNOWN
+                    and before.desired.get((k, fam)) is not None):
+                continue  # no withdrawal on a guess
+            for c in NAMES:
+                if (plan.desired[(c, fam)] is None and c not in forced
+                        and levels[c] is not TransitState.FAILED
+                        and sessions[(c, fam)] is not SessionState.DOWN):
+                    assert not (sessions[(c, fam)] is SessionState.UP
+                                or sessions[(k, fam)] is not SessionState.UP), (k, c, plan)

@@ -677,3 +677,42 @@ def test_an_end_of_rib_never_goes_before_its_neighbors_desired_state(lab_params,
             break
     assert early == []
     assert sync.end_of_rib_owed == frozenset()
+
+
+# --- an operator's forced drain -----------------------------------------------------------------
+
+
+def test_a_forced_withdrawal_goes_below_the_minimum_after_the_announcements(clock):
+    """An operator drained N2 past the interlock: its withdrawal goes though it leaves N1
+    alone, after N3's announcement of the same diff, and N2's End-of-RIB after a reset is
+    not held behind it."""
+    sync = started(clock, desired(N1, N2))
+    settle(sync, clock)
+    sync.want(desired(N1, N3), (N1, N2), forced=(N2,))
+    due = sync.due(clock.now)
+    assert lines(due) == [announce(N3), withdraw(N2)] and due.reports == ()
+    settle(sync, clock)
+    assert dict(sync.acknowledged) == desired(N1, N3)
+    sync.peer_reset(N2)
+    sync.session_up(N2)
+    sync.want(desired(N1), (N1, N2), forced=(N2,))
+    assert lines(sync.due(clock.now)) == [withdraw(N2), withdraw(N3)]
+    acked(sync, clock, 2)
+    assert lines(sync.due(clock.now)) == [eor(N2)]
+
+
+def test_a_forced_withdrawal_counts_before_the_others_are_judged(clock):
+    """N1's withdrawal is forced, N2's is not: with N1 gone, N2's would leave N3 alone."""
+    sync = started(clock, desired(N1, N2, N3))
+    settle(sync, clock)
+    sync.want(desired(N3), NEIGHBORS, forced=(N1,))
+    due = sync.due(clock.now)
+    assert lines(due) == [withdraw(N1)] and due.reports == (WithdrawalsHeld(1, 0),)
+
+
+def test_an_unforced_withdrawal_below_the_minimum_is_still_held(clock):
+    sync = started(clock, desired(N1, N2))
+    settle(sync, clock)
+    sync.want(desired(N1), (N1, N2), forced=(N3,))
+    due = sync.due(clock.now)
+    assert lines(due) == [] and due.reports == (WithdrawalsHeld(1, 0),)
