@@ -44,6 +44,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address
+from pathlib import Path
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry
@@ -53,6 +54,7 @@ from netwatch import __version__
 from netwatch.adapters.netlink import Event, EventKind, LinkState, Netlink
 from netwatch.adapters.policy_routing import ProbePath
 from netwatch.agent import decision as core
+from netwatch.agent import router_adverts
 from netwatch.agent.control import AgentControl
 from netwatch.agent.metrics import AgentMetrics, StreamMetrics
 from netwatch.agent.probing import Prober, ProberFactory, RawProbers, probe_paths
@@ -602,6 +604,21 @@ class Agent:
             return
         failed.set_result(exc)
 
+    def warn_router_adverts(self, conf: Path = router_adverts.CONF) -> None:
+        """Log once, at start, the uplinks whose kernel takes an IPv6 default route from
+        router advertisements: it would fight the agent's (see netwatch.agent.router_adverts)."""
+        if core.Family.V6 not in self.settings.families:
+            return
+        names = [u.interface for u in self.uplinks.values()]
+        for ifname in router_adverts.ra_defaults(names, conf):
+            log.warning(kv(
+                "ra_default_route", interface=ifname,
+                note=f"the kernel learns IPv6 default routes from router advertisements on "
+                     f"{ifname}, at the metric the agent writes: the next advertisement of a "
+                     f"failed gateway puts a default through it back. Set "
+                     f"net.ipv6.conf.{ifname}.accept_ra_defrtr=0 (addresses and prefixes "
+                     f"are still learnt): see docs/agent.md, Before you deploy"))
+
     @staticmethod
     async def _callbacks(failed: asyncio.Future[BaseException]) -> None:
         """A worker that dies of the first exception raised in a loop callback."""
@@ -620,6 +637,7 @@ class Agent:
             await self._read_links()
             self.feed(await self.routes.snapshot())
             await self._install_paths()
+            self.warn_router_adverts()
             log.info(kv("started", **self._routes_kv(), method=self.cfg.probe.method,
                         kinds=",".join(k.value for k in self.settings.kinds),
                         interval_ms=self.cfg.probe.interval_ms, fall=self.settings.fall,
