@@ -14,20 +14,19 @@ the answer to `overrides`.
 - `restore` ends every DRAIN and PREPEND lease on the upstream (none is fine: the controller
   also skips the upstream's recovery hold, so it is announced again at once).
 - `override_extend` renews a live lease from `now`; `override_delete` ends it.
+
+`drain` stores `forced` as `args["force"]` says, and `override_extend` of a drain sets it when
+`args` has a `force` (not a client's argument: the controller settles it, storing a drain
+forced only when its interlock refused it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from netwatch.control.leases import Lease, LeaseBook, LeaseKind, LeaseNotFound, Who
 from netwatch.control.protocol import FAILOVER_AUTO, Command, NotFound, Request
-
-LEASE_COMMANDS = frozenset({
-    Command.FAILOVER, Command.DRAIN, Command.PREPEND, Command.RESTORE,
-    Command.OVERRIDE_EXTEND, Command.OVERRIDE_DELETE,
-})
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,8 @@ def apply(
     book: LeaseBook, request: Request, who: Who, now: float,
     upstreams: Collection[str] | None = None,
 ) -> Change:
-    """`request` (a validated write in LEASE_COMMANDS) applied to `book` at wall-clock `now`
+    """`request` (a validated write: failover, drain, prepend, restore, override_extend or
+    override_delete) applied to `book` at wall-clock `now`
     on behalf of `who`. `upstreams`: the daemon's upstream names, when it has some (drain,
     prepend and restore of another name are NotFound).
 
@@ -91,8 +91,12 @@ def apply(
     try:
         if cmd is Command.OVERRIDE_EXTEND:
             changed = book.extend(args["id"], args["for_s"], now, args["reason"])
-            return Change(changed.book, lease=changed.lease,
-                          message=f"{changed.lease.id} ({changed.lease.describe()}) renewed")
+            book, lease = changed.book, changed.lease
+            if "force" in args and lease.kind is LeaseKind.DRAIN and lease.forced != args["force"]:
+                lease = replace(lease, forced=args["force"])
+                book = replace(book, leases=tuple(lease if x is changed.lease else x
+                                                  for x in book.leases))
+            return Change(book, lease=lease, message=f"{lease.id} ({lease.describe()}) renewed")
         if cmd is Command.OVERRIDE_DELETE:
             changed = book.remove(args["id"], now)
             return Change(changed.book, removed=(changed.lease,),

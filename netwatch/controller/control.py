@@ -23,13 +23,17 @@ Contract:
 * a drain that is not forced is refused (`Refused`, exit 3 in the CLI) when the plan, once
   every drain has withdrawn, would keep a drained upstream announced to hold some family at
   `min_announcing_upstreams` (`overrides.interlock_refusal`). A forced one is accepted, said
-  so in its answer, logged as a warning and audited (`interlock_overridden`);
+  so in its answer, logged as a warning and audited (`interlock_overridden`). Only then is
+  the lease stored forced: a `--force` that overrode nothing leaves the interlock free to
+  keep the upstream later. Renewing a forced drain (`override_extend`) judges it again: still
+  refused, it stays forced and is logged and audited again; no longer, it is stored unforced;
 * a drain announces GRACEFUL_SHUTDOWN for `graceful_s` (the request's, or the site's
   `controller.drain_graceful_s`, written into the lease), then withdraws. The stage is
   derived from the lease on the wall clock, so it survives restarts. A drain that replaces
   one already withdrawn withdraws at once: no second graceful stage re-announces it;
-* a lease that expires, a restore, and a deleted drain are restores: the upstream skips what
-  is left of its recovery hold (`OperatorOverrides.restored`);
+* a restore and a deleted drain are an operator's restores: the upstream skips what is left
+  of its recovery hold (`OperatorOverrides.restored`). A lease that expires by itself (or
+  that a wall-clock step ends) is not: the upstream returns through its normal recovery;
 * the lease clock (`keep_time`) wakes at every drain's withdrawal and lease expiry, and at
   least once a second;
 * the audit log gets every request (the server writes those) and every automatic action:
@@ -182,43 +186,58 @@ class ControllerControl:
         NotFound, Refused or Unavailable (nothing changed then)."""
         async with self._writes:
             request, note = self._prepared(request)
-            forced_past: list[str] = []
-
-            def interlock(_change) -> None:  # runs in the keeper's thread: reads, never writes
-                if request.cmd is not Command.DRAIN:
-                    return
-                refusal = interlock_refusal(self.c.state, request.args["upstream"])
-                if refusal is None:
-                    return
-                if not request.args["force"]:
-                    raise Refused(refusal, request_id=request.id)
-                forced_past.append(refusal)
-
+            # Judged here, on the event loop (the only writer of the state), before the keeper
+            # saves anything: a drain the interlock would refuse is refused unless forced, and
+            # only a drain (or the renewal of one) that the interlock refused is stored forced.
+            upstream, refusal = self._interlock(request)
+            if refusal is not None and request.cmd is Command.DRAIN and not request.args["force"]:
+                raise Refused(refusal, request_id=request.id)
+            if request.cmd in (Command.DRAIN, Command.OVERRIDE_EXTEND) and upstream is not None:
+                request = replace(request, args={**request.args, "force": refusal is not None})
             # The keeper fsyncs the lease file: off the event loop, which probes meanwhile.
             change = await asyncio.to_thread(
-                self.keeper.apply, request, peer, upstreams=self.names, check=interlock)
-            if forced_past:
-                note += f"; FORCED past the interlock: {forced_past[0]}"
+                self.keeper.apply, request, peer, upstreams=self.names)
+            if refusal is not None:
+                note += f"; FORCED past the interlock: {refusal}"
             if note:
                 change = replace(change, message=change.message + note)
             self.metrics.show_leases(self.keeper.book.leases)
             target = request.args.get("upstream") or request.args.get("id")
             log.info(kv("override", cmd=request.cmd.value, target=target, user=peer.user,
                         uid=peer.uid, reason=request.args.get("reason"), result=change.message))
-            if forced_past:
-                log.warning(kv("interlock_overridden", upstream=request.args["upstream"],
+            if refusal is not None:
+                log.warning(kv("interlock_overridden", upstream=upstream, cmd=request.cmd.value,
                                id=change.lease.id, user=peer.user, uid=peer.uid,
-                               refusal=forced_past[0]))
+                               refusal=refusal))
                 await asyncio.to_thread(
-                    self.audit_log.record, "interlock_overridden",
-                    upstream=request.args["upstream"], id=change.lease.id, uid=peer.uid,
-                    user=peer.user, reason=request.args["reason"], refusal=forced_past[0])
+                    self.audit_log.record, "interlock_overridden", upstream=upstream,
+                    cmd=request.cmd.value, id=change.lease.id, uid=peer.uid, user=peer.user,
+                    reason=request.args["reason"], refusal=refusal)
             restored = restored_by(change.removed)
             if request.cmd is Command.RESTORE:
                 restored |= {request.args["upstream"]}
             self.enact(restored)
         await self.c.pipe.flush()
         return change.to_json()
+
+    def _interlock(self, request: Request) -> tuple[str | None, str | None]:
+        """(the drained upstream, why the interlock would refuse its drain now, or None) for a
+        drain, or for the renewal of a forced drain (forced for as long again: judged again);
+        (None, None) for anything else, or an upstream the site file does not have (the
+        keeper answers NotFound)."""
+        if request.cmd is Command.DRAIN:
+            upstream = request.args["upstream"]
+        elif request.cmd is Command.OVERRIDE_EXTEND:
+            lease = self.keeper.book.get(request.args["id"])
+            if (lease is None or lease.kind is not LeaseKind.DRAIN or not lease.forced
+                    or lease.expired(self.wall())):
+                return None, None
+            upstream = lease.target
+        else:
+            return None, None
+        if upstream not in self.names:
+            return None, None
+        return upstream, interlock_refusal(self.c.state, upstream)
 
     def _prepared(self, request: Request) -> tuple[Request, str]:
         """A drain with its graceful period settled: the site's default when not given, none
@@ -289,11 +308,12 @@ class ControllerControl:
     async def tick(self) -> None:
         """Expire what expired, move drains past their graceful stage; write what is due."""
         async with self._writes:
-            gone: tuple[Lease, ...] = ()
             if any(lease.expired(self.wall()) for lease in self.keeper.book.leases):
-                gone = await asyncio.to_thread(self.keeper.expire)  # saves: off the loop
+                await asyncio.to_thread(self.keeper.expire)  # saves: off the loop
                 self.metrics.show_leases(self.keeper.book.leases)
-            changed = self.enact(restored_by(gone))
+            # An expiry (or a wall-clock step past it) is no operator's restore: the upstream
+            # comes back through its own recovery hold, which it may have served already.
+            changed = self.enact()
         if changed:
             await self.c.pipe.flush()
 

@@ -19,8 +19,9 @@ instant (while other drains are still graceful, they still announce).
 
 `next_change_at` says when the result changes next by time alone (a drain's withdrawal, a
 lease's expiry), so the daemon wakes then and not only once a second. `restored_by` names the
-upstreams whose drain ended (a restore, a delete, an expiry): like an operator's restore they
-skip what is left of their recovery hold (netwatch.controller.decision.OperatorOverrides).
+upstreams whose drain an operator ended (a restore, a delete): they skip what is left of their
+recovery hold (netwatch.controller.decision.OperatorOverrides). A drain that expires by itself
+is not passed to it: that upstream returns through its normal recovery.
 """
 
 from __future__ import annotations
@@ -99,8 +100,9 @@ def next_change_at(leases: Iterable[Lease], now: float, default_graceful_s: floa
 
 
 def restored_by(ended: Iterable[Lease]) -> frozenset[str]:
-    """The upstreams whose drain is among `ended` (leases removed or expired; not a lease
-    replaced by a new one of its slot: that upstream is still drained)."""
+    """The upstreams whose drain is among `ended` (leases an operator removed; not a lease
+    replaced by a new one of its slot: that upstream is still drained; not one that expired:
+    see the module doc)."""
     return frozenset(lease.target for lease in ended if lease.kind is LeaseKind.DRAIN)
 
 

@@ -39,12 +39,13 @@ from netwatch.controller import overrides as operator
 from netwatch.controller.daemon import Controller
 from netwatch.controller.decision import (
     OperatorOverrides,
+    SessionChange,
     SessionSummary,
     drain_refusal,
     initial_state,
     step,
 )
-from netwatch.controller.params import params_from_site
+from netwatch.controller.params import SessionState, params_from_site
 from netwatch.controller.plan import Drain, Overrides
 from netwatch.controller.verdict import PathStats, ProbeStats
 from netwatch.core.vocabulary import Family
@@ -660,3 +661,65 @@ def test_a_forced_drain_below_the_minimum_is_withdrawn_not_held_by_make_before_b
     assert r.c.state.plan.announcing(Family.V4) == ["t4"]
     assert {k[0] for k, v in r.c.sync.acknowledged.items() if v is not None} == {T["t4"],
                                                                                     T6["t4"]}
+
+
+def test_a_force_that_overrides_nothing_leaves_the_interlock_free_to_keep_the_upstream(make):
+    """`drain t1 --force` while three others announce: nothing refused, so nothing is forced.
+    When t2's and t3's IPv4 sessions go down, the interlock keeps t1 (still tagged) beside t4
+    instead of leaving IPv4 to t4 alone, and says so."""
+    r = started(make())
+    change = r.request(Command.DRAIN, upstream="t1", reason="CHG-9", graceful_s=0, force=True)
+    assert change["lease"]["forced"] is False and "FORCED" not in change["message"]
+    assert r.audit("interlock_overridden") == []
+    r.settled()
+    for name in ("t2", "t3"):
+        r.c.apply(SessionChange(name, Family.V4, False))
+    plan = r.c.state.plan
+    assert [n for n in plan.announcing(Family.V4)
+            if r.c.state.sessions[(n, Family.V4)] is SessionState.UP] == ["t1", "t4"]
+    assert [(h.family, h.kept) for h in r.c.state.plan.holds] == [(Family.V4, ("t1",))]
+
+
+def test_renewing_a_forced_drain_judges_the_interlock_again(make):
+    r = started(make())
+    for name in ("t1", "t2"):
+        r.request(Command.DRAIN, upstream=name, reason="CHG-10", graceful_s=0)
+    change = r.request(Command.DRAIN, upstream="t3", reason="CHG-10", graceful_s=0, force=True)
+    assert change["lease"]["forced"] is True
+    lease_id = change["lease"]["id"]
+    renewed = r.request(Command.OVERRIDE_EXTEND, id=lease_id, for_s=600, reason="CHG-10 more")
+    assert renewed["lease"]["forced"] is True and "FORCED past the interlock" in renewed[
+        "message"]
+    assert [e["cmd"] for e in r.audit("interlock_overridden")] == ["drain", "override_extend"]
+    r.request(Command.RESTORE, upstream="t1", reason="CHG-10 t1 back")
+    renewed = r.request(Command.OVERRIDE_EXTEND, id=lease_id, for_s=600, reason="CHG-10 again")
+    assert renewed["lease"]["forced"] is False and "FORCED" not in renewed["message"]
+    assert len(r.audit("interlock_overridden")) == 2
+    assert r.c.state.overrides.drains["t3"].forced is False
+
+
+def test_an_expiring_drain_returns_the_upstream_through_its_recovery_hold(make):
+    """A drain that ends by itself is no operator's restore: t2, FAILED and recovering, stays
+    withdrawn until its recovery hold is served; an explicit delete skips the hold."""
+    r = started(make(policy={"fall": 1, "rise": 1, "recovery_hold_s": 600}))
+    r.c.apply(window(t2="failed"))
+    r.mono.now += 1
+    r.c.apply(window())  # probes good again: 600 s of recovery hold ahead
+    r.request(Command.DRAIN, upstream="t2", reason="CHG-11", graceful_s=0, for_s=30)
+    r.settled()
+    r.wall.now += 30
+    r.tick()
+    assert r.settled() == []
+    t2 = r.c.control.status()["upstreams"][1]
+    assert t2["state"] == "failed" and t2["recovery"]["towards"] == "healthy"
+    assert not [e for e in r.audit("transition") if e["reason"] == "operator restore"]
+    r.mono.now += 600
+    r.c.apply(window())
+    assert r.settled() == [announce("t2"), announce("t2", 6)]
+    change = r.request(Command.DRAIN, upstream="t2", reason="CHG-12", graceful_s=0, for_s=30)
+    r.settled()
+    r.c.apply(window(t2="failed"))
+    r.mono.now += 1
+    r.c.apply(window())
+    r.request(Command.OVERRIDE_DELETE, id=change["lease"]["id"], reason="CHG-12 done")
+    assert r.settled() == [announce("t2"), announce("t2", 6)]
