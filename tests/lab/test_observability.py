@@ -19,8 +19,10 @@ with NetwatchUpstreamFailed for t2, heal resolves it; stopping the agent pages
 NetwatchDaemonDown for it; every query of every rule and dashboard panel runs against this
 Prometheus without error and returns data, except those that read a planned metric (listed in
 docs/metrics.md, "Planned") or a state the lab never reaches here (`NOT_IN_THE_LAB`, with the
-reason). Every process is stopped by its PID, every file removed. About 100 s, most of it the
-minute NetwatchDaemonDown waits.
+reason); the override panels and alerts read the leases that the test makes on both daemons
+through their control sockets (a drain of t4, a forced failover), deleted after. Every
+process is stopped by its PID, every file removed. About 90 s, most of it the minute
+NetwatchDaemonDown waits.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ import pytest
 import yaml
 
 from netwatch.config import load_site
+from netwatch.control.client import request
+from netwatch.control.protocol import Command
 from netwatch.lab import faults
 from netwatch.observability.queries import (
     dashboard_queries,
@@ -67,14 +71,6 @@ AGENT_INSTANCE, CONTROLLER_INSTANCE = "srv:9110", "edge:9111"
 NOT_IN_THE_LAB = {
     'up{job=~"netwatch-agent|netwatch-controller", site=""}':
         "every target here has a site label (NetwatchTargetWithoutSite fires without one)",
-}
-# Metrics with a series only in a state this test never creates, with the reason: queries that
-# read them must run without error, and may return nothing.
-NOT_IN_THE_LAB_METRICS = {
-    "netwatch_override_expiry_timestamp_seconds":
-        "one series per live operator lease, and this test makes no override",
-    "netwatch_override_created_timestamp_seconds":
-        "one series per live operator lease, and this test makes no override",
 }
 PROMETHEUS_BIN = shutil.which("prometheus")
 ALERTMANAGER_BIN = shutil.which("prometheus-alertmanager")
@@ -479,8 +475,36 @@ def ensure_activity(stack, lab, eventually) -> None:
     time.sleep(2)  # two more scrapes and evaluations after the last event
 
 
+@contextlib.contextmanager
+def operator_overrides(stack, eventually):
+    """For the block, one lease on each daemon through its control socket, as an operator's
+    CLI makes them: a drain of t4 (no graceful stage: withdrawn at once; t1-t3 still announce)
+    on the controller, a forced failover to the secondary on the agent. Both deleted
+    afterwards, by id (deleting the drain restores t4 at once)."""
+    control, reason = stack.site.control, "tests/lab/test_observability.py"
+    made = []
+    try:
+        for path, cmd, args in (
+                (control.controller, Command.DRAIN, {"upstream": "t4", "graceful_s": 0}),
+                (control.agent, Command.FAILOVER, {"to": "secondary"})):
+            change = request(path, cmd, {**args, "reason": reason, "for_s": 600})
+            made.append((path, change["lease"]["id"]))
+        eventually(lambda: len(stack.prometheus.values(
+            "netwatch_override_expiry_timestamp_seconds")) == 2, 10,
+            "Prometheus sees both overrides (netwatch_override_expiry_timestamp_seconds)")
+        yield
+    finally:
+        for path, lease_id in made:
+            request(path, Command.OVERRIDE_DELETE, {"id": lease_id, "reason": reason})
+
+
 def test_every_rule_and_panel_query_runs_and_returns_data(stack, lab, eventually):
-    ensure_activity(stack, lab, eventually)
+    with operator_overrides(stack, eventually):
+        ensure_activity(stack, lab, eventually)
+        check_every_query(stack)
+
+
+def check_every_query(stack) -> None:
     prom, planned = stack.prometheus, planned_metrics()
     start, end = stack.started, time.time()
     queries = rule_queries(RULE_FILES, REPO) + dashboard_queries(DASHBOARDS, REPO)
@@ -494,7 +518,7 @@ def test_every_rule_and_panel_query_runs_and_returns_data(stack, lab, eventually
             if not prom.values(q.name):
                 problems.append(f"{q.source}: no series recorded")
         elif q.kind in ("panel", "annotation", "variable"):
-            excused = sorted(metric_names(q.expr) & (planned | set(NOT_IN_THE_LAB_METRICS)))
+            excused = sorted(metric_names(q.expr) & planned)
             got = prom.query_range(q.expr, start, end)
             has_data = got["status"] == "success" and got["data"]["result"]
             if excused and not has_data:
@@ -504,26 +528,26 @@ def test_every_rule_and_panel_query_runs_and_returns_data(stack, lab, eventually
         # Alerts: their condition is false in a healthy lab; what they select must exist.
         for selector in selectors(q.expr):
             name = selector.split("{", 1)[0]
-            if name in planned or name in NOT_IN_THE_LAB_METRICS or selector in NOT_IN_THE_LAB:
+            if name in planned or selector in NOT_IN_THE_LAB:
                 continue
             if not prom.values(selector):
                 problems.append(f"{q.source}: {selector} selects nothing")
     assert not problems, "\n".join(problems)
     # These ran without error and returned nothing: they read a planned metric (data is
-    # required as soon as it is exported and off the list) or one of NOT_IN_THE_LAB_METRICS.
-    print("\nno data, excused (planned, or not in the lab):\n" + "\n".join(waived))
+    # required as soon as it is exported and off the list).
+    print("\nno data, excused (planned metrics):\n" + "\n".join(waived))
 
 
 def test_every_metric_a_rule_or_panel_names_is_exported(stack):
     queries = rule_queries(RULE_FILES, REPO) + dashboard_queries(DASHBOARDS, REPO)
     named = set().union(*(metric_names(q.expr) for q in queries))
     recorded = {q.name for q in queries if q.kind == "record"}
-    live = {m["__name__"] for m, _ in stack.prometheus.values(
-        'group by (__name__) ({job=~"netwatch-agent|netwatch-controller"})')}
-    # NOT_IN_THE_LAB_METRICS have no series here (tests/unit/observability checks that a
-    # daemon defines them).
-    missing = sorted(named - recorded - live - planned_metrics() - set(NOT_IN_THE_LAB_METRICS)
-                     - {"up"})
+    # Every name scraped since the stack started: the overrides' series live only while a
+    # lease does (the test before this one made two).
+    seen = {m["__name__"] for m, _ in stack.prometheus.values(
+        'group by (__name__) (last_over_time({job=~"netwatch-agent|netwatch-controller"}'
+        f'[{int(time.time() - stack.started) + 5}s]))')}
+    missing = sorted(named - recorded - seen - planned_metrics() - {"up"})
     assert missing == [], f"named by rules or panels, exported by neither daemon: {missing}"
 
 
