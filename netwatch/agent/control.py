@@ -154,10 +154,22 @@ class AgentControl:
         else:
             bad = {f.label: view.families[f].value for f in state.routing
                    if view.families[f] is not Health.UP}
-            why = (f"{forced.uplink.value} is not UP ("
-                   + ", ".join(f"{k} {v}" for k, v in bad.items()) + ")") if bad else "starting"
+            held = [r.stable(forced.uplink) for r in state.routing.values()
+                    if r.left_forced and r.active is not forced.uplink]
+            if bad:
+                why = (f"{forced.uplink.value} is not UP ("
+                       + ", ".join(f"{k} {v}" for k, v in bad.items()) + ")")
+            elif held:
+                now = self.agent.clock()
+                left = max(h.hold_s - (now - h.since) if h.since is not None else h.hold_s
+                           for h in held)
+                why = (f"{forced.uplink.value} failed under the lease and is UP again: its "
+                       f"hold-down ends in {max(left, 0.0):.1f} s")
+            else:
+                why = "starting"
         return (f"routes: {where}; not on {forced.uplink.value} yet: {why}; they move there "
-                "once it is UP, the lease holds meanwhile")
+                "once it is UP (after a failure, once stable for the hold-down), the lease "
+                "holds meanwhile")
 
     # --- the automatic actions, audited ----------------------------------------------------
 

@@ -227,3 +227,15 @@ def test_a_decision_error_on_the_lease_clock_stops_the_agent(site, monkeypatch):
 
     with pytest.raises(TransitionError):
         asyncio.run(lease_clock())
+
+
+def test_the_answer_says_a_forced_uplink_that_failed_waits_for_its_hold_down(site):
+    clocks = Clocks()
+    agent = start(site, clocks)
+    ask(agent, Command.FAILOVER, to="secondary", reason="CHG-1", for_s=600)
+    probe(agent, clocks, site.agent.probe.fall, secondary=False)  # it fails: back on primary
+    probe(agent, clocks, site.agent.probe.rise)  # UP again
+    assert set(routes(agent).values()) == {P}
+    answer = ask(agent, Command.FAILOVER, to="secondary", reason="CHG-1 again", for_s=600)
+    assert set(routes(agent).values()) == {P}
+    assert "is UP again: its hold-down ends in" in answer["message"]
