@@ -187,6 +187,10 @@ def _controller_checks(site: Site, ctl: ControllerSection) -> list[tuple[Loc, st
             )
         if version == 6 and upstream.neighbor6 is not None:
             found.append(((*ups, i, "neighbor6"), "the neighbor is already IPv6"))
+    if ctl.bgp.router_id is None and not any(
+            u.local_address is not None and u.local_address.version == 4 for u in ctl.upstreams):
+        found.append((("controller", "bgp", "router_id"),
+                      "required: no upstream has an IPv4 local_address to default to"))
     policy = ctl.policy
     deg, fail = policy.degraded, policy.failed
     if deg.loss_ratio >= fail.loss_ratio:

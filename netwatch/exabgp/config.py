@@ -3,7 +3,8 @@
 `render_exabgp_config(site, process_argv, md5_passwords)` returns the config text: one
 `process` block that runs `process_argv` (`netwatch controller --config FILE`) and one
 neighbor per upstream and address family (IPv4 session on `neighbor`, IPv6 session on
-`neighbor6`), each with local-as, router-id, hold-time and the API process, and:
+`neighbor6`), each with local-as, router-id (`controller.bgp.router_id`, by default the first
+upstream's IPv4 local_address: `router_id`), hold-time and the API process, and:
 
 * `capability { graceful-restart N; }` (RFC 4724, `controller.bgp.graceful_restart_s`, none
   when 0): ExaBGP 5.0.15 sends no NOTIFICATION when it is stopped by any signal (it closes
@@ -34,6 +35,7 @@ Raises ValueError for a value that cannot go into the config safely.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,10 +48,30 @@ _SAFE_TOKEN = re.compile(r"\A[A-Za-z0-9_./:@=+,-]+\Z")
 
 
 def _token(value: object) -> str:
+    """`value` (a str, an IP address or an int) as one plain config token. Raises ValueError
+    for anything else (None would render as `None`, which ExaBGP may read as a name) and for
+    a text that is not one plain token."""
+    if isinstance(value, bool) or not isinstance(
+            value, str | int | ipaddress.IPv4Address | ipaddress.IPv6Address):
+        raise ValueError(f"not a value for the ExaBGP config: {type(value).__name__} "
+                         f"{str(value)[:40]!r}")
     text = str(value)
     if not _SAFE_TOKEN.match(text):
         raise ValueError(f"unsafe value for the ExaBGP config: {text!r}")
     return text
+
+
+def router_id(site) -> ipaddress.IPv4Address:
+    """`controller.bgp.router_id`, or by default the first upstream's IPv4 local_address.
+    Raises ValueError when neither exists (the site file's validation refuses that)."""
+    ctl = site.controller
+    if ctl.bgp.router_id is not None:
+        return ctl.bgp.router_id
+    for up in ctl.upstreams:
+        if up.local_address is not None and up.local_address.version == 4:
+            return up.local_address
+    raise ValueError("controller.bgp.router_id is not set and no upstream has an IPv4 "
+                     "local_address to default to")
 
 
 GTSM_TTL = 255  # RFC 5082: the only TTL a directly connected peer's packets can arrive with
@@ -62,7 +84,7 @@ def _neighbor(
     lines = [
         f"neighbor {_token(peer)} {{",
         f"    description {_token(name)};",
-        f"    router-id {_token(bgp.router_id)};",
+        f"    router-id {_token(router_id(site))};",
         f"    local-address {_token(local)};",
         f"    local-as {int(site.asn)};",
         f"    peer-as {int(upstream.asn)};",

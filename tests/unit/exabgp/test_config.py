@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from netwatch.config import load_site
-from netwatch.exabgp.config import exabgp_environment, render_exabgp_config
+from netwatch.config.errors import ConfigError
+from netwatch.exabgp.config import _token, exabgp_environment, render_exabgp_config
 from netwatch.lab.lifecycle import exabgp_program
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -187,3 +188,38 @@ def test_the_shipped_unit_stops_exabgp_the_way_the_lab_tests_pin_and_writes_the_
     for key, value in exabgp_environment().items():
         if key not in ("exabgp_log_level", "exabgp_log_statistics"):
             assert f"Environment={key}={value}" in unit, key
+
+
+def _site_raw(tmp_path, change):
+    raw = yaml.safe_load((ROOT / "netwatch/lab/site/lab-site.yaml").read_text())
+    raw["controller"]["probe"]["targets_file"] = str(ROOT / "netwatch/lab/site/targets/lab.yaml")
+    change(raw)
+    path = tmp_path / "site.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_site(path)
+
+
+def test_the_router_id_defaults_to_the_first_upstreams_ipv4_local_address(tmp_path):
+    site = _site_raw(tmp_path, lambda raw: raw["controller"]["bgp"].pop("router_id"))
+    text = render_exabgp_config(site, ARGV, PASSWORDS)
+    first = str(site.controller.upstreams[0].local_address)
+    assert "None" not in text
+    assert {re.search(r"router-id (\S+);", b).group(1) for b in blocks(text).values()} == {first}
+
+
+def test_no_router_id_and_no_ipv4_local_address_is_refused_at_validation(tmp_path):
+    def ipv6_only(raw):
+        raw["controller"]["bgp"].pop("router_id")
+        for up in raw["controller"]["upstreams"]:
+            up["neighbor"], up["local_address"] = up.pop("neighbor6"), up.pop("local_address6")
+            up.pop("nexthop", None)
+
+    with pytest.raises(ConfigError) as refused:
+        _site_raw(tmp_path, ipv6_only)
+    assert "controller.bgp.router_id: required" in str(refused.value)
+
+
+@pytest.mark.parametrize("value", [None, 1.5, True, b"x", ["a"], Path("/x")])
+def test_a_value_of_no_config_type_is_refused(value):
+    with pytest.raises(ValueError, match="not a value for the ExaBGP config"):
+        _token(value)
