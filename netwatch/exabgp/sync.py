@@ -261,11 +261,6 @@ class Sync:
         self._eor_owed.add(neighbor)
         self._eor_backoff.pop(neighbor, None)
 
-    @property
-    def end_of_rib_owed(self) -> frozenset[str]:
-        """The neighbors whose End-of-RIB has not been written yet."""
-        return frozenset(self._eor_owed)
-
     def on_ack(self, kind: AckKind, now: float) -> Report | None:
         """One `done` or `error`, matched to the oldest command in flight (none: None)."""
         if self._orphan_acks:

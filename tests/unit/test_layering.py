@@ -26,8 +26,11 @@ PURE = (
     "netwatch.controller.plan",
     "netwatch.controller.decision",
     "netwatch.controller.persistence",
+    "netwatch.controller.overrides",
+    "netwatch.controller.status",
     "netwatch.exabgp.protocol",
     "netwatch.exabgp.sync",
+    "netwatch.exabgp.config",
     "netwatch.control.protocol",
     "netwatch.control.leases",
     "netwatch.control.overrides",
@@ -46,6 +49,8 @@ IMPURE = (
     "netwatch.cli", "netwatch.lab", "netwatch.agent.daemon", "netwatch.controller.daemon",
     "netwatch.control.server", "netwatch.control.client", "netwatch.playbook.runner",
     "netwatch.playbook.control_port", "netwatch.diagnose.run", "netwatch.diagnose.tracer",
+    "netwatch.control.keeper", "netwatch.control.store", "netwatch.control.audit",
+    "netwatch.controller.control",
 )
 DAEMONS = ("netwatch.agent", "netwatch.controller", "netwatch.control")
 ABOVE_ADAPTERS = ("netwatch.commands", "netwatch.cli", "netwatch.lab", *DAEMONS)
