@@ -74,7 +74,8 @@ GRACEFUL_SHUTDOWN = "65535:0"  # RFC 8326: peers lower the preference of what ca
 class Drain:
     """An operator's drain of one upstream. `withdraw` False: the graceful phase (announced
     with GRACEFUL_SHUTDOWN, out of the egress set), True: withdrawn. `forced`: the interlock
-    may not keep it (the operator's --force); otherwise the interlock may, still tagged."""
+    may not keep it, nor make-before-break hold its withdrawal (an operator's --force past a
+    refusal of the interlock); otherwise the interlock may, still tagged."""
 
     withdraw: bool = False
     forced: bool = False
