@@ -18,7 +18,12 @@ then every new one as it is recorded.
 
 `record` never raises for I/O: a full disk must not stop a daemon from acting. It logs the
 error and counts it in `write_errors`. It may be called from any thread; it blocks for one
-fsync (about a millisecond on an SSD), so the control server calls it from a worker thread.
+fsync (about a millisecond on an SSD, seconds on a stalled disk), so the control server calls
+it from a worker thread, and a daemon's automatic actions go through an `AuditWriter`:
+
+    writer = AuditWriter(audit_log)
+    writer.record("transition", upstream="t2", ...)   # never blocks: queued, stamped now
+    supervise({..., "audit": writer.run()}, stop)     # the worker: in order, in a thread
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ log = logging.getLogger("netwatch.control")
 
 MAX_BYTES = 10 * 1024 * 1024
 KEEP = 3  # rotated files kept beside the live one
+WRITER_QUEUE = 1000  # records an AuditWriter holds for a stalled disk; beyond, counted, dropped
 FOLLOW_QUEUE = 1000  # records a follower may lag behind before it is told it lost some
 SECRET_KEYS = frozenset({"password", "secret", "token", "key", "passphrase"})
 
@@ -87,9 +93,10 @@ class AuditLog:
     # --- writing ---
 
     def record(self, kind: str, **fields: Any) -> dict:
-        """Append one record `{"ts": now, "kind": kind, **fields}` and fsync it. Returns the
-        record as a reader will see it (values that are not JSON become strings). Never
-        raises OSError (see the module doc)."""
+        """Append one record `{"ts": now, "kind": kind, **fields}` and fsync it (a `ts` in
+        `fields`, the time a record was queued at, is kept). Returns the record as a reader
+        will see it (values that are not JSON become strings). Never raises OSError (see the
+        module doc)."""
         data = {"ts": self.clock(), "kind": kind, **fields}
         line = json.dumps(data, ensure_ascii=True, separators=(",", ":"), default=str) + "\n"
         record = json.loads(line)
@@ -196,6 +203,67 @@ class AuditLog:
         finally:
             with self._lock:
                 self._followers.discard(follower)
+
+
+class AuditWriter:
+    """A daemon's automatic actions to `audit`, off its event loop.
+
+    `record(kind, **fields)` never blocks: the record is stamped with the time it happened
+    and queued; `run()`, a worker the daemon supervises, writes the queue in order, each
+    record fsynced in a thread, so a stalled disk never delays a failover, a probe or the
+    control socket. A full queue (`maxsize` records behind a stalled disk) drops the record,
+    counts it in `dropped` and logs it to `logger`: the daemon's job comes first.
+
+    While no worker runs (before the daemon serves, after it stopped, in tests driving a
+    daemon's methods), `record` writes at once: nothing waits on the loop then. When the
+    worker stops, it writes what is left in the queue first."""
+
+    def __init__(self, audit: AuditLog, *, maxsize: int = WRITER_QUEUE,
+                 logger: logging.Logger = log):
+        self.audit = audit
+        self.dropped = 0
+        self._log = logger
+        self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize)
+        self._running = False
+
+    @property
+    def pending(self) -> int:
+        """Records queued and not written yet."""
+        return self._queue.qsize()
+
+    def record(self, kind: str, **fields: Any) -> None:
+        """Queue one record (see the class doc); never blocks, never raises for I/O."""
+        fields = {"ts": self.audit.clock(), **fields}
+        if not self._running:
+            self.audit.record(kind, **fields)
+            return
+        try:
+            self._queue.put_nowait((kind, fields))
+        except asyncio.QueueFull:
+            self.dropped += 1
+            self._log.error(kv("audit_dropped", record_kind=kind, dropped=self.dropped,
+                               path=self.audit.path))
+
+    async def run(self) -> None:
+        """The worker: every queued record, in order, written in a thread. Runs until
+        cancelled; then, once the record in flight is written, writes what is left (the
+        daemon is stopping: its loop has nothing else to do)."""
+        self._running = True
+        write: asyncio.Future | None = None
+        try:
+            while True:
+                kind, fields = await self._queue.get()
+                write = asyncio.ensure_future(
+                    asyncio.to_thread(self.audit.record, kind, **fields))
+                await asyncio.shield(write)
+        finally:
+            self._running = False
+            if write is not None and not write.done():
+                with contextlib.suppress(Exception):
+                    await write  # keeps the order: the rest goes after it
+            while not self._queue.empty():
+                kind, fields = self._queue.get_nowait()
+                self.audit.record(kind, **fields)
 
 
 def _read_file(path: Path, since: float | None) -> tuple[list[dict], int, bool]:

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from netwatch import __version__
-from netwatch.control.audit import AuditLog, audit_path
+from netwatch.control.audit import AuditLog, AuditWriter, audit_path
 from netwatch.control.keeper import LeaseKeeper
 from netwatch.control.leases import Lease, LeaseKind
 from netwatch.control.metrics import ControlMetrics
@@ -108,6 +108,8 @@ class ControllerControl:
         self.default_graceful_s = site.controller.drain_graceful_s
         self.names = frozenset(u.name for u in site.controller.upstreams)
         self.audit_log = AuditLog(audit_path(site.state_dir, "controller"), clock=wall)
+        # The automatic actions' records: queued, written by their own worker (fsync).
+        self.audit_writer = AuditWriter(self.audit_log, logger=log)
         self.keeper = LeaseKeeper(LeaseStore(site.state_dir, "controller"), self.audit_log,
                                   clock=wall)
         self.metrics = ControlMetrics(registry, "controller")
@@ -156,7 +158,7 @@ class ControllerControl:
             if drain.withdraw and was is not None and not was.withdraw:
                 log.info(kv("drain_stage", upstream=name, stage="withdrawn",
                             note="graceful stage over"))
-                self.audit_log.record("drain_stage", upstream=name, stage="withdrawn")
+                self.audit_writer.record("drain_stage", upstream=name, stage="withdrawn")
         self.c.apply(OperatorOverrides(overrides, restored))
         self.c.send_due()
         self._changed.set()
@@ -261,7 +263,7 @@ class ControllerControl:
     def audit(self, old: State, new: State, actions: Sequence[object]) -> None:
         """Record the automatic actions of one decision step (see the module doc). Cheap when
         nothing changed: the plan is compared, not walked."""
-        record = self.audit_log.record
+        record = self.audit_writer.record
         for action in actions:
             if isinstance(action, Transition):
                 record("transition", upstream=action.upstream, old=action.old.value,
@@ -292,8 +294,10 @@ class ControllerControl:
     # --- workers -----------------------------------------------------------------------------
 
     def workers(self) -> dict:
-        """The workers `Controller.run` supervises: the control socket and the lease clock."""
-        return {"control": self.serve(), "overrides": self.keep_time()}
+        """The workers `Controller.run` supervises: the control socket, the lease clock and
+        the audit writer."""
+        return {"control": self.serve(), "overrides": self.keep_time(),
+                "audit": self.audit_writer.run()}
 
     async def serve(self) -> None:
         """Serve the control socket until cancelled; while it cannot be opened, log and try

@@ -19,7 +19,10 @@ Contract:
   can shorten it or refill the action budget. A state file that cannot be read or is not what
   the controller writes is logged (`state_unreadable`) and ignored: the controller starts
   from the site file's defaults. A save that fails (a full disk) is logged once per episode,
-  counted, and the controller runs on from its state in memory;
+  counted, and the controller runs on from its state in memory. Saves run in a thread
+  (`save_state`, one worker: at most one in flight, the latest state wins), and the audit
+  records go through their own worker (`netwatch.control.audit.AuditWriter`): a stalled
+  disk delays neither a withdrawal nor the probes nor the control socket;
 * a command ExaBGP rejects (`error`), or does not acknowledge within ACK_TIMEOUT_S of
   reaching the head of the queue, is counted (netwatch_exabgp_commands_rejected_total) and
   retried after 1 s, doubling up to 30 s, per key and per rejected value; late acks of
@@ -124,6 +127,8 @@ class Controller:
         self.store = StateStore(f"{site.state_dir}/controller.json")
         self.boot_id = boot()
         self._save_failing = False  # logged once per episode of failed saves (a full disk)
+        self._save_wanted = asyncio.Event()  # wakes `save_state`
+        self._saver_running = False  # before (and without) the worker, saves happen at once
         try:
             self.state = restore(self.params, self.store.load(), now=mono(),
                                  boot_id=self.boot_id)
@@ -327,7 +332,9 @@ class Controller:
 
     def apply(self, observation) -> None:
         """Feed one observation to the decision: log and count its actions, hand a changed
-        plan (or changed sessions) to Sync, publish the gauges, persist the state."""
+        plan (or changed sessions) to Sync and write what is due to ExaBGP, steer egress,
+        publish the gauges; only then audit the actions and persist the state (both queued
+        for their workers): the disk never comes before a withdrawal."""
         old = self.state
         self.state, actions = step(self.state, observation, self.mono())
         for action in actions:
@@ -345,12 +352,13 @@ class Controller:
         for hold in self.state.plan.holds:
             if old_holds.get(hold.family) != hold.kept:
                 log.warning(kv("safety_hold", family=hold.family.label, kept=",".join(hold.kept)))
-        self.control.audit(old, self.state, actions)
         plan_changed = self.state.plan != old.plan
         if plan_changed or self.state.sessions != old.sessions:
             self.sync.want(self.desired(), self.neighbors_up(), self.forced_neighbors())
-        self.publish(modes=plan_changed)
+            self.send_due()
         self.steer_egress()
+        self.publish(modes=plan_changed)
+        self.control.audit(old, self.state, actions)
         self.persist()
 
     def publish(self, modes: bool = True) -> None:
@@ -373,22 +381,54 @@ class Controller:
                         self.metrics.set_mode(name, str(p), mode)
 
     def persist(self) -> None:
-        """Save the state when it changed. A failed save (a full disk, a read-only file
-        system) is counted every time, logged once per episode, and tried again at the next
-        judgement; the controller runs on from its state in memory meanwhile."""
+        """Save the state when it changed: through `save_state` (a thread) while that worker
+        runs, at once before it does (start, tests). A failed save (a full disk, a read-only
+        file system) is counted every time, logged once per episode, and tried again at the
+        next judgement; the controller runs on from its state in memory meanwhile."""
         snapshot = to_json(self.state)  # changes only when the state does
         if snapshot == self._persisted:
+            return
+        if self._saver_running:
+            self._save_wanted.set()
             return
         try:
             self.store.save(to_json(self.state, saved_at=self.mono(), boot_id=self.boot_id))
         except OSError as exc:
-            self.metrics.errors.labels("persist").inc()
-            self.metrics.state_stale.set(1)
-            if not self._save_failing:
-                self._save_failing = True
-                log.error(kv("persist_failed", path=self.store.path, error=exc,
-                             note="running on the state in memory; retried at each change"))
+            self._save_failed(exc)
             return
+        self._saved(snapshot)
+
+    async def save_state(self) -> None:
+        """The state saver (a worker): whenever `persist` wakes it, the latest state, saved in
+        a thread; one save at a time, changes meanwhile coalesced into the next. Runs until
+        cancelled; a save then in flight completes in its thread."""
+        self._saver_running = True
+        try:
+            while True:
+                await self._save_wanted.wait()
+                self._save_wanted.clear()
+                snapshot = to_json(self.state)
+                if snapshot == self._persisted:
+                    continue
+                data = to_json(self.state, saved_at=self.mono(), boot_id=self.boot_id)
+                try:
+                    await asyncio.to_thread(self.store.save, data)
+                except OSError as exc:
+                    self._save_failed(exc)
+                    continue
+                self._saved(snapshot)
+        finally:
+            self._saver_running = False
+
+    def _save_failed(self, exc: OSError) -> None:
+        self.metrics.errors.labels("persist").inc()
+        self.metrics.state_stale.set(1)
+        if not self._save_failing:
+            self._save_failing = True
+            log.error(kv("persist_failed", path=self.store.path, error=exc,
+                         note="running on the state in memory; retried at each change"))
+
+    def _saved(self, snapshot) -> None:
         self._persisted = snapshot
         self.metrics.state_stale.set(0)
         if self._save_failing:
@@ -542,7 +582,8 @@ class Controller:
         stop = asyncio.Event()
         try:
             await supervise({"exabgp-events": self.read_events(stop), **self.control.workers(),
-                             "probes": self.probe_loop(), **self.egress_workers()}, stop)
+                             "probes": self.probe_loop(), "state": self.save_state(),
+                             **self.egress_workers()}, stop)
         except WorkerDied as died:
             # A dead worker stops the daemon. The announcements stay as ExaBGP holds them
             # (the last plan); ExaBGP respawns a controller that probes again.
@@ -550,6 +591,8 @@ class Controller:
                          note="announcements left as they are; exiting for a respawn"),
                       exc_info=died.error)
             return exitcodes.SOFTWARE
+        finally:
+            self.persist()  # the saver is gone: the last change, if not saved yet, at once
         log.info(kv("stop", reason="ExaBGP closed the pipe"))
         return exitcodes.OK
 

@@ -473,9 +473,9 @@ def test_a_timed_out_command_makes_its_effect_unknown(make):
     assert r.pipe.written == WITHDRAW_T2
     r.mono.now += ACK_TIMEOUT_S + 0.1
     r.c.send_due()  # ... no answer
-    r.c.apply(window())  # the plan is back to announcing t2
-    assert state_of(r, "t2") == "healthy"
     r.pipe.written.clear()
+    r.c.apply(window())  # the plan is back to announcing t2: sent by the decision itself
+    assert state_of(r, "t2") == "healthy"
     r.mono.now += 1.1
     r.c.send_due()
     assert announce("t2") in r.pipe.written
@@ -1048,3 +1048,75 @@ def test_no_ask_again_while_exabgp_acknowledges_nothing(make):
         r.mono.now += 1
         r.c.send_due()
     assert r.pipe.written.count("show neighbor json") == 1
+
+
+# --- a stalled disk ---------------------------------------------------------------------------
+
+
+def test_a_stalled_disk_delays_no_failover_and_saves_coalesce(make, monkeypatch, tmp_path):
+    """Every fsync hangs (a stalled disk). With the workers running, a failover still writes
+    its announcements and withdrawals at once, from the decision itself; no fsync runs on the
+    event loop; the state saves run one at a time, the changes made meanwhile coalesced into
+    one save of the latest state, and the audit records land once the disk is back."""
+    import os
+    import threading
+
+    from netwatch.runtime.state_store import StateStore
+
+    r = started(make(policy=FAST))
+    ack_all(r)
+    disk = threading.Event()
+    fsync_threads: list[int] = []
+    real_fsync, real_save = os.fsync, StateStore.save
+    saves = {"now": 0, "most": 0, "done": 0}
+
+    def stalled_fsync(fd):
+        fsync_threads.append(threading.get_ident())
+        disk.wait(10)
+        real_fsync(fd)
+
+    def counted_save(self, data):
+        saves["now"] += 1
+        saves["most"] = max(saves["most"], saves["now"])
+        try:
+            real_save(self, data)
+        finally:
+            saves["now"] -= 1
+            saves["done"] += 1
+
+    monkeypatch.setattr(os, "fsync", stalled_fsync)
+    monkeypatch.setattr(StateStore, "save", counted_save)
+    loop_thread = threading.get_ident()
+
+    async def scenario():
+        workers = [asyncio.create_task(r.c.save_state()),
+                   asyncio.create_task(r.c.control.audit_writer.run())]
+        await asyncio.sleep(0)  # the workers start
+        for quality in ("failed", "healthy", "degraded"):
+            r.mono.now += 1
+            r.c.apply(window(t2=quality))  # the decision writes what is due itself
+            while r.pipe.written and not all(x in r.pipe.written for x in WITHDRAW_T2):
+                ack_all(r)
+            if quality == "failed":
+                assert all(x in r.pipe.written for x in WITHDRAW_T2)
+            ack_all(r)
+            await asyncio.sleep(0.01)  # the first save starts, and hangs
+        await asyncio.sleep(0.05)  # the loop is free while the disk hangs
+        assert saves["done"] == 0 and saves["now"] == 1
+        disk.set()
+        for _ in range(200):
+            if saves["done"] == 2 and not r.c.control.audit_writer.pending:
+                break
+            await asyncio.sleep(0.01)
+        for w in workers:
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+    assert loop_thread not in fsync_threads
+    assert saves == {"now": 0, "most": 1, "done": 2}  # one in flight; the rest coalesced
+    saved = json.loads((tmp_path / "state" / "controller.json").read_text())
+    assert saved["upstreams"]["t2"]["state"] == "degraded"  # the latest state won
+    transitions, _ = r.c.control.audit_log.read(limit=100)
+    assert [e["new"] for e in transitions if e["kind"] == "transition"] == [
+        "failed", "healthy", "degraded"]
