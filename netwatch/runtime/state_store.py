@@ -6,6 +6,8 @@ one, and a power cut after `save` returned does not bring the old one back. `loa
 None when there is no state yet and raises ValueError, and nothing else, for a file that
 cannot be read, is larger than MAX_BYTES, nests too deeply or is not a JSON object (what is
 inside is the caller's to check), so a damaged file can never stop a daemon from starting.
+A file that is there but cannot be read (permissions, an I/O error) raises `StateUnreadable`,
+a ValueError: its content may be intact, so a caller may keep it rather than set it aside.
 """
 
 from __future__ import annotations
@@ -19,14 +21,24 @@ from pathlib import Path
 MAX_BYTES = 16 * 1024 * 1024  # the controller's state is a few kB; leases and holds as well
 
 
+class StateUnreadable(ValueError):
+    """The file is there but reading it failed (EACCES, EIO, a directory): nothing is known
+    about its content. `errno` is the OSError's."""
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
+
+
 class StateStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
     def load(self) -> dict | None:
-        """The stored object, or None when there is none. Raises ValueError (with the reason)
-        for an unreadable file (permissions, a directory, bad UTF-8) or one that is not a JSON
-        object."""
+        """The stored object, or None when there is none. Raises StateUnreadable (a
+        ValueError) when the file cannot be read (permissions, an I/O error, a directory), and
+        ValueError (with the reason) for damaged content (bad UTF-8, too large, not a JSON
+        object)."""
         with contextlib.suppress(OSError):  # the read below reports a missing file
             if self.path.stat().st_size > MAX_BYTES:
                 raise ValueError(f"{self.path}: larger than {MAX_BYTES} bytes")
@@ -34,8 +46,10 @@ class StateStore:
             text = self.path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ValueError(f"{self.path}: unreadable: {exc}") from None
+        except OSError as exc:
+            raise StateUnreadable(f"{self.path}: unreadable: {exc}", exc.errno) from None
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{self.path}: unreadable: not UTF-8: {exc}") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:

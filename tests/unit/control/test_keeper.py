@@ -98,3 +98,55 @@ def test_unknown_upstreams_are_not_found(tmp_path, audit, clock):
     with pytest.raises(NotFound, match="no upstream t9"):
         keeper.apply(request("prepend", upstream="t9", count=2, reason="r"), ROOT,
                      upstreams=("t1", "t2"))
+
+
+def _unreadable(monkeypatch, path, times: int) -> list[int]:
+    """Reading `path` fails with EIO the next `times` times; returns the count of reads."""
+    from pathlib import Path
+
+    from netwatch.control import store
+
+    monkeypatch.setattr(store, "READ_RETRY_S", 0.0)
+    real = Path.read_text
+    reads = [0]
+
+    def flaky(self, *args, **kwargs):
+        if self == path:
+            reads[0] += 1
+            if reads[0] <= times:
+                raise OSError(5, "Input/output error", str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", flaky)
+    return reads
+
+
+def test_an_unreadable_lease_file_is_left_in_place_and_not_overwritten(
+        tmp_path, audit, clock, monkeypatch, caplog):
+    """An I/O error is not damage: the drain in the file survives. The daemon serves with no
+    overrides and refuses new ones (a save would replace the drain on disk); a restart that
+    reads the file has the drain again."""
+    first = keeper_at(tmp_path, audit, clock)
+    first.apply(request("failover", to="secondary", reason="maintenance"), ROOT)
+    path = tmp_path / "overrides-agent.json"
+    saved = path.read_bytes()
+    _unreadable(monkeypatch, path, times=100)
+    keeper = keeper_at(tmp_path, audit, clock)
+    assert keeper.book.leases == ()
+    assert path.read_bytes() == saved and not path.with_name(path.name + ".damaged").exists()
+    assert "overrides_unreadable" in caplog.text
+    with pytest.raises(Unavailable, match="could not be read at start"):
+        keeper.apply(request("failover", to="primary", reason="r"), ROOT)
+    assert path.read_bytes() == saved
+    monkeypatch.undo()
+    again = keeper_at(tmp_path, audit, clock)
+    assert [lease.reason for lease in again.book.leases] == ["maintenance"]
+
+
+def test_a_transient_read_error_is_read_again(tmp_path, audit, clock, monkeypatch):
+    first = keeper_at(tmp_path, audit, clock)
+    first.apply(request("failover", to="secondary", reason="maintenance"), ROOT)
+    reads = _unreadable(monkeypatch, tmp_path / "overrides-agent.json", times=1)
+    keeper = keeper_at(tmp_path, audit, clock)
+    assert reads[0] == 2
+    assert [lease.reason for lease in keeper.book.leases] == ["maintenance"]

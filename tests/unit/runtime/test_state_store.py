@@ -80,3 +80,21 @@ def test_a_huge_file_is_refused_before_it_is_read(tmp_path):
         handle.truncate(17 * 1024 * 1024)  # sparse: costs no disk
     with pytest.raises(ValueError, match="larger than"):
         StateStore(path).load()
+
+
+def test_a_file_that_cannot_be_read_is_told_from_a_damaged_one(tmp_path, monkeypatch):
+    from netwatch.runtime.state_store import StateUnreadable
+
+    path = tmp_path / "state.json"
+    path.write_text("{not json")
+    with pytest.raises(ValueError) as damaged:
+        StateStore(path).load()
+    assert not isinstance(damaged.value, StateUnreadable)
+
+    def fail(self, *args, **kwargs):
+        raise OSError(5, "Input/output error", str(self))
+
+    monkeypatch.setattr(Path, "read_text", fail)
+    with pytest.raises(StateUnreadable, match="Input/output error") as unreadable:
+        StateStore(path).load()
+    assert unreadable.value.errno == 5 and isinstance(unreadable.value, ValueError)
