@@ -16,7 +16,10 @@ replaces the first and says so. Ids are the book's `prefix` and a sequence numbe
 the agent, "c7" from the controller), unique within the book and stable across restarts.
 
 Time is wall-clock seconds (`now`, injected): a lease must mean the same instant after a
-restart. `to_json`/`from_json` are the persisted form; `from_json` checks every field and
+restart. A lease written while the clock was wrong (an RTC in the future before NTP) would
+last the size of the clock error: one whose renewal lies more than FUTURE_SLACK_S ahead of
+`now` is re-based to `now`, keeping its duration (`LeaseBook.rebase`).
+`to_json`/`from_json` are the persisted form; `from_json` checks every field and
 raises ValueError naming it (`leases[1].reason: must not be empty`), so a damaged file is
 reported, never half-loaded.
 """
@@ -37,6 +40,8 @@ from netwatch.core.vocabulary import UplinkRole
 DEFAULT_FOR_S = 3600.0  # an override without --for lasts one hour
 MAX_FOR_S = 7 * 86400.0  # and never more than a week past its creation or last renewal
 MAX_REASON_CHARS = 300  # a ticket reference and a sentence; the audit log keeps it per request
+# A lease created or renewed further than this in the future was written by a wrong clock.
+FUTURE_SLACK_S = 300.0
 MAX_PREPEND = 10  # beyond that, peers filter the path (and it says nothing more)
 MAX_GRACEFUL_S = 3600.0  # how long a drain may announce GRACEFUL_SHUTDOWN before withdrawing
 FORMAT_VERSION = 1  # of `LeaseBook.to_json`
@@ -186,6 +191,15 @@ class Lease:
             return f"prepend {self.target} x{self.count}"
         graceful = "" if self.graceful_s is None else f", graceful {self.graceful_s:g} s"
         return f"drain {self.target}{graceful}{' (forced)' if self.forced else ''}"
+
+    def rebased(self, now: float, slack_s: float = FUTURE_SLACK_S) -> Lease:
+        """The lease as if renewed at `now` with the same duration, when its creation or last
+        renewal lies more than `slack_s` after `now` (written while the clock was wrong);
+        else itself."""
+        if self.renewed_at <= now + slack_s:  # created_at <= renewed_at
+            return self
+        return replace(self, created_at=min(self.created_at, now), renewed_at=now,
+                       expires_at=now + (self.expires_at - self.renewed_at))
 
     def left_s(self, now: float) -> float:
         """Seconds until it expires (0 once expired)."""
@@ -370,6 +384,16 @@ class LeaseBook:
         if not gone:
             return self, ()
         return self.remove_all(gone), gone
+
+    def rebase(self, now: float, slack_s: float = FUTURE_SLACK_S
+               ) -> tuple[LeaseBook, tuple[tuple[Lease, Lease], ...]]:
+        """(the book with every lease from the future re-based to `now` (`Lease.rebased`),
+        the (old, new) pairs re-based)."""
+        pairs = tuple((x, x.rebased(now, slack_s)) for x in self.leases)
+        changed = tuple((old, new) for old, new in pairs if new is not old)
+        if not changed:
+            return self, ()
+        return replace(self, leases=tuple(new for _, new in pairs)), changed
 
     def _live(self, lease_id: str, now: float) -> Lease:
         lease = self.get(lease_id)

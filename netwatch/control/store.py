@@ -25,6 +25,7 @@ import errno
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,8 +52,12 @@ class Loaded:
 
 
 class LeaseStore:
-    def __init__(self, state_dir: str | Path, daemon: str):
+    def __init__(self, state_dir: str | Path, daemon: str, *,
+                 clock: Callable[[], float] | None = None):
+        """`clock`: the wall clock the leases are written in, the daemon's (the keeper's):
+        leases from its future are re-based at load (`LeaseBook.rebase`). None: none are."""
         self.daemon = daemon
+        self.clock = clock
         self.prefix = LEASE_ID_PREFIX[daemon]
         self.path = lease_path(state_dir, daemon)
         self._store = StateStore(self.path)
@@ -81,7 +86,7 @@ class LeaseStore:
             book = LeaseBook.from_json(data)
             if book.prefix != self.prefix:
                 raise ValueError(f"prefix: {book.prefix!r} is not the {self.daemon}'s")
-            return Loaded(book)
+            return Loaded(self._rebased(book))
         except StateUnreadable as exc:
             self.unreadable = str(exc)
             log.error(kv("overrides_unreadable", daemon=self.daemon, path=self.path, error=exc,
@@ -102,6 +107,20 @@ class LeaseStore:
         log.error(kv("overrides_damaged", daemon=self.daemon, problem=problem,
                      action="starting with no overrides"))
         return Loaded(LeaseBook(self.prefix), problem)
+
+    def _rebased(self, book: LeaseBook) -> LeaseBook:
+        """`book` with its leases from the clock's future re-based to now, each logged."""
+        if self.clock is None:
+            return book
+        now = self.clock()
+        book, changed = book.rebase(now)
+        for old, new in changed:
+            log.warning(kv("lease_rebased", daemon=self.daemon, id=old.id,
+                           forces=old.describe(), renewed_at=old.renewed_at,
+                           ahead_s=round(old.renewed_at - now, 1),
+                           expires_at=new.expires_at,
+                           note="written while the clock was ahead; same duration from now"))
+        return book
 
     def save(self, book: LeaseBook) -> None:
         """Replace the saved book, atomically and durably. Raises OSError, also when the file

@@ -205,3 +205,30 @@ def test_a_lease_from_a_newer_daemon_with_unknown_fields_is_refused_not_guessed(
     assert Lease.from_json(data).target == "secondary"
     with pytest.raises(ValueError, match="unknown field"):
         Lease.from_json({**data, "scope": "all"})
+
+
+def test_a_lease_written_by_a_clock_in_the_future_is_rebased_keeping_its_duration(clock):
+    """An RTC a year ahead before NTP: the drain written then would last a year once the
+    clock is right. Re-based to now it lasts what it was given; one within the slack stays."""
+    year = 365 * 86400.0
+    ahead = LeaseBook("c").add(LeaseKind.DRAIN, "t1", ROOT, "CHG-1", clock.now + year,
+                               for_s=600, graceful_s=60).book
+    book, changed = ahead.rebase(clock.now)
+    [(old, new)] = changed
+    assert (new.created_at, new.renewed_at, new.expires_at) == (clock.now, clock.now,
+                                                               clock.now + 600)
+    assert (new.id, new.graceful_s, new.reason) == (old.id, 60, "CHG-1")
+    assert book.leases == (new,)
+    near = LeaseBook("c").add(LeaseKind.DRAIN, "t1", ROOT, "r", clock.now + 299).book
+    assert near.rebase(clock.now) == (near, ())
+
+
+def test_a_lease_from_the_future_is_rebased_at_load(tmp_path, clock, caplog):
+    year = 365 * 86400.0
+    book = LeaseBook("a").add(LeaseKind.FAILOVER, "secondary", ROOT, "r", clock.now + year,
+                              for_s=600).book
+    LeaseStore(tmp_path, "agent").save(book)
+    loaded = LeaseStore(tmp_path, "agent", clock=clock).load()
+    [lease] = loaded.book.leases
+    assert lease.expires_at == clock.now + 600
+    assert "lease_rebased" in caplog.text
