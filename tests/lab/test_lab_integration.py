@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from netwatch import exitcodes
+from netwatch.config import load_site
 from netwatch.lab import faults, handle, netns
 from netwatch.lab import lifecycle as lab_module
 from netwatch.lab.handle import LabError
@@ -22,6 +23,15 @@ pytestmark = pytest.mark.lab
 PREFIXES = ("198.51.100.0/24", "2001:db8:100::/48")
 TRANSITS = ("t1", "t2", "t3", "t4")
 
+
+
+def through(lab, transit: str, target: str) -> tuple[str, str]:
+    """ping options that send from edge through `transit` whatever edge's default route is
+    (the controller takes a failed transit out of it): the fwmark of the controller's probe
+    table for that transit and the target's family."""
+    ctl = load_site(lab.site_file).controller
+    index = [u.name for u in ctl.upstreams].index(transit)
+    return ("-m", str(ctl.fwmark_base + 2 * index + (1 if ":" in target else 0)))
 
 def not_established(lab, node: str) -> dict[str, str]:
     """{session: BIRD's info} for `node`'s BGP sessions that are not Established."""
@@ -84,12 +94,12 @@ def test_link_down_on_transit_link_and_heal(healed, eventually):
     faults.apply(lab, "link-down", "t1")
     link = lab.exec("edge", "ip", "-o", "link", "show", "t1").stdout
     assert "NO-CARRIER" in link, f"link-down t1: edge's t1 still has carrier: {link}"
-    replies = lab.ping("edge", "203.0.113.1", "-I", "t1")
+    replies = lab.ping("edge", "203.0.113.1", *through(lab, "t1", "203.0.113.1"))
     assert replies == 0, "link-down t1: edge still reaches 203.0.113.1 through t1"
     faults.heal(lab, "t1")
     for target in ("203.0.113.1", "2001:db8:203::1"):
         eventually(
-            lambda t=target: lab.ping("edge", t, "-I", "t1") == 1,
+            lambda t=target: lab.ping("edge", t, *through(lab, "t1", t)) == 1,
             20,
             f"heal of t1: edge gets no reply from {target} through t1",
         )
@@ -134,19 +144,19 @@ def test_gateway_blackhole_answers_but_forwards_nothing(healed):
 def test_loss_drops_forwarded_traffic_and_keeps_bgp(healed):
     lab = healed
     faults.apply(lab, "loss", "t2", "100")
-    replies = lab.ping("edge", "203.0.113.3", "-I", "t2", count=5)
+    replies = lab.ping("edge", "203.0.113.3", *through(lab, "t2", "203.0.113.3"), count=5)
     assert replies == 0, f"loss 100 % at t2: {replies} of 5 pings through t2 answered"
     down = not_established(lab, "t2")
     assert not down, f"loss 100 % at t2: its BGP sessions are not Established: {down}"
     faults.heal(lab, "t2")
     faults.apply(lab, "loss", "50", "t2")  # both orders are accepted
-    received = lab.ping("edge", "203.0.113.3", "-I", "t2", count=60)
+    received = lab.ping("edge", "203.0.113.3", *through(lab, "t2", "203.0.113.3"), count=60)
     # a reply crosses t2 twice: expected 60 * 0.25 = 15
     assert 2 <= received <= 40, (
         f"loss 50 % at t2: {received} of 60 pings through t2 answered, expected 2-40 (~15)"
     )
     faults.heal(lab, "t2")
-    replies = lab.ping("edge", "203.0.113.3", "-I", "t2", count=5)
+    replies = lab.ping("edge", "203.0.113.3", *through(lab, "t2", "203.0.113.3"), count=5)
     assert replies == 5, f"heal of t2: {replies} of 5 pings through t2 answered, expected 5"
 
 
@@ -169,14 +179,14 @@ def test_transit_blackhole_keeps_the_session_and_drops_traffic(healed):
     lab = healed
     faults.apply(lab, "transit-blackhole", "t3")
     for target in ("203.0.113.4", "2001:db8:203::4"):
-        replies = lab.ping("edge", target, "-I", "t3")
+        replies = lab.ping("edge", target, *through(lab, "t3", target))
         assert replies == 0, f"t3 blackholed: edge still reaches {target} through t3"
-    replies = lab.ping("edge", "203.0.113.4", "-I", "t4")
+    replies = lab.ping("edge", "203.0.113.4", *through(lab, "t4", "203.0.113.4"))
     assert replies == 1, "t3 blackholed: edge gets no reply from 203.0.113.4 through t4"
     down = not_established(lab, "t3")
     assert not down, f"t3 blackholed: its BGP sessions are not Established: {down}"
     faults.heal(lab, "t3")
-    replies = lab.ping("edge", "203.0.113.4", "-I", "t3")
+    replies = lab.ping("edge", "203.0.113.4", *through(lab, "t3", "203.0.113.4"))
     assert replies == 1, "heal of t3: edge gets no reply from 203.0.113.4 through t3"
 
 
