@@ -276,6 +276,31 @@ class Control(_Strict):
     group: str | None = None
 
 
+def _check_url(value: str) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{value!r} is not an http(s) URL with a host")
+    return value
+
+
+class AlertmanagerInstances(_Strict):
+    """The `instance` label Prometheus gives each daemon here (a failover's silence matches
+    the server's alerts on it). Default: this host's name and the daemon's metrics port."""
+
+    agent: str | None = None
+    controller: str | None = None
+
+
+class Alertmanager(_Strict):
+    """Where operator overrides open their silences (drain, forced failover)."""
+
+    url: Annotated[str, AfterValidator(_check_url)]
+    timeout_s: Annotated[float, Field(gt=0, le=10)] = 2.0
+    instance: AlertmanagerInstances = AlertmanagerInstances()
+
+
 class Site(_Strict):
     site: Name
     asn: ASN
@@ -284,5 +309,6 @@ class Site(_Strict):
     controller: ControllerSection | None = None
     metrics: Metrics = Metrics()
     control: Control = Control()
+    alertmanager: Alertmanager | None = None  # silences for operator overrides, when set
     state_dir: Annotated[str, AfterValidator(_absolute_path)] = "/var/lib/netwatch"
 

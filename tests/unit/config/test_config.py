@@ -618,3 +618,15 @@ def test_the_agents_and_the_controllers_probe_tables_and_marks_do_not_overlap(tm
                for e in errors), errors
     assert any("agent.fwmark_base: 320897..320898 overlaps the controller's" in e
                for e in errors), errors
+
+
+
+def test_an_alertmanager_for_silences_is_an_http_url(tmp_path: Path):
+    good = MINIMAL + "alertmanager: {url: 'http://127.0.0.1:9093', instance: {agent: srv1:9110}}\n"
+    site = load_site(write(tmp_path, good))
+    assert site.alertmanager.url == "http://127.0.0.1:9093"
+    assert site.alertmanager.timeout_s == 2.0 and site.alertmanager.instance.agent == "srv1:9110"
+    bad = MINIMAL + "alertmanager: {url: 'ftp://am'}\n"
+    assert errors_of(write(tmp_path, bad)) == [
+        f"{tmp_path}/site.yaml:12: alertmanager.url: 'ftp://am' is not an http(s) URL with a host"
+    ]
