@@ -72,7 +72,11 @@ class NetlinkEgressRoutes:
         # strict_check: the kernel filters a dump by table itself, instead of sending every
         # table for us to throw away.
         self.ipr = AsyncIPRoute(strict_check=True)
-        events = AsyncIPRoute()
+        try:
+            events = AsyncIPRoute()
+        except BaseException:  # out of file descriptors: the first socket must not leak
+            self.close()
+            raise
         try:
             await _netlink(events.bind(groups=RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))
         except BaseException:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from typing import Any
@@ -84,16 +85,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     site = site_or_fail(args.config, "controller")
     params = params_from_site(site)
     picture = _picture(args, params)
-    leases, source = [], "not asked (--no-overrides)"
+    leases, source, now = [], "not asked (--no-overrides)", None
     if not args.no_overrides:
-        leases, source = asked_overrides(args.socket or site.control.controller, args.timeout)
+        leases, source, now = asked_overrides(args.socket or site.control.controller,
+                                              args.timeout)
     known = {u.name for u in params.upstreams}
     ignored = [x for x in leases if x.target not in known]
     if ignored:
         print(f"netwatch: simulate: ignoring override(s) on upstreams the site file does not "
               f"have: {', '.join(f'{x.id} ({x.describe()})' for x in ignored)}", file=sys.stderr)
     leases = [x for x in leases if x.target in known]
-    now = time.time()
+    # The controller's clock when it answered: the leases it listed are live then (a lease
+    # that expired since would be in the plan with no drain stage at our own time.time()).
+    now = time.time() if now is None else now
     result = simulate(params, site.prefixes, site.controller.drain_graceful_s, leases, now,
                       **picture)
     result = {"site": site.site, **result, "overrides_source": source}
@@ -119,18 +123,22 @@ def _picture(args: argparse.Namespace, params: Params) -> dict[str, frozenset[st
     return picture
 
 
-def asked_overrides(path: str, timeout_s: float) -> tuple[list[Lease], str]:
-    """The controller's live leases and where they came from; none (and why) when it does
-    not answer. Never raises for the controller: the plan is printed either way."""
+def asked_overrides(path: str, timeout_s: float) -> tuple[list[Lease], str, float | None]:
+    """The controller's live leases, where they came from, and the controller's wall clock
+    when it answered (None without an answer); none (and why) when it does not answer.
+    Never raises for the controller: the plan is printed either way."""
     try:
         answer = request(path, Command.OVERRIDES, timeout_s=timeout_s)
         leases = [Lease.from_json(x, f"overrides[{i}]")
                   for i, x in enumerate(answer.get("overrides", []))]
+        now = answer.get("now")
+        if isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now):
+            raise ValueError(f"now: {now!r} is not a time")
     except (ControlError, DaemonUnreachable, ValueError, AttributeError) as exc:
         print(f"netwatch: simulate: planning without the overrides in force: {exc}",
               file=sys.stderr)
-        return [], f"none: the controller did not answer ({exc})"
-    return leases, f"the controller on {path}"
+        return [], f"none: the controller did not answer ({exc})", None
+    return leases, f"the controller on {path}", float(now)
 
 
 def picture_state(params: Params, overrides) -> State:

@@ -9,7 +9,9 @@
 - the other `ControlError` subclasses for error answers (`Refused`, `NotFound`,
   `BadRequest`...), each carrying its `code`; `BadRequest` also for arguments that fail the
   protocol's validation here, before anything is sent;
-- `Internal` for an answer that is not protocol 1.
+- `Internal` for an answer that is not protocol 1;
+- `OutcomeUnknown` (an `Unavailable`: exit 75) for a write command sent whose answer did not
+  come (a timeout, the connection closed): the daemon may have carried it out.
 
 `follow_events(path, ...)` yields the events of an `events --follow` stream until the daemon
 closes it (or the caller stops iterating, which closes the connection).
@@ -29,6 +31,7 @@ from netwatch.control.protocol import (
     Command,
     Internal,
     PermissionDenied,
+    Unavailable,
     encode_request,
     parse_answer,
     validate_args,
@@ -43,6 +46,12 @@ class DaemonUnreachable(Exception):
     """Nothing answered on the socket (not running, not started yet, hung)."""
 
 
+class OutcomeUnknown(Unavailable):
+    """A write command went out and no answer came back: it may have been applied (the
+    daemon was slow, or died after saving it). Not `DaemonUnreachable`: retrying blindly could
+    apply it twice, or an operator could believe a drain is not in force when it is."""
+
+
 def request(
     path: str | Path, cmd: Command, args: Mapping[str, Any] | None = None, *,
     timeout_s: float = DEFAULT_TIMEOUT_S,
@@ -53,7 +62,14 @@ def request(
     validate_args(cmd, args)  # BadRequest now rather than after a round trip
     with _connect(path, timeout_s) as sock:
         _send(sock, path, encode_request(next(_ids), cmd, args))
-        answer = _read_answer(_lines(sock, path, timeout_s), path)
+        try:
+            answer = _read_answer(_lines(sock, path, timeout_s), path)
+        except DaemonUnreachable as exc:
+            if not cmd.writes:
+                raise
+            raise OutcomeUnknown(
+                f"outcome unknown: {exc}; the {cmd.value} was sent and may have been "
+                "applied: check `netwatch overrides`") from None
     if answer.error is not None:
         raise answer.error
     return answer.result

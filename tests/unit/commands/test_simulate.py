@@ -192,3 +192,22 @@ def test_the_overrides_in_force_are_planned_with(capsys, lab_site, controller_so
     code, out, _ = simulate(capsys, lab_site, "--socket", sock, *argv_of(picture))
     assert "overrides: 3 from the controller on" in out
     assert "override c2: drain t3, graceful 600 s" in out
+
+
+def test_a_lease_that_expires_after_the_answer_is_planned_at_the_answers_time(
+        capsys, lab_site, controller_socket, monkeypatch):
+    """The controller lists a drain live at its `now`; by the CLI's own clock (here 100 s
+    later) it has expired. The plan is made at the answer's time, the drain in it."""
+    from types import SimpleNamespace
+
+    from netwatch.commands import simulate_cmd
+
+    now = time.time()
+    book = LeaseBook("c").add(LeaseKind.DRAIN, "t1", Who(0, "root"), "CHG-7", now - 10, 60,
+                              graceful_s=0).book
+    sock = controller_socket(book)
+    monkeypatch.setattr(simulate_cmd, "time", SimpleNamespace(time=lambda: time.time() + 100))
+    code, out, _ = simulate(capsys, lab_site, "--json", "--socket", sock)
+    assert code == exitcodes.OK
+    by = {u["name"]: u for u in json.loads(out)["upstreams"]}
+    assert any("override c1: drain: withdrawn (CHG-7)" in w for w in by["t1"]["why"])
