@@ -97,6 +97,11 @@ LINE_LOGGED = 200  # characters of an ExaBGP line that go into a log message
 # after this long, doubling up to SESSIONS_ASK_MAX_S while some session stays unknown.
 SESSIONS_ASK_MIN_S = 5.0
 SESSIONS_ASK_MAX_S = 60.0
+# `show neighbor json` is asked again this often for its UPDATE counts
+# (netwatch_bgp_updates_received: a transit that sends a full table). The answer changes
+# nothing else: the decision takes from it only sessions still unknown, and Sync owes one
+# End-of-RIB per session up however often it is reported up.
+UPDATES_ASK_S = 30.0
 
 
 class Controller:
@@ -104,7 +109,8 @@ class Controller:
                  mono=time.monotonic, routes: ProbeRoutes | None = None,
                  wall=time.time,
                  prober: ProberFactory = probing.open_prober, boot=boot_id,
-                 egress_routes: EgressRoutes | None = None):
+                 egress_routes: EgressRoutes | None = None,
+                 updates_ask_s: float | None = None):
         """`mono` is the decision clock (CLOCK_MONOTONIC: the state file's times too),
         `boot()` this boot's id, `routes` the kernel's policy routing (default: netlink,
         opened when the probes start), `prober` opens the probers, `egress_routes` the
@@ -112,6 +118,9 @@ class Controller:
         `run_controller` passes the kernel's, so no controller built elsewhere can touch the
         default route of the host it runs on).
         `wall` is the clock the operators' leases are written in (a drain's stages too).
+        `updates_ask_s`: how often `show neighbor json` is asked again for the sessions' UPDATE
+        counts (None: never; `run_controller` passes UPDATES_ASK_S, so a test that plays
+        ExaBGP line by line decides when it is asked).
         Raises ValueError for a site the controller cannot run (tcp probes without a port, a
         prefix ExaBGP's lines cannot carry)."""
         self.site = site
@@ -124,6 +133,7 @@ class Controller:
         self.mono = mono  # decisions and the state file: never the wall clock
         registry = registry or CollectorRegistry()
         self.metrics = ControllerMetrics(registry)
+        self.metrics.min_announcing.set(self.params.min_announcing_upstreams)
         self.store = StateStore(f"{site.state_dir}/controller.json")
         self.boot_id = boot()
         self._save_failing = False  # logged once per episode of failed saves (a full disk)
@@ -159,6 +169,8 @@ class Controller:
         self._ask_at: float | None = None  # next `show neighbor json` while sessions are unknown
         self._ask_wait_s = SESSIONS_ASK_MIN_S
         self._acked_since_ask = False  # ExaBGP answered something since the last ask
+        self._updates_ask_s = updates_ask_s
+        self._updates_at: float | None = None  # next `show neighbor json` for the UPDATE counts
         self._persisted = to_json(self.state)  # on the decision clock: compared, not saved
         self._egress_setup(registry, egress_routes)
 
@@ -186,6 +198,8 @@ class Controller:
         self.publish()
         self.write(self.sync.ask_sessions(self.mono()))
         self._ask_at = self.mono() + SESSIONS_ASK_MIN_S
+        if self._updates_ask_s is not None:
+            self._updates_at = self.mono() + self._updates_ask_s
         self._acked_since_ask = False
 
     def send_due(self) -> None:
@@ -196,6 +210,7 @@ class Controller:
         for command in due.commands:
             self.write(command)
         self.ask_unknown_sessions()
+        self.ask_update_counts()
 
     def unknown_sessions(self) -> list[str]:
         """The sessions whose state is unknown, as `upstream/family`."""
@@ -226,6 +241,22 @@ class Controller:
                        action="asking show neighbor json again", next_in_s=self._ask_wait_s))
         self._acked_since_ask = False
         self.write(self.sync.ask_sessions(now))
+
+    def ask_update_counts(self) -> None:
+        """Every `updates_ask_s` after `start`, `show neighbor json` again: its answer carries
+        each session's UPDATE count (`on_summary`). Skipped while ExaBGP has acknowledged
+        nothing since the last ask, like `ask_unknown_sessions`."""
+        if self._updates_at is None or self._updates_ask_s is None:
+            return
+        now = self.mono()
+        if now < self._updates_at:
+            return
+        self._updates_at = now + self._updates_ask_s
+        if not self._acked_since_ask:
+            return
+        self._acked_since_ask = False
+        self.write(self.sync.ask_sessions(now))
+
     def write(self, command: exabgp.Command) -> bool:
         """Write one command line. False (and Sync told) when the pipe refused it."""
         try:
@@ -291,6 +322,12 @@ class Controller:
         self.send_due()
 
     def on_summary(self, event: exabgp.NeighborSummary) -> None:
+        """ExaBGP's answer to `show neighbor json` (at start, while sessions are unknown, and
+        every UPDATES_ASK_S): the sessions still unknown, and every UPDATE count."""
+        for peer, count in event.updates_received.items():
+            key = self.by_address.get(peer)
+            if key is not None:
+                self.metrics.updates_received.labels(key[0], Family(key[1]).label).set(count)
         reported = {}
         for peer, up in event.sessions.items():
             key = self.by_address.get(peer)
@@ -371,6 +408,7 @@ class Controller:
         self.metrics.local_fault.set(1 if self.state.local_fault else 0)
         self.metrics.sessions_unknown.set(len(self.unknown_sessions()))
         self.metrics.budget_exhausted.set(1 if self.state.budget_exhausted else 0)
+        self.metrics.budget_remaining.set(self.state.budget.available(self.mono()))
         for name, u in self.state.upstreams.items():
             self.metrics.set_state(name, u.state)
         if modes:
@@ -443,6 +481,8 @@ class Controller:
         for name, u in self.state.upstreams.items():
             self.metrics.loss.labels(name).set(u.last.loss)
             self.metrics.loss_excess.labels(name).set(u.last.loss_excess)
+            if u.last.rtt_excess_s is not None:
+                self.metrics.rtt_excess.labels(name).set(u.last.rtt_excess_s)
         rtts: dict[str, list[float]] = {}
         for (name, target), ps in stats.paths.items():
             self.metrics.reachable.labels(name, target).set(1 if ps.loss < REACHABLE_LOSS else 0)
@@ -606,4 +646,5 @@ def run_controller(site, registry: CollectorRegistry | None = None) -> int:
     registry = registry or CollectorRegistry()
     serve_metrics(site.metrics.controller, registry, log)
     return asyncio.run(Controller(site, registry,
-                                  egress_routes=egress.kernel_routes(site.controller)).run())
+                                  egress_routes=egress.kernel_routes(site.controller),
+                                  updates_ask_s=UPDATES_ASK_S).run())

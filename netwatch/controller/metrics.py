@@ -45,6 +45,11 @@ class ControllerMetrics:
             "Loss above the median of the other upstreams (the verdict's input)",
             ["upstream"], registry=registry,
         )
+        self.rtt_excess = Gauge(
+            "netwatch_transit_rtt_excess_seconds",
+            "Median probe RTT above the median of the other upstreams (the verdict's input)",
+            ["upstream"], registry=registry,
+        )
         self.rtt = Gauge(
             "netwatch_transit_rtt_seconds", "Median probe RTT through the upstream",
             ["upstream"], registry=registry,
@@ -91,6 +96,22 @@ class ControllerMetrics:
         self.budget_exhausted = Gauge(
             "netwatch_transit_action_budget_exhausted",
             "1 while max_actions_per_hour holds back an action", registry=registry,
+        )
+        self.budget_remaining = Gauge(
+            "netwatch_transit_action_budget_remaining",
+            "Automatic actions max_actions_per_hour still allows now", registry=registry,
+        )
+        self.min_announcing = Gauge(
+            "netwatch_transit_min_announcing_upstreams",
+            "The site's min_announcing_upstreams: the fewest upstreams every prefix stays"
+            " announced to", registry=registry,
+        )
+        self.updates_received = Gauge(
+            "netwatch_bgp_updates_received",
+            "UPDATE messages ExaBGP counted on the session (asked every 30 s): a transit that"
+            " sends a default route or nothing sends a handful, one that sends a full table"
+            " thousands",
+            ["upstream", "family"], registry=registry,
         )
         self.rejected = Counter(
             "netwatch_exabgp_commands_rejected_total",

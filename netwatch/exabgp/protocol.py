@@ -31,7 +31,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from netwatch.controller.plan import Announcement
 from netwatch.core import validators
@@ -344,9 +344,16 @@ class Other:
 
 @dataclass(frozen=True)
 class NeighborSummary:
-    """The answer to `show neighbor json`: {peer address: up} for every configured session."""
+    """The answer to `show neighbor json`: {peer address: up} for every configured session,
+    and {peer address: UPDATE messages received} where ExaBGP reported the count.
+
+    The count is ExaBGP's per-session statistic, incremented (by ExaBGP 5.0.15) before the
+    message is decoded, so it costs nothing even with `adj-rib-in false`: a transit that
+    sends a default route sends a handful of UPDATEs, one that sends a full table thousands
+    (BIRD packed 100,000 routes into ~320)."""
 
     sessions: Mapping[str, bool]
+    updates_received: Mapping[str, int] = field(default_factory=dict)
 
 
 Event = Ack | NeighborState | NeighborSummary | Shutdown | Other
@@ -390,11 +397,17 @@ def parse_event(line: str) -> Event:
 def _summary(items: list) -> NeighborSummary:
     # "fsm", not "state": ExaBGP 5.0.15 derives "state" from whole seconds since the session
     # came up, so a session established less than 1 s ago reads "down" (seen in the lab).
-    sessions = {}
+    sessions, updates = {}, {}
     for item in items:
         peer = (item.get("peer") or {}).get("address") if isinstance(item, dict) else None
         fsm = item.get("fsm") if isinstance(item, dict) else None
         if not isinstance(peer, str) or not isinstance(fsm, str):
             raise ValueError("show neighbor answer without peer address or fsm state")
-        sessions[_address(peer)] = fsm.upper() == "ESTABLISHED"
-    return NeighborSummary(sessions)
+        address = _address(peer)
+        sessions[address] = fsm.upper() == "ESTABLISHED"
+        messages = item.get("messages")
+        received = messages.get("received") if isinstance(messages, dict) else None
+        count = received.get("update") if isinstance(received, dict) else None
+        if isinstance(count, int) and not isinstance(count, bool) and count >= 0:
+            updates[address] = count
+    return NeighborSummary(sessions, updates)

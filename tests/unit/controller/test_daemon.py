@@ -1120,3 +1120,81 @@ def test_a_stalled_disk_delays_no_failover_and_saves_coalesce(make, monkeypatch,
     transitions, _ = r.c.control.audit_log.read(limit=100)
     assert [e["new"] for e in transitions if e["kind"] == "transition"] == [
         "failed", "healthy", "degraded"]
+
+
+# --- what the dashboards and alerts read --------------------------------------------------------
+
+
+def test_the_minimum_and_the_action_budget_left_are_exported(make):
+    """The rules compare announcing upstreams with the site's own minimum, and warn when one
+    automatic action is left in the hour."""
+    r = started(make(policy={**FAST, "max_actions_per_hour": 3}))
+    assert r.sample("netwatch_transit_min_announcing_upstreams") == \
+        r.c.params.min_announcing_upstreams
+    assert r.sample("netwatch_transit_action_budget_remaining") == 3
+    r.mono.now += 1
+    r.c.apply(window(t2="failed"))
+    assert state_of(r, "t2") == "failed"
+    assert r.sample("netwatch_transit_action_budget_remaining") == 2
+
+
+def test_rtt_above_the_others_is_exported_per_upstream(make):
+    """t2 answers 50 ms later than the others: its excess RTT is what the verdict judges."""
+    r = started(make())
+    t0 = r.mono.now
+    window_s = r.c.ctl.probe.window_s
+    while r.mono.now < t0 + window_s + 2:
+        for name in T:
+            for i in range(1, 11):
+                r.c.window.record(name, f"inet-{i}", r.mono.now, 0.060 if name == "t2" else 0.010)
+        r.mono.now += 0.5
+    r.c.judge()
+    assert r.sample("netwatch_transit_rtt_excess_seconds", upstream="t2") == pytest.approx(0.05)
+    assert r.sample("netwatch_transit_rtt_excess_seconds", upstream="t1") == pytest.approx(0)
+
+
+def full_table_answer(counts: dict[str, int]) -> str:
+    """ExaBGP's answer to `show neighbor json`, every session up, with UPDATE counts."""
+    return json.dumps([
+        {"state": "up", "fsm": "ESTABLISHED", "peer": {"address": address},
+         "messages": {"received": {"update": counts.get(address, 3)}}}
+        for address in EVERY_SESSION_UP
+    ])
+
+
+def test_update_counts_are_asked_every_30_s_and_change_nothing_else(make):
+    """`show neighbor json` again every 30 s: t2 sends a full table (4,000 UPDATEs), exported
+    per upstream and family; no announcement and no End-of-RIB goes out again for it."""
+    r = make()
+    registry = CollectorRegistry()
+    c = Controller(r.c.site, registry, r.pipe, mono=r.mono, boot=lambda: "boot-1",
+                   routes=RecordingRoutes(), prober=FakeProbers(), updates_ask_s=30.0)
+
+    def updates(upstream: str, family: str) -> float | None:
+        return registry.get_sample_value("netwatch_bgp_updates_received",
+                                         {"upstream": upstream, "family": family})
+
+    c.start()
+    c.on_event(full_table_answer({}))
+    c.on_event("done")
+    answered = r.pipe.written.count("show neighbor json")  # answered above
+    while answered < len(r.pipe.written):  # the full desired state, then the End-of-RIBs
+        answered += 1
+        c.on_event("done")
+    r.pipe.written.clear()
+    c.send_due()
+    assert r.pipe.written == []
+    assert updates("t2", "ipv4") == 3
+    r.mono.now += 29
+    c.send_due()
+    assert r.pipe.written == []
+    r.mono.now += 1
+    c.send_due()
+    assert r.pipe.written == ["show neighbor json"]
+    r.pipe.written.clear()
+    c.on_event(full_table_answer({T["t2"]: 4000}))
+    c.on_event("done")
+    c.send_due()
+    assert r.pipe.written == []  # the same sessions, already up: nothing sent again
+    assert updates("t2", "ipv4") == 4000
+    assert updates("t2", "ipv6") == 3

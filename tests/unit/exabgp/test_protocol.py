@@ -244,18 +244,24 @@ def _show_neighbor_json(peers: dict[str, tuple[str, int]]) -> str:
     return json.dumps(answers)
 
 
-def test_show_neighbor_answer_carries_each_session():
-    """ExaBGP's own answer (its NeighborTemplate), message counts and all: the sessions."""
+def test_show_neighbor_answer_carries_each_session_and_its_update_count():
+    """The count is ExaBGP's per-session statistic, taken before decoding: what tells a
+    transit that sends a default route (a few UPDATEs) from one that sends a full table."""
     line = _show_neighbor_json({"192.0.2.1": ("ESTABLISHED", 320), "192.0.2.5": ("ACTIVE", 0)})
     summary = exabgp.parse_event(line)
-    assert summary == exabgp.NeighborSummary({"192.0.2.1": True, "192.0.2.5": False})
+    assert summary == exabgp.NeighborSummary(
+        {"192.0.2.1": True, "192.0.2.5": False}, {"192.0.2.1": 320, "192.0.2.5": 0}
+    )
 
 
 def test_a_show_neighbor_answer_without_counts_still_gives_the_sessions():
     line = '[{"peer": {"address": "192.0.2.1"}, "fsm": "ESTABLISHED"}]'
-    assert exabgp.parse_event(line) == exabgp.NeighborSummary({"192.0.2.1": True})
+    assert exabgp.parse_event(line) == exabgp.NeighborSummary({"192.0.2.1": True}, {})
+    line = ('[{"peer": {"address": "192.0.2.1"}, "fsm": "ESTABLISHED", '
+            '"messages": {"received": {"update": -3}}}]')
+    assert exabgp.parse_event(line).updates_received == {}
     line = '[{"peer": {"address": "192.0.2.1"}, "fsm": "IDLE", "messages": [1]}]'
-    assert exabgp.parse_event(line) == exabgp.NeighborSummary({"192.0.2.1": False})
+    assert exabgp.parse_event(line) == exabgp.NeighborSummary({"192.0.2.1": False}, {})
 
 
 def test_an_end_of_rib_command_changes_no_key_and_names_its_session():
