@@ -25,6 +25,12 @@ Contract:
   `failover`, `both_down`, `uplink_health`, `beyond_suspect`, and the keeper's
   `lease_expired`. Records are written (fsync) by their own worker, in order, so a route
   write never waits for the disk;
+* with `alertmanager` in the site file, a failover to the secondary opens an Alertmanager
+  silence for the alerts it makes expected (`netwatch.observability.silences`), extended with
+  the lease and expired when it ends (to=auto, delete, replacement, expiry), opened or
+  extended again at start. A worker does it, in order, in a thread: the answer never waits
+  for Alertmanager, and a failure is counted (netwatch_agent_silence_errors_total) and logged
+  once per episode (`silence_failed`);
 * the control socket cannot be opened: logged as an error and tried again, backing off to
   30 s (`ControlServer.serve_retrying`); the agent goes on failing over meanwhile.
 """
@@ -39,6 +45,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
+from netwatch.adapters.alertmanager import AlertmanagerError, HttpAlertmanager
 from netwatch.agent import decision as core
 from netwatch.control.audit import AuditLog, audit_path
 from netwatch.control.keeper import LeaseKeeper
@@ -48,6 +55,7 @@ from netwatch.control.protocol import Command, Peer, Request, Unavailable
 from netwatch.control.server import ControlServer
 from netwatch.control.store import LeaseStore
 from netwatch.core.vocabulary import Health, UplinkRole
+from netwatch.observability import silences
 from netwatch.runtime.logs import kv
 
 if TYPE_CHECKING:
@@ -83,6 +91,16 @@ class AgentControl:
         self._audit: asyncio.Queue[tuple[str, dict]] = asyncio.Queue(AUDIT_QUEUE)
         self.audit_dropped = 0
         self.metrics.show_leases(self.keeper.book.leases)
+        self.silences = None
+        self._silence_jobs: asyncio.Queue[silences.SilenceJob] = asyncio.Queue()
+        if site.alertmanager is not None:
+            am = site.alertmanager
+            self.silences = silences.SilenceKeeper(
+                HttpAlertmanager(am.url, am.timeout_s), site=site.site, wall=wall,
+                instance=silences.instance_label(am.instance.agent, socket.getfqdn(),
+                                                 site.metrics.agent),
+                survives=(AlertmanagerError, OSError))
+            self.silence(silences.jobs_for(self.forced()))  # a restart extends its silence
         lease = self.forced()
         if lease is not None:
             log.info(kv("override_in_force", id=lease.id, forces=lease.describe(),
@@ -128,6 +146,7 @@ class AgentControl:
             # The keeper fsyncs the lease file: off the event loop, which probes meanwhile.
             change = await asyncio.to_thread(self.keeper.apply, request, peer)
             self.metrics.show_leases(self.keeper.book.leases)
+            self.silence(silences.jobs_for(change.lease, change.replaced, change.removed))
             self.enact()
             await self.agent.settled()
             note = self._where()
@@ -214,8 +233,27 @@ class AgentControl:
 
     def workers(self) -> dict:
         """The workers `Agent.run` supervises: the socket, the lease clock, the audit writer."""
-        return {"control": self.server.serve_retrying(self._unavailable),
-                "overrides": self.keep_time(), "audit": self.write_audit()}
+        workers = {"control": self.server.serve_retrying(self._unavailable),
+                   "overrides": self.keep_time(), "audit": self.write_audit()}
+        if self.silences is not None:
+            workers["silences"] = self.keep_silences()
+        return workers
+
+    def silence(self, jobs: list[silences.SilenceJob]) -> None:
+        """Queue `jobs` for `keep_silences` (nothing without `alertmanager`)."""
+        if self.silences is not None:
+            for job in jobs:
+                self._silence_jobs.put_nowait(job)
+
+    async def keep_silences(self) -> None:
+        """The silence worker: each queued job, in order, in a thread (see the module doc)."""
+        while True:
+            job = await self._silence_jobs.get()
+            outcome = await asyncio.to_thread(self.silences.run, job)
+            if outcome.error is not None:
+                self.agent.metrics.silence_errors.inc()
+            for level, event, fields in silences.log_lines(outcome):
+                log.log(level, kv(event, **fields))
 
     def _unavailable(self, exc: OSError, retry_in_s: float) -> None:
         log.error(kv("control_unavailable", path=self.server.path, error=exc,
@@ -225,8 +263,9 @@ class AgentControl:
         """Expire what expired; feed the end of a forced failover."""
         async with self._writes:
             if any(lease.expired(self.wall()) for lease in self.keeper.book.leases):
-                await asyncio.to_thread(self.keeper.expire)  # saves and audits: off the loop
+                gone = await asyncio.to_thread(self.keeper.expire)  # saves, audits: off the loop
                 self.metrics.show_leases(self.keeper.book.leases)
+                self.silence(silences.jobs_for(None, removed=gone))
             self.enact()
 
     async def keep_time(self) -> None:

@@ -113,6 +113,10 @@ class AgentMetrics:
             "netwatch_agent_netlink_errors_total",
             "Netlink errors retried, by operation (events: the event socket, reopened; "
             "snapshot: a read of the default routes)", ["op"], registry=registry)
+        self.silence_errors = Counter(
+            "netwatch_agent_silence_errors_total",
+            "Alertmanager requests for a forced failover's silence that failed (the override"
+            " is in force all the same)", registry=registry)
         self.both_down = Gauge(
             "netwatch_agent_both_uplinks_down",
             "1 while both uplinks are DOWN in some family (its route kept)", registry=registry)

@@ -41,6 +41,12 @@ Contract:
   family's hold), `announcement` (each session's announcement mode that changed: a
   withdrawal, a re-announcement, a prepend, a graceful shutdown), `drain_stage`,
   `interlock_overridden`, and the keeper's `lease_expired`;
+* with `alertmanager` in the site file, each lease that makes alerts expected (a drain) opens
+  an Alertmanager silence (`netwatch.observability.silences`), extended with the lease and
+  expired when it ends (restore, delete, replacement, expiry); the live leases' silences are
+  opened or extended again at start. A worker does it, in order, in a thread: the operator's
+  answer never waits for Alertmanager, and an Alertmanager that fails is counted
+  (`errors_total{where="silence"}`) and logged once per episode (`silence_failed`);
 * the control socket cannot be opened (another daemon on it, a bad path): logged as an
   error and tried again, backing off to 30 s. The controller goes on steering BGP meanwhile:
   an operator's socket is no reason to stop failing over, and ExaBGP would respawn a
@@ -60,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from netwatch import __version__
+from netwatch.adapters.alertmanager import AlertmanagerError, HttpAlertmanager
 from netwatch.control.audit import AuditLog, AuditWriter, audit_path
 from netwatch.control.keeper import LeaseKeeper
 from netwatch.control.leases import Lease, LeaseKind
@@ -85,6 +92,7 @@ from netwatch.controller.overrides import (
 )
 from netwatch.controller.plan import mode_of
 from netwatch.controller.status import controller_status
+from netwatch.observability import silences
 from netwatch.runtime.logs import kv
 
 if TYPE_CHECKING:
@@ -122,6 +130,19 @@ class ControllerControl:
         self._changed = asyncio.Event()  # wakes the lease clock early
         controller.metrics.errors.labels("control")  # known from the start: at 0
         self.metrics.show_leases(self.keeper.book.leases)
+        self.silences = None
+        if site.alertmanager is not None:
+            am = site.alertmanager
+            self.silences = silences.SilenceKeeper(
+                HttpAlertmanager(am.url, am.timeout_s), site=site.site, wall=wall,
+                instance=silences.instance_label(am.instance.controller, socket.getfqdn(),
+                                                 site.metrics.controller),
+                survives=(AlertmanagerError, OSError))
+        self._silence_jobs: asyncio.Queue[silences.SilenceJob] = asyncio.Queue()
+        if self.silences is not None:
+            controller.metrics.errors.labels("silence")  # known from the start: at 0
+            for lease in self.leases():  # a restart finds and extends their silences
+                self._silence_jobs.put_nowait(silences.SilenceJob(lease, opens=True))
         for lease in self.keeper.book.leases:
             if lease.target not in self.names:
                 log.warning(kv("override_ignored", id=lease.id, forces=lease.describe(),
@@ -215,6 +236,7 @@ class ControllerControl:
                     self.audit_log.record, "interlock_overridden", upstream=upstream,
                     cmd=request.cmd.value, id=change.lease.id, uid=peer.uid, user=peer.user,
                     reason=request.args["reason"], refusal=refusal)
+            self.silence(silences.jobs_for(change.lease, change.replaced, change.removed))
             restored = restored_by(change.removed)
             if request.cmd is Command.RESTORE:
                 restored |= {request.args["upstream"]}
@@ -296,8 +318,27 @@ class ControllerControl:
     def workers(self) -> dict:
         """The workers `Controller.run` supervises: the control socket, the lease clock and
         the audit writer."""
-        return {"control": self.serve(), "overrides": self.keep_time(),
-                "audit": self.audit_writer.run()}
+        workers = {"control": self.serve(), "overrides": self.keep_time(),
+                   "audit": self.audit_writer.run()}
+        if self.silences is not None:
+            workers["silences"] = self.keep_silences()
+        return workers
+
+    def silence(self, jobs: Sequence[silences.SilenceJob]) -> None:
+        """Queue `jobs` for `keep_silences` (nothing without `alertmanager`)."""
+        if self.silences is not None:
+            for job in jobs:
+                self._silence_jobs.put_nowait(job)
+
+    async def keep_silences(self) -> None:
+        """The silence worker: each queued job, in order, in a thread (see the module doc)."""
+        while True:
+            job = await self._silence_jobs.get()
+            outcome = await asyncio.to_thread(self.silences.run, job)
+            if outcome.error is not None:
+                self.c.metrics.errors.labels("silence").inc()
+            for level, event, fields in silences.log_lines(outcome):
+                log.log(level, kv(event, **fields))
 
     async def serve(self) -> None:
         """Serve the control socket until cancelled; while it cannot be opened, log and try
@@ -313,8 +354,9 @@ class ControllerControl:
         """Expire what expired, move drains past their graceful stage; write what is due."""
         async with self._writes:
             if any(lease.expired(self.wall()) for lease in self.keeper.book.leases):
-                await asyncio.to_thread(self.keeper.expire)  # saves: off the loop
+                gone = await asyncio.to_thread(self.keeper.expire)  # saves: off the loop
                 self.metrics.show_leases(self.keeper.book.leases)
+                self.silence(silences.jobs_for(None, removed=gone))
             # An expiry (or a wall-clock step past it) is no operator's restore: the upstream
             # comes back through its own recovery hold, which it may have served already.
             changed = self.enact()
@@ -340,3 +382,4 @@ class ControllerControl:
                     await self._changed.wait()
             except TimeoutError:
                 pass
+

@@ -22,7 +22,8 @@ A prepend, and a failover to the primary, make no alert expected: they open no s
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -161,3 +162,100 @@ def close(am: Alertmanager, *, instance: str, lease_id: str) -> list[str]:
     for silence_id in ids:
         am.expire(silence_id)
     return ids
+
+
+@dataclass(frozen=True)
+class SilenceJob:
+    """One thing to do to a lease's silence: open (or extend) it, or close it."""
+
+    lease: Lease
+    opens: bool
+
+
+def jobs_for(lease: Lease | None, replaced: Iterable[Lease] = (),
+             removed: Iterable[Lease] = ()) -> list[SilenceJob]:
+    """What a change of the lease book does to the silences: the leases it ended (`replaced`
+    by `lease`, `removed` by the command, or expired) close theirs, then `lease` (created or
+    extended) opens or extends its own. Leases that open none are left out."""
+    jobs = [SilenceJob(x, opens=False) for x in (*replaced, *removed) if _silenced(x)]
+    if lease is not None and _silenced(lease):
+        jobs.append(SilenceJob(lease, opens=True))
+    return jobs
+
+
+def _silenced(lease: Lease) -> bool:
+    return lease.kind is LeaseKind.DRAIN or (
+        lease.kind is LeaseKind.FAILOVER and lease.target == "secondary")
+
+
+@dataclass(frozen=True)
+class SilenceOutcome:
+    """What `SilenceKeeper.run` did: the silence id opened or extended (None: closed, none
+    to open, or failed), the error it survived, and whether the daemon should log it: the
+    first failure of an episode (`log_failure`), the first success after one (`recovered`)."""
+
+    job: SilenceJob
+    silence_id: str | None = None
+    error: BaseException | None = None
+    log_failure: bool = False
+    recovered: bool = False
+
+
+class SilenceKeeper:
+    """Carries out SilenceJobs against one Alertmanager. Blocking (the port is): a daemon runs
+    `run` in a worker thread, one job at a time, in order.
+
+    An operator's override never fails because Alertmanager does: the errors named in
+    `survives` (the adapter's AlertmanagerError, OSError) come back in the outcome, flagged
+    for the log once per episode; the job is dropped (the lease is in force all the same,
+    its alerts are not silenced). Anything else raises."""
+
+    def __init__(self, am: Alertmanager, *, site: str, instance: str,
+                 wall: Callable[[], float], survives: tuple[type[BaseException], ...]):
+        self.am = am
+        self.site = site
+        self.instance = instance
+        self.wall = wall
+        self.survives = survives
+        self._failing = False
+
+    def run(self, job: SilenceJob, audit_id: str | None = None) -> SilenceOutcome:
+        lease = job.lease
+        try:
+            silence_id = None
+            if job.opens and not lease.expired(self.wall()):  # expired while queued: none
+                silence_id = open_or_extend(self.am, lease, site=self.site,
+                                            instance=self.instance, now=self.wall(),
+                                            audit_id=audit_id)
+            elif not job.opens:
+                close(self.am, instance=self.instance, lease_id=lease.id)
+        except self.survives as exc:
+            first, self._failing = not self._failing, True
+            return SilenceOutcome(job, error=exc, log_failure=first)
+        recovered, self._failing = self._failing, False
+        return SilenceOutcome(job, silence_id, recovered=recovered)
+
+
+def instance_label(configured: str | None, fqdn: str, metrics_listen: str) -> str:
+    """The `instance` label of a daemon's alerts: the site file's `alertmanager.instance.*`,
+    or this host's FQDN and the daemon's metrics port (what Prometheus calls a target it
+    scrapes by name)."""
+    return configured or f"{fqdn}:{metrics_listen.rsplit(':', 1)[1]}"
+
+
+def log_lines(outcome: SilenceOutcome) -> list[tuple[int, str, dict[str, Any]]]:
+    """What a daemon logs for `outcome`: (level, event, fields) for its key=value logger.
+    Each silence opened or closed, a failure once per episode, the recovery."""
+    lease = outcome.job.lease
+    action = "open" if outcome.job.opens else "close"
+    if outcome.error is not None:
+        if not outcome.log_failure:
+            return []
+        return [(logging.ERROR, "silence_failed", dict(
+            lease=lease.id, forces=lease.describe(), action=action, error=outcome.error,
+            note="the override is in force; its alerts are not silenced"))]
+    lines = [(logging.INFO, "silence_recovered", dict(lease=lease.id))] if outcome.recovered \
+        else []
+    lines.append((logging.INFO, "silence", dict(lease=lease.id, forces=lease.describe(),
+                                                action=action, silence=outcome.silence_id)))
+    return lines

@@ -191,3 +191,34 @@ def test_against_a_real_alertmanager(alertmanager, wait_for):
     assert wait_for(lambda: state(t1) == ("active", []), 10, 0.1) is not None, \
         f"t1 after restore: {state(t1)}"
     assert silences.ours(am.silences(), instance="edge1:9111", lease_id="c1") == []
+
+
+def test_a_book_change_closes_the_ended_leases_silences_then_opens_the_new_one():
+    book = LeaseBook("c")
+    old = book.add(LeaseKind.DRAIN, "t2", OPERATOR, "CHG-1", NOW, 600)
+    new = old.book.add(LeaseKind.DRAIN, "t2", OPERATOR, "CHG-2", NOW, 600).lease
+    to_primary = lease(LeaseKind.FAILOVER, "primary")  # silences nothing
+    jobs = silences.jobs_for(new, replaced=(old.lease,), removed=(to_primary,))
+    assert [(j.lease.id, j.opens) for j in jobs] == [(old.lease.id, False), (new.id, True)]
+
+
+def test_the_keeper_survives_a_failing_alertmanager_and_logs_once_per_episode():
+    am = FakeAlertmanager()
+    failing = {"on": True}
+
+    def silences_or_fail():
+        if failing["on"]:
+            raise AlertmanagerError("GET /api/v2/silences: connection refused")
+        return list(am.stored.values())
+
+    am.silences = silences_or_fail
+    keeper = silences.SilenceKeeper(am, site="par1", instance="edge1:9111", wall=lambda: NOW,
+                                    survives=(AlertmanagerError, OSError))
+    job = silences.SilenceJob(lease(LeaseKind.DRAIN, "t2"), opens=True)
+    first, second = keeper.run(job), keeper.run(job)
+    assert first.error is not None and first.log_failure
+    assert second.error is not None and not second.log_failure
+    failing["on"] = False
+    back = keeper.run(job)
+    assert back.error is None and back.recovered and back.silence_id in am.stored
+    assert [e for _, e, _ in silences.log_lines(back)] == ["silence_recovered", "silence"]
