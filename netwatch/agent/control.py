@@ -78,7 +78,7 @@ class AgentControl:
         self.wall = wall
         self.host = host or socket.gethostname()
         self.audit_log = AuditLog(audit_path(site.state_dir, "agent"), clock=wall)
-        self.keeper = LeaseKeeper(LeaseStore(site.state_dir, "agent"), self.audit_log,
+        self.keeper = LeaseKeeper(LeaseStore(site.state_dir, "agent", clock=wall), self.audit_log,
                                   clock=wall)
         self.metrics = ControlMetrics(registry, "agent")
         self.server = ControlServer(

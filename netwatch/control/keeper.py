@@ -79,9 +79,24 @@ class LeaseKeeper:
         return change
 
     def expire(self) -> tuple[Lease, ...]:
-        """Drop the leases expired by now, save, audit each; returns them (oldest first)."""
-        book, gone = self._book.expire(self.clock())
+        """Re-base the leases written while the clock was ahead (`Lease.rebased`), drop the
+        ones expired by now, save, audit each; returns the expired (oldest first)."""
+        now = self.clock()
+        book, moved = self._book.rebase(now)
+        for old, new in moved:
+            log.warning(kv("lease_rebased", daemon=self.store.daemon, id=new.id,
+                           was_renewed_at=old.renewed_at, expires_at=new.expires_at,
+                           note="written while the clock was ahead; same duration from now"))
+            if self.audit is not None:
+                self.audit.record("lease_rebased", daemon=self.store.daemon, id=new.id,
+                                  lease=new.to_json())
+        book, gone = book.expire(now)
+        if not gone and not moved:
+            return ()
         if not gone:
+            with contextlib.suppress(Unavailable):
+                self._save(book, "rebase")
+            self._book = book
             return ()
         # Expired all the same if the save fails: the next save, or the next start, drops them.
         with contextlib.suppress(Unavailable):

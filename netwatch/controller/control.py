@@ -118,8 +118,8 @@ class ControllerControl:
         self.audit_log = AuditLog(audit_path(site.state_dir, "controller"), clock=wall)
         # The automatic actions' records: queued, written by their own worker (fsync).
         self.audit_writer = AuditWriter(self.audit_log, logger=log)
-        self.keeper = LeaseKeeper(LeaseStore(site.state_dir, "controller"), self.audit_log,
-                                  clock=wall)
+        store = LeaseStore(site.state_dir, "controller", clock=wall)
+        self.keeper = LeaseKeeper(store, self.audit_log, clock=wall)
         self.metrics = ControlMetrics(registry, "controller")
         self.server = ControlServer(
             site.control.controller, "controller", self, audit=self.audit_log,

@@ -150,3 +150,21 @@ def test_a_transient_read_error_is_read_again(tmp_path, audit, clock, monkeypatc
     keeper = keeper_at(tmp_path, audit, clock)
     assert reads[0] == 2
     assert [lease.reason for lease in keeper.book.leases] == ["maintenance"]
+
+
+def test_a_lease_written_while_the_clock_was_ahead_is_rebased_at_the_next_tick(
+        tmp_path, audit, clock):
+    """An RTC an hour ahead before NTP: the lease, written then, would last an hour longer.
+    Once the clock is right, the next tick re-bases it: the same 10 minutes from now."""
+    keeper = keeper_at(tmp_path, audit, clock)
+    clock.now += 3600  # the clock ahead
+    keeper.apply(request("failover", to="secondary", reason="CHG-4", for_s=600), ROOT)
+    clock.now -= 3600  # NTP steps it back
+    assert keeper.expire() == ()
+    [lease] = keeper.book.leases
+    assert (lease.renewed_at, lease.expires_at) == (clock.now, clock.now + 600)
+    assert LeaseStore(tmp_path, "agent").load().book.leases[0].expires_at == clock.now + 600
+    events, _ = audit.read()
+    assert [e["kind"] for e in events if e["kind"] == "lease_rebased"] == ["lease_rebased"]
+    clock.now += 601
+    assert [x.target for x in keeper.expire()] == ["secondary"]
