@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
-from netwatch.adapters.alertmanager import AlertmanagerError, HttpAlertmanager
 from netwatch.agent import decision as core
 from netwatch.control.audit import AuditLog, audit_path
 from netwatch.control.keeper import LeaseKeeper
@@ -53,6 +52,7 @@ from netwatch.control.leases import Lease, LeaseKind
 from netwatch.control.metrics import ControlMetrics
 from netwatch.control.protocol import Command, Peer, Request, Unavailable
 from netwatch.control.server import ControlServer
+from netwatch.control.silencing import SilenceWorker
 from netwatch.control.store import LeaseStore
 from netwatch.core.vocabulary import Health, UplinkRole
 from netwatch.observability import silences
@@ -91,16 +91,9 @@ class AgentControl:
         self._audit: asyncio.Queue[tuple[str, dict]] = asyncio.Queue(AUDIT_QUEUE)
         self.audit_dropped = 0
         self.metrics.show_leases(self.keeper.book.leases)
-        self.silences = None
-        self._silence_jobs: asyncio.Queue[silences.SilenceJob] = asyncio.Queue()
-        if site.alertmanager is not None:
-            am = site.alertmanager
-            self.silences = silences.SilenceKeeper(
-                HttpAlertmanager(am.url, am.timeout_s), site=site.site, wall=wall,
-                instance=silences.instance_label(am.instance.agent, socket.getfqdn(),
-                                                 site.metrics.agent),
-                survives=(AlertmanagerError, OSError))
-            self.silence(silences.jobs_for(self.forced()))  # a restart extends its silence
+        self.silences = SilenceWorker.for_site(site, "agent", wall,
+                                               self.agent.metrics.silence_errors.inc)
+        self.silence(silences.jobs_for(self.forced()))  # a restart extends its silence
         lease = self.forced()
         if lease is not None:
             log.info(kv("override_in_force", id=lease.id, forces=lease.describe(),
@@ -236,24 +229,13 @@ class AgentControl:
         workers = {"control": self.server.serve_retrying(self._unavailable),
                    "overrides": self.keep_time(), "audit": self.write_audit()}
         if self.silences is not None:
-            workers["silences"] = self.keep_silences()
+            workers["silences"] = self.silences.run()
         return workers
 
     def silence(self, jobs: list[silences.SilenceJob]) -> None:
-        """Queue `jobs` for `keep_silences` (nothing without `alertmanager`)."""
+        """Queue `jobs` for the silence worker (nothing without `alertmanager`)."""
         if self.silences is not None:
-            for job in jobs:
-                self._silence_jobs.put_nowait(job)
-
-    async def keep_silences(self) -> None:
-        """The silence worker: each queued job, in order, in a thread (see the module doc)."""
-        while True:
-            job = await self._silence_jobs.get()
-            outcome = await asyncio.to_thread(self.silences.run, job)
-            if outcome.error is not None:
-                self.agent.metrics.silence_errors.inc()
-            for level, event, fields in silences.log_lines(outcome):
-                log.log(level, kv(event, **fields))
+            self.silences.queue(jobs)
 
     def _unavailable(self, exc: OSError, retry_in_s: float) -> None:
         log.error(kv("control_unavailable", path=self.server.path, error=exc,

@@ -66,13 +66,13 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry
 
 from netwatch import __version__
-from netwatch.adapters.alertmanager import AlertmanagerError, HttpAlertmanager
 from netwatch.control.audit import AuditLog, AuditWriter, audit_path
 from netwatch.control.keeper import LeaseKeeper
 from netwatch.control.leases import Lease, LeaseKind
 from netwatch.control.metrics import ControlMetrics
 from netwatch.control.protocol import Command, Peer, Refused, Request
 from netwatch.control.server import ControlServer
+from netwatch.control.silencing import SilenceWorker
 from netwatch.control.store import LeaseStore
 from netwatch.controller.decision import (
     BudgetExhausted,
@@ -130,19 +130,10 @@ class ControllerControl:
         self._changed = asyncio.Event()  # wakes the lease clock early
         controller.metrics.errors.labels("control")  # known from the start: at 0
         self.metrics.show_leases(self.keeper.book.leases)
-        self.silences = None
-        if site.alertmanager is not None:
-            am = site.alertmanager
-            self.silences = silences.SilenceKeeper(
-                HttpAlertmanager(am.url, am.timeout_s), site=site.site, wall=wall,
-                instance=silences.instance_label(am.instance.controller, socket.getfqdn(),
-                                                 site.metrics.controller),
-                survives=(AlertmanagerError, OSError))
-        self._silence_jobs: asyncio.Queue[silences.SilenceJob] = asyncio.Queue()
-        if self.silences is not None:
-            controller.metrics.errors.labels("silence")  # known from the start: at 0
-            for lease in self.leases():  # a restart finds and extends their silences
-                self._silence_jobs.put_nowait(silences.SilenceJob(lease, opens=True))
+        self.silences = SilenceWorker.for_site(
+            site, "controller", wall, controller.metrics.errors.labels("silence").inc)
+        if self.silences is not None:  # a restart finds and extends their silences
+            self.silences.queue(silences.SilenceJob(lease, opens=True) for lease in self.leases())
         for lease in self.keeper.book.leases:
             if lease.target not in self.names:
                 log.warning(kv("override_ignored", id=lease.id, forces=lease.describe(),
@@ -321,24 +312,13 @@ class ControllerControl:
         workers = {"control": self.serve(), "overrides": self.keep_time(),
                    "audit": self.audit_writer.run()}
         if self.silences is not None:
-            workers["silences"] = self.keep_silences()
+            workers["silences"] = self.silences.run()
         return workers
 
     def silence(self, jobs: Sequence[silences.SilenceJob]) -> None:
-        """Queue `jobs` for `keep_silences` (nothing without `alertmanager`)."""
+        """Queue `jobs` for the silence worker (nothing without `alertmanager`)."""
         if self.silences is not None:
-            for job in jobs:
-                self._silence_jobs.put_nowait(job)
-
-    async def keep_silences(self) -> None:
-        """The silence worker: each queued job, in order, in a thread (see the module doc)."""
-        while True:
-            job = await self._silence_jobs.get()
-            outcome = await asyncio.to_thread(self.silences.run, job)
-            if outcome.error is not None:
-                self.c.metrics.errors.labels("silence").inc()
-            for level, event, fields in silences.log_lines(outcome):
-                log.log(level, kv(event, **fields))
+            self.silences.queue(jobs)
 
     async def serve(self) -> None:
         """Serve the control socket until cancelled; while it cannot be opened, log and try

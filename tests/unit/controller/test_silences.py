@@ -129,7 +129,7 @@ def request(cmd: Command, **args) -> Request:
 
 async def settle(c: Controller, check) -> None:
     """Run the silence worker until `check()` holds (2 s at most)."""
-    worker = asyncio.create_task(c.control.keep_silences())
+    worker = asyncio.create_task(c.control.silences.run())
     try:
         for _ in range(200):
             if check():
