@@ -83,23 +83,6 @@ class Pipe:
         pass
 
 
-class Quiet:
-    """Probe routes and probers that do nothing: a test feeds the verdicts itself."""
-
-    async def open(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    async def ensure_probe_path(self, path) -> bool:
-        return False
-
-    def __call__(self, method, family, mark):
-        return self
-
-    async def ping(self, target, timeout_s):
-        await asyncio.Event().wait()
-
-
 class Rig:
     """A controller, its clocks, its pipe and its registry."""
 
@@ -154,7 +137,7 @@ def short_dir():
 
 
 @pytest.fixture
-def make(site_copy, lab_site, clock, short_dir):
+def make(site_copy, lab_site, clock, short_dir, quiet_probes):
     """make(policy=None, graceful_s=None) -> Rig: a controller on the lab's site file, its
     control socket in `short_dir`, its state in the test's tmp_path (the same for every
     controller a test makes: a restart), the decision clock `clock`, a wall clock at WALL."""
@@ -173,7 +156,7 @@ def make(site_copy, lab_site, clock, short_dir):
         path = site_copy(controller=section, control=control)
         registry, pipe = CollectorRegistry(), Pipe()
         c = Controller(load_site(path), registry, pipe, mono=clock, wall=wall,
-                       boot=lambda: "boot-1", routes=Quiet(), prober=Quiet())
+                       boot=lambda: "boot-1", routes=quiet_probes, prober=quiet_probes)
         return Rig(c, pipe, registry, clock, wall)
 
     return build

@@ -433,23 +433,6 @@ class Pipe:
         pass
 
 
-class QuietProbes:
-    """Probe routes and probers that do nothing: the test feeds the verdicts itself."""
-
-    async def open(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    async def ensure_probe_path(self, path) -> bool:
-        return False
-
-    def __call__(self, method, family, mark):
-        return self
-
-    async def ping(self, target, timeout_s):
-        await asyncio.Event().wait()
-
-
 def every_session_up() -> str:
     peers = [*GW4.values(), *GW6.values()]
     return json.dumps([{"state": "up", "fsm": "ESTABLISHED", "peer": {"address": p}}
@@ -463,7 +446,7 @@ def window(failed: tuple[str, ...] = ()) -> ProbeStats:
 
 
 @pytest.fixture
-def controller(site_copy, lab_site, clock):
+def controller(site_copy, lab_site, clock, quiet_probes):
     """controller(kernel, mode="kernel") -> (Controller, registry) on the lab's site file,
     every verdict acted on at once."""
     raw = yaml.safe_load(lab_site.read_text())
@@ -476,7 +459,7 @@ def controller(site_copy, lab_site, clock):
         section["outbound"] = {"mode": mode}
         registry = CollectorRegistry()
         c = Controller(load_site(site_copy(controller=section)), registry, Pipe(), mono=clock,
-                       routes=QuietProbes(), prober=QuietProbes(), egress_routes=kernel)
+                       routes=quiet_probes, prober=quiet_probes, egress_routes=kernel)
         return c, registry
 
     return build

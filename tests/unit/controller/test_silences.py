@@ -88,11 +88,6 @@ class Pipe:
         pass
 
 
-class Quiet:
-    async def ping(self, *args):
-        await asyncio.Event().wait()
-
-
 class WallClock:
     def __init__(self, now: float):
         self.now = now
@@ -102,13 +97,13 @@ class WallClock:
 
 
 @pytest.fixture
-def controller(site_copy, clock, am_api):
+def controller(site_copy, clock, am_api, quiet_probes):
     path = site_copy(alertmanager={"url": am_api.url, "timeout_s": 1,
                                    "instance": {"controller": INSTANCE}})
     pipe, wall = Pipe(), WallClock(WALL)
     registry = CollectorRegistry()
     c = Controller(load_site(path), registry, pipe, mono=clock, wall=wall,
-                   boot=lambda: "boot-1", routes=Quiet(), prober=Quiet())
+                   boot=lambda: "boot-1", routes=quiet_probes, prober=quiet_probes)
     c.start()
     peers = [str(u.neighbor) for u in c.ctl.upstreams] + [
         str(u.neighbor6) for u in c.ctl.upstreams if u.neighbor6 is not None]
