@@ -40,7 +40,7 @@ def site_or_fail(path: str | Path, needs: str | None = None) -> Site:
     try:
         site = load_site(path)
     except ConfigError as exc:
-        missing = all(p.message == "no such file" for p in exc.problems)
+        missing = exc.missing
         raise CommandError(
             "\n".join(exc.errors), exitcodes.NOINPUT if missing else exitcodes.DATAERR
         ) from None

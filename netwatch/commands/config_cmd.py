@@ -58,7 +58,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             for line in exc.errors:
                 print(line, file=sys.stderr)
-            missing = all(p.message == "no such file" for p in exc.problems)
+            missing = exc.missing
             worst = max(worst, exitcodes.NOINPUT if missing else exitcodes.DATAERR)
             continue
         if not args.quiet:

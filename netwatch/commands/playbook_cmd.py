@@ -112,7 +112,7 @@ def _directory(args: argparse.Namespace) -> Path | None:
 
 
 def _config_error(exc: ConfigError) -> CommandError:
-    missing = all(p.message == "no such file" for p in exc.problems)
+    missing = exc.missing
     return CommandError("\n".join(exc.errors), exitcodes.NOINPUT if missing else exitcodes.DATAERR)
 
 
@@ -224,7 +224,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except ConfigError as exc:
             for line in exc.errors:
                 print(line, file=sys.stderr)
-            missing = all(p.message == "no such file" for p in exc.problems)
+            missing = exc.missing
             worst = max(worst, exitcodes.NOINPUT if missing else exitcodes.DATAERR)
             continue
         if not args.quiet:

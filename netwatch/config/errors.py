@@ -32,6 +32,11 @@ class ConfigError(Exception):
     def errors(self) -> list[str]:
         return [str(p) for p in self.problems]
 
+    @property
+    def missing(self) -> bool:
+        """Every problem is a file that does not exist (exit 66, not 65)."""
+        return all(p.message == "no such file" for p in self.problems)
+
 
 Loc = tuple[str | int, ...]
 

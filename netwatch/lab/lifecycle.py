@@ -284,7 +284,7 @@ def up(
         if not keep_on_failure:
             down(name, quiet=True)
         if isinstance(exc, ConfigError):
-            missing = all(p.message == "no such file" for p in exc.problems)
+            missing = exc.missing
             code = exitcodes.NOINPUT if missing else exitcodes.DATAERR
             raise LabError("\n".join(exc.errors), code) from None
         if isinstance(exc, netns.NetnsError):
