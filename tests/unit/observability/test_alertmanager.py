@@ -61,9 +61,14 @@ def test_routes(amtool, run, repo, labels, receiver):
 
 
 def alert(name: str, **labels: str) -> dict:
+    return {"labels": {"alertname": name, **labels}}
+
+
+def stamped(a: dict) -> dict:
+    """`a` active from now for 10 minutes (stamped when posted: the cases are built when the
+    module is collected, possibly more than 10 minutes before the test runs)."""
     now = datetime.datetime.now(datetime.UTC)
-    return {"labels": {"alertname": name, **labels},
-            "startsAt": now.isoformat(),
+    return {**a, "startsAt": now.isoformat(),
             "endsAt": (now + datetime.timedelta(minutes=10)).isoformat()}
 
 
@@ -111,7 +116,7 @@ INHIBITIONS = {
 @pytest.mark.parametrize("case", list(INHIBITIONS))
 def test_inhibitions(alertmanager, wait_for, case):
     source, muted, spared = INHIBITIONS[case]
-    alertmanager.post_alerts([source, muted, spared])
+    alertmanager.post_alerts([stamped(a) for a in (source, muted, spared)])
 
     def state(a: dict) -> tuple[str, list[str]] | None:
         """(state, inhibitedBy) of that alert, None while Alertmanager does not list it."""
