@@ -285,7 +285,7 @@ def carrier_back(net: Net, agent: Agent, wait_for, what: str,
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "intermittent, seen once in three full runs (2026-11-28): after the flap the primary's "
+    "intermittent, seen in 2 of 4 full runs (2026-11-28): after the flap the primary's "
     "IPv6 gateway answers again but its IPv6 beyond probes stay unanswered, so IPv6 stays on "
     "the secondary (IPv4 fails back); not yet explained"))
 def test_a_carrier_flap_of_the_primary_is_no_failure_of_ipv6(net, agent, wait_for):
