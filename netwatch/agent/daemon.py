@@ -60,6 +60,7 @@ from netwatch.agent.metrics import AgentMetrics, StreamMetrics
 from netwatch.agent.probing import Prober, ProberFactory, RawProbers, probe_paths
 from netwatch.agent.routes import DefaultRoutes, RouteTable
 from netwatch.config import AgentSection
+from netwatch.core.pacing import Cadence, Pacer
 from netwatch.core.vocabulary import Family, Health, UplinkRole
 from netwatch.runtime.logs import kv
 from netwatch.runtime.supervise import WorkerDied, supervise
@@ -438,59 +439,56 @@ class Agent:
     # ----------------------------------------------------------------------------- probes
 
     async def _tick_loop(self, streams: list[Stream]) -> None:
-        """Every interval, in one wake-up: judge the probes of the previous tick (their
-        timeout has run out), then send every probe. A lost probe is fed at send +
-        timeout, as a per-stream loop would; an answered one at most one interval later.
-        The grid is fixed: a slow tick does not shift it, a stalled loop skips slots.
+        """Send and judge the probes on the schedule of a `Pacer` (netwatch.core.pacing):
+        every stream probes on one fixed grid, all in the same wake-up, and each probe is
+        judged when its timeout runs out; a stream that loses a probe is probed again at once
+        and at the confirmation pace until it answers or `fall` probes in a row are lost.
+        The grid does not drift: a slow wake-up does not shift it, a stalled loop skips slots.
 
-        Every stream probes every tick, the standby uplink's beyond probes too: sending those
-        every 4th tick only measured no gain above the noise (8 streams at 20 Hz: 1.75..1.90 %
+        Every stream probes every slot, the standby uplink's beyond probes too: sending those
+        every 4th slot only measured no gain above the noise (8 streams at 20 Hz: 1.75..1.90 %
         of a core, against 1.80..1.85 % at the full rate), and the standby stays as ready to
         carry traffic as the active."""
-        interval, timeout = self.interval_s, self.timeout_s
-        # Timeout shorter than the interval: judge at send + timeout, in a second wake-up.
-        early = interval - timeout > 0.002
-        pending: list[Stream] = []
-        next_at = time.monotonic()
+        probe = self.cfg.probe
+        pacer = Pacer(
+            Cadence(self.interval_s, self.timeout_s, min(probe.confirm_s, self.timeout_s),
+                    probe.fall),
+            len(streams), time.monotonic())
         while True:
-            if not early:
-                self._judge(pending)
-            pending = streams
-            for stream in pending:
+            now = time.monotonic()
+            judge = pacer.to_judge(now)
+            if judge:
+                self._judge(pacer, [(i, streams[i]) for i in judge])
+            for i in pacer.to_send(now):
+                stream = streams[i]
                 if stream.tentative is not None:
                     stream.sent_tentative = stream.tentative()
-                stream.prober.send()
-            if early:
-                await asyncio.sleep(max(0.0, next_at + timeout - time.monotonic()))
-                self._judge(pending)
-                pending = []
-            next_at += interval
-            delay = next_at - time.monotonic()
-            if delay < 0:  # overran (a stalled loop): skip the missed slots, do not burst
-                next_at = time.monotonic()
-                delay = 0
-            await asyncio.sleep(delay)
+                stream.prober.send()  # refused (link down): lost, judged at its deadline
+                pacer.sent(i, now)
+            await asyncio.sleep(max(0.0, pacer.next_at() - time.monotonic()))
 
-    def _judge(self, pending: list[Stream]) -> None:
-        """Judge the probes of one tick and feed them as one round: families that fail in
-        the same round move in one decision (one failover, one log line)."""
-        timeout = self.timeout_s
+    def _judge(self, pacer: Pacer, pending: list[tuple[int, Stream]]) -> None:
+        """Judge the probes whose time is up and feed them as one round: families that fail
+        in the same round move in one decision (one failover, one log line)."""
         now = self.clock()
+        mono = time.monotonic()
         results = []
-        for stream in pending:
-            rtt = stream.prober.result(timeout)
+        for i, stream in pending:
+            wait = pacer.wait(i)
+            rtt = stream.prober.result(wait)
             if rtt is None and stream.tentative is not None and (
                     stream.sent_tentative or stream.tentative()):
                 # Left from (or refused for) an address still in DAD: no verdict, no loss.
+                pacer.judged(i, None, mono, verdict=False)
                 stream.counters.no_verdict()
                 results.append(core.ProbeResult(stream.role, stream.kind, None, stream.target,
-                                                timeout, tentative=True))
+                                                wait, tentative=True))
                 continue
+            pacer.judged(i, rtt, mono)
             stream.counters.count(rtt)
             if rtt is not None and core.steady(self.state, stream.role, now):
                 continue  # nothing can change: no observation built, no step taken
-            results.append(core.ProbeResult(stream.role, stream.kind, rtt, stream.target,
-                                            timeout))
+            results.append(core.ProbeResult(stream.role, stream.kind, rtt, stream.target, wait))
         if results:
             self.feed(core.ProbeRound(tuple(results)), metered=True)
         if now - self._loss_at >= 1.0:

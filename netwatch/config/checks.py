@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from netwatch.config.errors import Loc
 from netwatch.config.schema import AgentSection, ControllerSection, Site
+from netwatch.core.pacing import MIN_CONFIRM_S
 
 
 def cross_checks(site: Site) -> list[tuple[Loc, str]]:
@@ -68,8 +69,27 @@ def _agent_checks(agent: AgentSection) -> list[tuple[Loc, str]]:
         found.append(((*base, "probe", "timeout_ms"),
                       f"{probe.timeout_ms} ms is longer than interval_ms ({probe.interval_ms}): "
                       "one probe in flight per path at a time"))
+    found += _confirm_checks(probe, (*base, "probe"))
     found += _tables(agent.route_table_base, 2, (*base, "route_table_base"), "one per uplink")
     return found
+
+
+def _confirm_checks(probe, base: Loc) -> list[tuple[Loc, str]]:
+    """`confirm_interval_ms`: 0 (off), or from MIN_CONFIRM_S up to the probe timeout."""
+    confirm = probe.confirm_interval_ms
+    if not confirm:
+        return []
+    floor_ms = round(MIN_CONFIRM_S * 1000)
+    timeout_ms = probe.timeout_ms or probe.interval_ms
+    if confirm < floor_ms:
+        return [((*base, "confirm_interval_ms"),
+                 f"{confirm} ms is under {floor_ms} ms: a round trip on a busy link takes "
+                 "that long, so every confirmation would be lost (0 turns confirmation off)")]
+    if confirm > timeout_ms:
+        return [((*base, "confirm_interval_ms"),
+                 f"{confirm} ms is longer than the probe timeout ({timeout_ms} ms): "
+                 "confirmations would be slower than the probes they confirm")]
+    return []
 
 
 def _beyond_checks(site: Site) -> list[tuple[Loc, str]]:
@@ -141,6 +161,7 @@ def probe_checks(site: Site) -> list[tuple[Loc, str]]:
                               f"{upstream.name} has an IPv{version} session but there are "
                               f"{per_family[version]} IPv{version} targets, fewer than "
                               f"min_targets ({probe.min_targets}): it could never be judged"))
+    found += _confirm_checks(probe, ("controller", "probe"))
     timeout_ms = probe.timeout_ms or probe.interval_ms
     if timeout_ms >= probe.window_s * 1000:
         found.append((("controller", "probe", "timeout_ms" if probe.timeout_ms else "window_s"),

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from netwatch.core import validators
+from netwatch.core.pacing import default_confirm_s
 from netwatch.core.validators import IPAddress, IPNetwork
 
 # --- value types with messages an engineer can act on ------------------------------------
@@ -103,8 +104,22 @@ class AgentProbe(_Strict):
     method: Literal["arp", "icmp"] = "arp"
     interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 50
     timeout_ms: Annotated[int, Field(ge=1, le=60_000)] | None = None  # default: interval_ms
+    # After a lost probe, the path is probed again at this pace until an answer or `fall`
+    # losses in a row (netwatch/core/pacing.py). Default interval/5 (at least 5 ms); 0: off.
+    confirm_interval_ms: Annotated[int, Field(ge=0, le=60_000)] | None = None
     fall: Annotated[int, Field(ge=1, le=100)] = 3
     rise: Annotated[int, Field(ge=1, le=1000)] = 5
+
+    @property
+    def timeout_s(self) -> float:
+        return (self.timeout_ms or self.interval_ms) / 1000
+
+    @property
+    def confirm_s(self) -> float:
+        if self.confirm_interval_ms is not None:
+            return self.confirm_interval_ms / 1000
+        return default_confirm_s(self.interval_ms / 1000, self.timeout_s)
+
     # Addresses inside our network past the gateways (the border routers, a core address):
     # the agent answers "does this uplink carry traffic to our border?"; whether a transit
     # carries it on to the internet is the controller's question (docs/agent.md).
@@ -186,8 +201,21 @@ class ControllerProbe(_Strict):
     method: Literal["icmp", "tcp"] = "icmp"
     interval_ms: Annotated[int, Field(ge=50, le=60_000)] = 1000
     timeout_ms: Annotated[int, Field(ge=1, le=60_000)] | None = None  # default: interval_ms
+    # After a lost probe, that (upstream, target) is probed again at this pace until it
+    # answers or FAILED's losses are in (netwatch/core/pacing.py). Default interval/5; 0: off.
+    confirm_interval_ms: Annotated[int, Field(ge=0, le=60_000)] | None = None
     window_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     min_targets: Annotated[int, Field(ge=1)] = 3  # quorum of usable targets per verdict
+
+    @property
+    def timeout_s(self) -> float:
+        return (self.timeout_ms or self.interval_ms) / 1000
+
+    @property
+    def confirm_s(self) -> float:
+        if self.confirm_interval_ms is not None:
+            return self.confirm_interval_ms / 1000
+        return default_confirm_s(self.interval_ms / 1000, self.timeout_s)
 
 
 class Verdict(_Strict):

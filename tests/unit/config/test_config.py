@@ -445,6 +445,18 @@ AGENT_PROTECTION = [
         "  probe: {", "  route_table_base: 254\n  probe: {",
         "agent.route_table_base: 254..255 (one per uplink) includes the kernel's reserved table",
     ),
+    (  # every confirmation lost on a busy LAN: a false failover after one lost probe
+        "  probe: {", "  probe: {confirm_interval_ms: 2, ",
+        "agent.probe.confirm_interval_ms: 2 ms is under 5 ms",
+    ),
+    (
+        "  probe: {", "  probe: {interval_ms: 50, confirm_interval_ms: 60, ",
+        "agent.probe.confirm_interval_ms: 60 ms is longer than the probe timeout (50 ms)",
+    ),
+    (
+        "  probe: {", "  probe: {confirm_interval_ms: 1, ",
+        "agent.probe.confirm_interval_ms: 1 ms is under 5 ms",
+    ),
 ]
 
 
@@ -630,3 +642,14 @@ def test_an_alertmanager_for_silences_is_an_http_url(tmp_path: Path):
     assert errors_of(write(tmp_path, bad)) == [
         f"{tmp_path}/site.yaml:12: alertmanager.url: 'ftp://am' is not an http(s) URL with a host"
     ]
+
+
+def test_the_confirmation_pace_defaults_to_a_fifth_of_the_interval(tmp_path: Path):
+    def agent_probe(settings: str):
+        text = MINIMAL + AGENT.replace("  probe: {beyond: [203.0.113.9, \"2001:db8:9::9\"]}",
+                                       "  probe: {" + settings.rstrip(", ") + "}")
+        return load_site(write(tmp_path, text)).agent.probe
+
+    assert agent_probe("interval_ms: 100, ").confirm_s == pytest.approx(0.02)
+    assert agent_probe("interval_ms: 10, ").confirm_s == pytest.approx(0.005)  # the floor
+    assert agent_probe("confirm_interval_ms: 0, ").confirm_s == 0  # off

@@ -1,0 +1,176 @@
+"""When each probe stream sends and when each probe is judged: confirmation probing. Pure.
+
+A stream probes on a fixed grid, one probe every `interval_s`, judged lost when `timeout_s`
+passes without an answer. A stream that loses one is *suspect*: it is probed again at once,
+and again each time a confirmation is judged, every `confirm_s` (the confirmation pace),
+until either an answer clears the suspicion or `fall` probes in a row are lost. A path that
+has stopped forwarding is then known after
+
+    timeout_s + (fall - 1) x confirm_s        instead of        timeout_s + (fall - 1) x interval_s
+
+(50 ms probes, fall 3, confirm 10 ms: 70 ms instead of 150 ms). Nothing else changes: the
+decision still needs `fall` losses in a row (it is fed every verdict, confirmations
+included), one answer still restarts the count, and a path with independent random loss p
+still loses `fall` in a row with probability p^fall per episode: confirmation shortens the
+time to a verdict, not the evidence it takes (docs/agent.md has the soak that measures it).
+
+A confirmation is judged lost after `wait = srtt + 4 x rttvar` (RFC 6298's retransmission
+timeout, from the stream's own answered probes), bounded below by `confirm_s` and above by
+`timeout_s`: a path whose round trip is 30 ms is not condemned for missing a 10 ms deadline.
+Before any answer the wait is `timeout_s`. The confirmations stop once `fall` probes in a row
+are lost (the path is down: it goes back to the grid, so a dead path costs no more than a live
+one), and they never run past the next grid slot's purpose: a stream in confirmation skips the
+grid until its episode ends.
+
+Streams share the grid, so every stream not in confirmation sends in the same wake-up. When
+the caller wakes late (a stalled loop), each stream sends one probe at once and then
+returns to the grid: missed slots are skipped, not sent in a burst.
+
+    pacer = Pacer(Cadence(0.05, 0.05, 0.01, fall=3), streams=8, now=clock())
+    for i in pacer.to_judge(now): pacer.judged(i, rtt_of(i, pacer.wait(i)), now)
+    for i in pacer.to_send(now): send(i); pacer.sent(i, now)
+    sleep until pacer.next_at()
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+# A judgement due within this much of `now` is taken now: the loop's timer fires a little
+# early or late, and one more wake-up for 1 ms costs more than it gains.
+SLACK_S = 0.001
+_NEVER = math.inf
+# The default confirmation pace is a fifth of the interval, never under this (a 10 ms
+# interval confirms every 5 ms, not every 2: a round trip on a busy LAN can take 2 ms).
+MIN_CONFIRM_S = 0.005
+
+
+def default_confirm_s(interval_s: float, timeout_s: float) -> float:
+    """`confirm_interval_ms` left unset: interval/5, at least MIN_CONFIRM_S, at most the
+    timeout."""
+    return min(timeout_s, max(MIN_CONFIRM_S, interval_s / 5))
+
+
+@dataclass(frozen=True)
+class Cadence:
+    """`interval_s`: the grid; `timeout_s`: a routine probe's deadline (one probe in flight
+    per stream: a timeout longer than the interval skips the slots it covers);
+    `confirm_s`: the confirmation pace, 0 to confirm at the grid's pace (no confirmation);
+    `fall`: the losses in a row that condemn a path (the confirmations stop there)."""
+
+    interval_s: float
+    timeout_s: float
+    confirm_s: float
+    fall: int
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0 or self.timeout_s <= 0:
+            raise ValueError(f"interval_s and timeout_s must be > 0, got {self.interval_s}, "
+                             f"{self.timeout_s}")
+        if not 0 <= self.confirm_s <= self.timeout_s:
+            raise ValueError(f"confirm_s must be in [0, timeout_s], got {self.confirm_s}")
+        if self.fall < 1:
+            raise ValueError(f"fall must be >= 1, got {self.fall}")
+
+
+class _Stream:
+    __slots__ = ("deadline", "misses", "next_send", "rttvar", "sent_at", "srtt", "wait")
+
+    def __init__(self, now: float):
+        self.next_send = now
+        self.sent_at = -math.inf
+        self.deadline = _NEVER  # the probe in flight is judged then; _NEVER: none in flight
+        self.wait = 0.0  # ... and was given this long
+        self.misses = 0  # probes lost in a row
+        self.srtt: float | None = None  # smoothed round trip and its variation (RFC 6298)
+        self.rttvar = 0.0
+
+
+class Pacer:
+    """The schedule of `streams` probe streams (numbered 0..streams-1). See the module doc."""
+
+    def __init__(self, cadence: Cadence, streams: int, now: float):
+        self.cadence = cadence
+        self._origin = now
+        self._streams = [_Stream(now) for _ in range(streams)]
+
+    # --- what is due -----------------------------------------------------------------------
+
+    def to_judge(self, now: float) -> list[int]:
+        """The streams whose probe in flight has reached its deadline."""
+        due = now + SLACK_S
+        return [i for i, s in enumerate(self._streams) if s.deadline <= due]
+
+    def to_send(self, now: float) -> list[int]:
+        """The streams to probe now: nothing in flight, and their time has come."""
+        due = now + SLACK_S
+        return [i for i, s in enumerate(self._streams)
+                if s.deadline == _NEVER and s.next_send <= due]
+
+    def next_at(self) -> float:
+        """When something is next due (a send or a judgement)."""
+        return min(s.next_send if s.deadline == _NEVER else s.deadline for s in self._streams)
+
+    def wait(self, i: int) -> float:
+        """How long stream i's probe in flight was given: an answer later than this is lost."""
+        return self._streams[i].wait
+
+    def confirming(self, i: int) -> bool:
+        """Stream i is suspect: it lost its last probe but not yet `fall` in a row."""
+        return self.cadence.confirm_s > 0 and 0 < self._streams[i].misses < self.cadence.fall
+
+    # --- what happened ---------------------------------------------------------------------
+
+    def sent(self, i: int, now: float) -> None:
+        """Stream i's probe left at `now`."""
+        s = self._streams[i]
+        s.wait = self._confirm_wait(s) if self.confirming(i) else self.cadence.timeout_s
+        s.sent_at = now
+        s.deadline = now + s.wait
+
+    def judged(self, i: int, rtt_s: float | None, now: float, verdict: bool = True) -> None:
+        """Stream i's probe in flight: answered in `rtt_s` seconds, or lost (None). A probe
+        that is no verdict (`verdict` False: left from an address still in duplicate address
+        detection) neither clears nor feeds a suspicion."""
+        s = self._streams[i]
+        s.deadline = _NEVER
+        if not verdict:
+            s.next_send = self._next_slot(s)
+            return
+        if rtt_s is not None:
+            self._learn(s, rtt_s)
+            s.misses = 0
+            s.next_send = self._next_slot(s)
+            return
+        s.misses += 1
+        if self.confirming(i):
+            s.next_send = now  # confirm at once; the next one when this one is judged
+        else:
+            s.next_send = self._next_slot(s)
+
+    # --- inside ----------------------------------------------------------------------------
+
+    def _next_slot(self, s: _Stream) -> float:
+        """The grid slot after the one the stream's last probe left in. It may be past
+        already (the loop woke late, or stalled): the stream then probes at once, one probe,
+        and the slot after that one is its next; one probe in flight per stream means a
+        stalled loop never sends a burst."""
+        interval = self.cadence.interval_s
+        slot = math.floor((s.sent_at + SLACK_S - self._origin) / interval)
+        return self._origin + (slot + 1) * interval
+
+    def _confirm_wait(self, s: _Stream) -> float:
+        c = self.cadence
+        if s.srtt is None:
+            return c.timeout_s
+        return min(c.timeout_s, max(c.confirm_s, s.srtt + 4 * s.rttvar))
+
+    @staticmethod
+    def _learn(s: _Stream, rtt: float) -> None:
+        """RFC 6298 section 2: alpha 1/8, beta 1/4."""
+        if s.srtt is None:
+            s.srtt, s.rttvar = rtt, rtt / 2
+        else:
+            s.rttvar += (abs(s.srtt - rtt) - s.rttvar) / 4
+            s.srtt += (rtt - s.srtt) / 8

@@ -1,0 +1,224 @@
+"""Confirmation probing: the pacer alone, then the pacer driving the agent's decision, on a
+fake clock (a path model says what each probe gets)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from netwatch.agent.decision import (
+    Carrier,
+    CarrierChange,
+    Failover,
+    ProbeKind,
+    ProbeResult,
+    ProbeRound,
+    RouteSnapshot,
+    Settings,
+    initial_state,
+    step,
+)
+from netwatch.core.pacing import Cadence, Pacer, default_confirm_s
+from netwatch.core.vocabulary import Family, UplinkRole
+
+P, S = UplinkRole.PRIMARY, UplinkRole.SECONDARY
+INTERVAL, TIMEOUT, CONFIRM, FALL = 0.05, 0.05, 0.01, 3
+CADENCE = Cadence(INTERVAL, TIMEOUT, CONFIRM, FALL)
+LAN_RTT = 0.0003
+
+
+# --- the pacer alone ------------------------------------------------------------------------
+
+
+def test_every_stream_probes_on_one_grid():
+    pacer = Pacer(CADENCE, 3, now=10.0)
+    assert pacer.to_send(10.0) == [0, 1, 2]
+    for i in range(3):
+        pacer.sent(i, 10.0)
+    assert pacer.to_send(10.0) == []  # one probe in flight per stream
+    assert pacer.next_at() == pytest.approx(10.05)
+    for i in pacer.to_judge(10.05):
+        pacer.judged(i, LAN_RTT, 10.05)
+    assert pacer.to_send(10.05) == [0, 1, 2]
+
+
+def test_a_lost_probe_is_confirmed_at_once_and_then_at_the_confirmation_pace():
+    pacer = Pacer(CADENCE, 1, now=0.0)
+    pacer.sent(0, 0.0)
+    pacer.judged(0, LAN_RTT, 0.05)  # the stream knows its round trip now
+    pacer.sent(0, 0.1)
+    pacer.judged(0, None, 0.15)
+    assert pacer.confirming(0)
+    assert pacer.to_send(0.15) == [0]  # at once, not at the next slot (0.2)
+    pacer.sent(0, 0.15)
+    assert pacer.wait(0) == pytest.approx(CONFIRM)  # the LAN answers in 0.3 ms: 10 ms is plenty
+    assert pacer.to_judge(0.155) == []
+    assert pacer.to_judge(0.16) == [0]
+
+
+def test_fall_losses_in_a_row_end_the_confirmations():
+    """A dead path goes back to the grid: it costs no more probes than a live one."""
+    pacer = Pacer(CADENCE, 1, now=0.0)
+    now = 0.0
+    sends = []
+    while now < 1.0:
+        for i in pacer.to_judge(now):
+            pacer.judged(i, None, now)
+        for i in pacer.to_send(now):
+            pacer.sent(i, now)
+            sends.append(now)
+        now = pacer.next_at()
+    # No answer ever: the wait is the timeout (no round trip known), so the first probes are
+    # confirmed at the timeout's pace; after FALL of them, one per slot.
+    assert len(sends) <= math.ceil(1.0 / INTERVAL) + 1
+
+
+def test_a_confirmation_waits_for_the_paths_own_round_trip():
+    """A path 30 ms away is not condemned for missing a 10 ms deadline (RFC 6298's RTO)."""
+    pacer = Pacer(CADENCE, 1, now=0.0)
+    for k in range(5):
+        pacer.sent(0, k * INTERVAL)
+        pacer.judged(0, 0.030, k * INTERVAL + TIMEOUT)
+    pacer.sent(0, 0.25)
+    pacer.judged(0, None, 0.30)
+    pacer.sent(0, 0.30)
+    assert pacer.wait(0) >= 0.030
+    assert pacer.wait(0) <= TIMEOUT
+
+
+def test_no_verdict_is_no_suspicion():
+    pacer = Pacer(CADENCE, 1, now=0.0)
+    pacer.sent(0, 0.0)
+    pacer.judged(0, None, 0.05, verdict=False)
+    assert not pacer.confirming(0)
+    assert pacer.to_send(0.05) == [0]  # its slot has come: 0.05 is the next one anyway
+    pacer.sent(0, 0.05)
+    pacer.judged(0, None, 0.07, verdict=False)
+    assert pacer.to_send(0.07) == []
+    assert pacer.next_at() == pytest.approx(0.10)
+
+
+def test_a_stalled_loop_skips_the_missed_slots():
+    pacer = Pacer(CADENCE, 1, now=0.0)
+    pacer.sent(0, 0.0)
+    pacer.judged(0, LAN_RTT, 1.0)  # woken a second late: one probe now, not 19
+    assert pacer.to_send(1.0) == [0]
+    pacer.sent(0, 1.0)
+    pacer.judged(0, LAN_RTT, 1.05)
+    assert pacer.to_send(1.05) == [0]
+
+
+def test_confirmation_off_probes_at_the_grids_pace():
+    pacer = Pacer(Cadence(INTERVAL, TIMEOUT, 0.0, FALL), 1, now=0.0)
+    pacer.sent(0, 0.0)
+    pacer.judged(0, None, 0.05)
+    pacer.sent(0, 0.05)
+    assert pacer.wait(0) == TIMEOUT
+
+
+def test_the_default_pace_is_a_fifth_of_the_interval_within_bounds():
+    assert default_confirm_s(0.05, 0.05) == pytest.approx(0.01)
+    assert default_confirm_s(0.01, 0.01) == pytest.approx(0.005)  # the floor
+    assert default_confirm_s(1.0, 0.1) == pytest.approx(0.1)  # never above the timeout
+
+
+@pytest.mark.parametrize("bad", [
+    dict(interval_s=0, timeout_s=0.05, confirm_s=0.01, fall=3),
+    dict(interval_s=0.05, timeout_s=0.05, confirm_s=0.06, fall=3),
+    dict(interval_s=0.05, timeout_s=0.05, confirm_s=0.01, fall=0),
+])
+def test_a_cadence_that_cannot_work_is_refused(bad):
+    with pytest.raises(ValueError):
+        Cadence(**bad)
+
+
+# --- the pacer driving the agent's decision -------------------------------------------------
+
+
+def run(path, until: float, cadence: Cadence = CADENCE):
+    """Drive the agent's decision for IPv4 with gateway probes only, on a fake clock, each
+    probe paced by `cadence`. `path(sent_at) -> rtt or None` is what the primary's gateway
+    gives a probe sent then (the secondary always answers). Returns the failovers with their
+    times, and the send times of the primary's probes."""
+    settings_ = Settings(fall=cadence.fall, rise=5, hold_down_s=30.0, failback_auto=True,
+                         families=(Family.V4,), kinds=(ProbeKind.GATEWAY,))
+    state, _ = step(initial_state(settings_), RouteSnapshot(v4=P, v6=None), 0.0)
+    for role in (P, S):
+        state, _ = step(state, CarrierChange(role, Carrier.UP), 0.0)
+    roles = (P, S)
+    pacer = Pacer(cadence, 2, now=0.0)
+    sent_at = [0.0, 0.0]
+    sends: list[float] = []
+    failovers: list[tuple[float, Failover]] = []
+    now = 0.0
+    while now <= until:
+        results = []
+        for i in pacer.to_judge(now):
+            rtt = path(sent_at[i]) if roles[i] is P else LAN_RTT
+            if rtt is not None and rtt > pacer.wait(i):
+                rtt = None  # answered too late: lost
+            pacer.judged(i, rtt, now)
+            results.append(ProbeResult(roles[i], ProbeKind.GATEWAY, rtt, "gw", pacer.wait(i)))
+        if results:
+            state, actions = step(state, ProbeRound(tuple(results)), now)
+            failovers += [(now, a) for a in actions if isinstance(a, Failover)]
+        for i in pacer.to_send(now):
+            pacer.sent(i, now)
+            sent_at[i] = now
+            if roles[i] is P:
+                sends.append(now)
+        now = pacer.next_at()
+    return failovers, sends
+
+
+def test_a_single_miss_then_an_answer_never_fails_over():
+    lost = 5.0 + 1e-9
+
+    def path(sent: float):
+        return None if abs(sent - 5.0) < 1e-6 else LAN_RTT
+
+    failovers, sends = run(path, until=10.0)
+    assert failovers == []
+    assert lost + TIMEOUT in [pytest.approx(t) for t in sends]  # confirmed at once
+
+
+@pytest.mark.parametrize("start", [5.0, 5.013, 5.049])
+def test_fall_misses_at_the_confirmation_pace_fail_over(start):
+    def path(sent: float):
+        return None if sent >= start - 1e-9 else LAN_RTT
+
+    failovers, _ = run(path, until=7.0)
+    assert len(failovers) == 1
+    first_lost_sent = math.ceil(start / INTERVAL - 1e-6) * INTERVAL
+    # The first loss is known at its timeout, the next FALL-1 at the confirmation pace.
+    expected = first_lost_sent + TIMEOUT + (FALL - 1) * CONFIRM
+    assert failovers[0][0] == pytest.approx(expected, abs=1e-6)
+    # Without confirmation it takes FALL - 1 more intervals.
+    slow, _ = run(path, until=7.0, cadence=Cadence(INTERVAL, TIMEOUT, 0.0, FALL))
+    assert slow[0][0] == pytest.approx(first_lost_sent + TIMEOUT + (FALL - 1) * INTERVAL)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=120))
+def test_fewer_than_fall_losses_in_a_row_never_fail_over(answered):
+    """Whatever the pattern of losses, confirmations included: a failover needs FALL losses
+    in a row (in the order the probes left), never fewer."""
+    outcomes: dict[float, bool] = {}
+    order: list[bool] = []
+
+    def path(sent: float):
+        key = round(sent, 9)
+        if key not in outcomes:
+            outcomes[key] = answered[len(outcomes) % len(answered)]
+            order.append(outcomes[key])
+        return LAN_RTT if outcomes[key] else None
+
+    failovers, _ = run(path, until=3.0)
+    run_of_losses = longest = 0
+    for ok in order:
+        run_of_losses = 0 if ok else run_of_losses + 1
+        longest = max(longest, run_of_losses)
+    assert bool(failovers) == (longest >= FALL)
