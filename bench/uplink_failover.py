@@ -9,10 +9,16 @@ Runs in its own lab (`netwatch lab up --name bench<random>`, torn down in a fina
 - per kind: median outage (longest gap in the received stream around the fault, ms) and
   median packets lost (the sequence numbers sent in the window that never arrived); a trial
   that never recovered within the window counts the whole window;
-- the agent's CPU (% of one core) and RSS while probing, idle.
+- the agent's CPU (% of one core) and RSS while probing, idle;
+- with `--noise SECONDS` (the issue's figure: 600): both uplinks lose 2 % of their frames in
+  each direction (`lab fault link-loss 2`, ARP and ND included) for that long, and every
+  failover the agent makes meanwhile is a false one (goal 0); the probes it lost and the
+  confirmations it sent are counted too, to show the noise was there.
 
-Prints a table and writes bench/results/uplink_failover.json. Takes about 4 minutes.
-Usage: sudo python bench/uplink_failover.py [--trials 5] [--keep-lab]
+Every figure is printed beside the kernel's (where the kernel has an answer) and beside the
+previous run's, read from bench/results/uplink_failover.json before it is overwritten.
+Takes about 4 minutes, plus the noise.
+Usage: sudo python bench/uplink_failover.py [--trials 5] [--noise 600] [--keep-lab]
 """
 
 from __future__ import annotations
@@ -156,6 +162,49 @@ def cpu_rss(pid: int, seconds: float) -> tuple[float, float]:
     return used * 100, rss_kb / 1024
 
 
+def agent_counters(ns: str) -> dict[str, float]:
+    """The agent's failovers, lost probes and probes sent, summed over their labels."""
+    text = in_ns(ns, "curl", "-sf", "http://127.0.0.1:9110/metrics", check=False).stdout
+    totals = {"failovers": 0.0, "lost": 0.0, "probes": 0.0}
+    for line in text.splitlines():
+        if line.startswith("netwatch_agent_failovers_total{"):
+            totals["failovers"] += float(line.rpartition(" ")[2])
+        elif line.startswith("netwatch_agent_probes_total{"):
+            value = float(line.rpartition(" ")[2])
+            totals["probes"] += value
+            if 'result="lost"' in line:
+                totals["lost"] += value
+    return totals
+
+
+def noise(lab: str, srv: str, seconds: float) -> dict:
+    """2 % frame loss each way on both uplinks for `seconds`: the false failovers."""
+    before = agent_counters(srv)
+    for gw in ("gwa", "gwb"):
+        netwatch("lab", "fault", "--name", lab, "link-loss", "2", gw)
+    try:
+        time.sleep(seconds)
+    finally:
+        for gw in ("gwa", "gwb"):
+            netwatch("lab", "heal", "--name", lab, gw)
+    after = agent_counters(srv)
+    delta = {k: after[k] - before[k] for k in after}
+    result = {"seconds": seconds, "loss_pct_each_way": 2, "false_failovers": delta["failovers"],
+              "probes": delta["probes"], "lost_probes": delta["lost"],
+              "lost_ratio": round(delta["lost"] / delta["probes"], 4) if delta["probes"] else None}
+    print(f"noise {seconds:g} s, 2 % each way on both uplinks: {result['false_failovers']:.0f} "
+          f"false failovers, {result['lost_probes']:.0f} of {result['probes']:.0f} probes lost",
+          file=sys.stderr)
+    return result
+
+
+def previous_results() -> dict:
+    try:
+        return json.loads(RESULTS.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
 def run_trials(lab: str, srv: str, mode: str, trials: int, recv_log: list) -> list[dict]:
     rows = []
     for fault in FAULTS:
@@ -177,6 +226,8 @@ def run_trials(lab: str, srv: str, mode: str, trials: int, recv_log: list) -> li
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--noise", type=float, default=0.0,
+                        help="seconds of 2 %% loss on both uplinks (false failovers)")
     parser.add_argument("--keep-lab", action="store_true")
     args = parser.parse_args()
 
@@ -208,6 +259,10 @@ def main() -> int:
 
         marks: list = []
         run_trials(lab, srv, "agent", args.trials, marks)
+        noise_result = None
+        if args.noise:
+            assert wait_for(lambda: default_dev(srv) == "eth0", 15), "agent did not fail back"
+            noise_result = noise(lab, srv, args.noise)
         agent.send_signal(signal.SIGTERM)
         agent.wait(10)
         agent = None
@@ -229,9 +284,14 @@ def main() -> int:
         procs = []
         arrivals = read_arrivals(recv_path)
 
+        previous = previous_results()
         results: dict = {"rate_pps": RATE_HZ, "trials": args.trials, "window_s": WINDOW_S,
-                         "probe": {"interval_ms": 50, "fall": 3}, "agent_cpu_pct": cpu_pct,
-                         "agent_rss_mb": rss_mb, "faults": {}}
+                         "probe": {"interval_ms": 50, "fall": 3, "confirm_interval_ms": 10},
+                         "agent_cpu_pct": cpu_pct, "agent_rss_mb": rss_mb, "faults": {}}
+        if noise_result is not None:
+            results["noise"] = noise_result
+        elif "noise" in previous:
+            results["noise_previous_run"] = previous["noise"]
         for mode, fault, at in marks:
             ms, lost, ok = outage(arrivals, at)
             entry = results["faults"].setdefault(fault, {}).setdefault(
@@ -239,8 +299,9 @@ def main() -> int:
             entry["outage_ms"].append(round(ms, 1))
             entry["lost"].append(lost)
             entry["recovered"].append(ok)
-        print(f"{'fault':<20}{'agent ms':>10}{'lost':>7}{'kernel ms':>12}{'lost':>7}  "
-              f"(median of {args.trials}; '>' = never recovered in {WINDOW_S:g} s)")
+        print(f"{'fault':<20}{'agent ms':>10}{'lost':>7}{'kernel ms':>12}{'lost':>7}"
+              f"{'previous agent ms':>20}  (median of {args.trials}; '>' = never recovered "
+              f"in {WINDOW_S:g} s)")
         for fault, modes in results["faults"].items():
             cells = []
             for mode in ("agent", "kernel"):
@@ -250,8 +311,24 @@ def main() -> int:
                 never = not all(entry["recovered"])
                 cells.append(f"{'>' if never else ''}{entry['median_outage_ms']:.0f}")
                 cells.append(f"{entry['median_lost']:.0f}")
-            print(f"{fault:<20}{cells[0]:>10}{cells[1]:>7}{cells[2]:>12}{cells[3]:>7}")
-        print(f"agent while probing: {cpu_pct:.2f}% of a core, RSS {rss_mb:.1f} MB")
+            before = previous.get("faults", {}).get(fault, {}).get("agent", {})
+            cells.append(f"{before['median_outage_ms']:.0f}" if before else "-")
+            print(f"{fault:<20}{cells[0]:>10}{cells[1]:>7}{cells[2]:>12}{cells[3]:>7}"
+                  f"{cells[4]:>20}")
+
+        def was(key: str, unit: str) -> str:
+            return f" (previous {previous[key]:.2f}{unit})" if key in previous else ""
+
+        print(f"agent while probing: {cpu_pct:.2f}% of a core{was('agent_cpu_pct', '%')}, "
+              f"RSS {rss_mb:.1f} MB{was('agent_rss_mb', ' MB')}; kernel: no process")
+        if noise_result is not None:
+            before = previous.get("noise")
+            was_noise = (f"{before['false_failovers']:.0f} in {before['seconds']:g} s"
+                         if before else "not measured")
+            print(f"false failovers in {args.noise:g} s of 2 % loss each way on both uplinks: "
+                  f"{noise_result['false_failovers']:.0f} (lost probes "
+                  f"{noise_result['lost_probes']:.0f} of {noise_result['probes']:.0f}); "
+                  f"kernel: 0 (it never moves on loss); previous: {was_noise}")
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2))
         print(f"written {RESULTS}")

@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import math
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -475,7 +476,9 @@ class Agent:
         results = []
         for i, stream in pending:
             wait = pacer.wait(i)
-            rtt = stream.prober.result(wait)
+            # Judged at its deadline or later: an answer already read counts, even when our
+            # loop read it late (a busy host must not turn its own latency into lost probes).
+            rtt = stream.prober.result(math.inf)
             if rtt is None and stream.tentative is not None and (
                     stream.sent_tentative or stream.tentative()):
                 # Left from (or refused for) an address still in DAD: no verdict, no loss.

@@ -44,8 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fault = named(
         "fault",
         "inject a fault (link-down, gateway-silent, gateway-blackhole, "
-        "loss, latency, transit-blackhole, session-reset, transit-down, md5-mismatch, "
-        "full-table)",
+        "loss, link-loss, latency, transit-blackhole, session-reset, transit-down, "
+        "md5-mismatch, full-table)",
         cmd_fault,
     )
     fault.add_argument("kind")

@@ -9,6 +9,8 @@ Kinds and targets:
   ND included; the carrier stays up.
 - gateway-blackhole gwa|gwb: the gateway answers ARP/ND/ping but forwards nothing.
 - loss PCT NODE: random drop of PCT % of forwarded traffic (BGP sessions survive).
+- link-loss PCT gwa|gwb: the uplink's link itself loses PCT % of the frames in each direction,
+  whatever they carry (ARP, ND, pings to the gateway, forwarded traffic): a noisy uplink.
 - latency MS NODE: netem delay; refused (exit 69) where the kernel has no netem.
 - transit-blackhole tN: the transit keeps its BGP session but drops traffic towards inet.
 - session-reset tN: BIRD restarts its sessions to edge (one-shot, not recorded).
@@ -36,6 +38,7 @@ KINDS = (
     "gateway-silent",
     "gateway-blackhole",
     "loss",
+    "link-loss",
     "latency",
     "transit-blackhole",
     "session-reset",
@@ -122,7 +125,8 @@ def _routing_node(lab: Lab, target: str) -> str:
 
 def apply(lab: Lab, kind: str, target: str, *opts: str) -> dict:
     """Inject fault `kind` on `target`; returns its record. Raises LabError."""
-    if kind in ("loss", "latency") and target.isdigit() and opts and not opts[0].isdigit():
+    if (kind in ("loss", "link-loss", "latency") and target.isdigit() and opts
+            and not opts[0].isdigit()):
         target, opts = opts[0], [target, *opts[1:]]  # `loss PCT NODE` and `loss NODE PCT` both
     if kind not in KINDS:
         raise LabError(f"unknown fault kind {kind!r} (one of: {', '.join(KINDS)})", exitcodes.USAGE)
@@ -174,6 +178,31 @@ def _inject(lab: Lab, kind: str, target: str, opts: list[str]) -> dict:
                 ["inet", "silent_out"],
                 ["arp", "silent_arp_in"],
                 ["arp", "silent_arp_out"],
+            ],
+        }
+    if kind == "link-loss":
+        gw = _gateway(target)
+        pct = _percent(opts)
+        drop = f"numgen random mod 100 < {pct} drop"
+        _nft(
+            lab,
+            gw,
+            _chain_script("lossy_in", "input", [f'iifname "srv" {drop}'])
+            + _chain_script("lossy_fwd", "forward", [f'iifname "srv" {drop}',
+                                                     f'oifname "srv" {drop}'])
+            + _chain_script("lossy_out", "output", [f'oifname "srv" {drop}'])
+            + _chain_script("lossy_arp_in", "input", [f'meta iifname "srv" {drop}'], "arp")
+            + _chain_script("lossy_arp_out", "output", [f'meta oifname "srv" {drop}'], "arp"),
+        )
+        return {
+            "node": gw,
+            "percent": pct,
+            "chains": [
+                ["inet", "lossy_in"],
+                ["inet", "lossy_fwd"],
+                ["inet", "lossy_out"],
+                ["arp", "lossy_arp_in"],
+                ["arp", "lossy_arp_out"],
             ],
         }
     if kind == "gateway-blackhole":
