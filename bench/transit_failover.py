@@ -81,49 +81,99 @@ def edge_routes(lab, node: str) -> int:
     return int(m.group(1)) if m else 0
 
 
-def scale(lab, counts: list[int]) -> dict:
-    """Announce, withdraw (blackhole t2) and re-announce `count` extra prefixes; seconds."""
+SCALE_FIGURES = ("announce_from_start_s", "announce_all_from_start_s", "withdraw_from_decision_s",
+                 "withdraw_from_fault_s", "reannounce_from_decision_s")
+
+
+def _set_prefixes(lab, raw: dict, prefixes: list[str]) -> None:
+    import yaml
+
+    raw["prefixes"] = prefixes
+    Path(lab.site_file).write_text(yaml.safe_dump(raw, sort_keys=False))
+
+
+def scale_trial(lab, raw: dict, base: list[str], extra: list[str]) -> dict:
+    """One trial: from a lab that announces only `base`, the controller restarted with
+    `base + extra` announces them (start log line -> t2's BIRD, and all four, count them);
+    `transit-blackhole t2` withdraws them (t2 counts none); heal re-announces them."""
+    logfile = Path(lab.run_dir) / "exabgp.out"
+    want = len(extra) + sum(1 for p in base if ":" not in p)
+    _set_prefixes(lab, raw, base + extra)
+    mark = logfile.stat().st_size
+    killed = time.time()
+    os.kill(controller_pid(lab), signal.SIGTERM)  # ExaBGP respawns it with the new site file
+    until(lambda: edge_routes(lab, "t2") >= want, 120, hz=10)
+    seen = time.time()
+    until(lambda: all(edge_routes(lab, t) >= want for t in ("t1", "t3", "t4")), 120, 10)
+    seen_all = time.time()
+    started = log_time(lab, "start", mark) or killed
+    r = {"announce_from_start_s": seen - started, "announce_all_from_start_s": seen_all - started,
+         "announce_from_kill_s": seen - killed}
+    time.sleep(3)  # the respawned controller's first window
+    mark = logfile.stat().st_size
+    fault = time.time()
+    faults.apply(lab, "transit-blackhole", "t2")
+    until(lambda: edge_routes(lab, "t2") == 0, 120, hz=20)
+    gone = time.time()
+    decided = log_time(lab, "transition", mark, "upstream=t2", "new=failed") or fault
+    r["withdraw_from_fault_s"] = gone - fault
+    r["withdraw_from_decision_s"] = gone - decided
+    mark = logfile.stat().st_size
+    faults.heal(lab)
+    until(lambda: edge_routes(lab, "t2") >= want, 120, hz=10)
+    back = time.time()
+    healed = log_time(lab, "transition", mark, "upstream=t2", "new=healthy") or back
+    r["reannounce_from_decision_s"] = back - healed
+    return r
+
+
+def scale_reset(lab, raw: dict, base: list[str]) -> None:
+    """Back to `base` alone: ExaBGP restarted with it (as the systemd unit restarts it); its
+    End-of-RIB makes every transit drop the extra prefixes it kept as stale."""
+    _set_prefixes(lab, raw, base)
+    lab_module.restart_exabgp(lab, gap_s=0.5)
+    want = sum(1 for p in base if ":" not in p)
+    until(lambda: all(edge_routes(lab, t) == want for t in ("t1", "t2", "t3", "t4")), 180, 5)
+    time.sleep(4)  # the new controller's first window: verdicts are trusted again
+
+
+def scale(lab, counts: list[int], trials: int) -> dict:
+    """Per count, `trials` trials (`scale_trial`), each from a lab announcing only the site's
+    own prefixes (`scale_reset`); seconds, and their medians."""
     import yaml
 
     out: dict = {}
-    site_file = Path(lab.site_file)
-    raw = yaml.safe_load(site_file.read_text())
+    raw = yaml.safe_load(Path(lab.site_file).read_text())
     base = list(raw["prefixes"])
     pool = ipaddress.ip_network("100.100.0.0/14").subnets(new_prefix=28)
     extra: list[str] = []
-    logfile = Path(lab.run_dir) / "exabgp.out"
     for count in sorted(counts):
         extra += [str(n) for n in itertools.islice(pool, count - len(extra))]
-        raw["prefixes"] = base + extra
-        site_file.write_text(yaml.safe_dump(raw, sort_keys=False))
-        want = count + sum(1 for p in base if ":" not in p)
-        mark = logfile.stat().st_size
-        pid = controller_pid(lab)
-        killed = time.time()
-        os.kill(pid, signal.SIGTERM)  # ExaBGP respawns it with the new site file
-        until(lambda w=want: edge_routes(lab, "t2") >= w, 120, hz=5)
-        seen = time.time()
-        started = log_time(lab, "start", mark) or killed
-        r = {"announce_from_start_s": seen - started, "announce_from_kill_s": seen - killed}
-        until(lambda w=want: all(edge_routes(lab, t) >= w for t in ("t1", "t3", "t4")), 120, 5)
-        time.sleep(3)  # the respawned controller's first window
-        mark = logfile.stat().st_size
-        fault = time.time()
-        faults.apply(lab, "transit-blackhole", "t2")
-        until(lambda: edge_routes(lab, "t2") == 0, 120, hz=10)
-        gone = time.time()
-        decided = log_time(lab, "transition", mark, "upstream=t2", "new=failed") or fault
-        r["withdraw_from_fault_s"] = gone - fault
-        r["withdraw_from_decision_s"] = gone - decided
-        mark = logfile.stat().st_size
-        faults.heal(lab)
-        until(lambda w=want: edge_routes(lab, "t2") >= w, 120, hz=5)
-        back = time.time()
-        healed = log_time(lab, "transition", mark, "upstream=t2", "new=healthy") or back
-        r["reannounce_from_decision_s"] = back - healed
-        out[str(count)] = r
-        print(f"scale {count}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
+        runs = []
+        for trial in range(trials):
+            if trial:
+                scale_reset(lab, raw, base)
+            r = scale_trial(lab, raw, base, extra)
+            runs.append(r)
+            print(f"scale {count} trial {trial + 1}: "
+                  + ", ".join(f"{k} {v:.2f}" for k, v in r.items()), flush=True)
+        out[str(count)] = {"trials": trials, "runs": runs,
+                           "median": {k: statistics.median(r[k] for r in runs)
+                                      for k in runs[0]}}
+        scale_reset(lab, raw, base)
     return out
+
+
+def print_scale(new: dict, previous: dict | None) -> None:
+    """The medians beside the previous run's (bench/results/transit_failover.json)."""
+    for count, figures in new.items():
+        entry = (previous or {}).get(count) or {}
+        before = entry.get("median", entry)  # one run per count before medians were kept
+        print(f"scale {count} (median of {figures['trials']} trials; previous run in brackets):")
+        for key in SCALE_FIGURES:
+            was = before.get(key)
+            was_text = f"{was:.2f} s" if was is not None else "none recorded"
+            print(f"  {key:28} {figures['median'][key]:6.2f} s  [{was_text}]")
 
 
 def restart(lab, gap_s: float) -> dict:
@@ -345,6 +395,8 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--soak", action="store_true")
     parser.add_argument("--scale", default="", help="extra prefix counts, e.g. 1000,10000")
+    parser.add_argument("--scale-trials", type=int, default=5,
+                        help="trials per prefix count (medians; default 5)")
     parser.add_argument("--no-failover", action="store_true", help="skip the failover runs")
     parser.add_argument("--restart-gap", type=float, default=2.0,
                         help="seconds between ExaBGP's stop and start (default 2)")
@@ -402,7 +454,7 @@ def main() -> int:
             faults.heal(lab)
             results["soak_false_actions"] = log.read_text().count("event=transition") - before
             print(f"soak: {results['soak_false_actions']} false actions in 5 minutes")
-        if pid:
+        if pid and not (args.no_failover and not args.outbound_runs and not args.soak):
             cpu1, rss = cpu_rss(pid)
             results["controller_cpu_ratio"] = (cpu1 - cpu0) / (time.monotonic() - wall0)
             results["controller_rss_bytes"] = rss
@@ -414,12 +466,17 @@ def main() -> int:
               f" (goal 0; SIGTERM, {r['gap_s']:g} s gap, {r['polls']} polls at 20 Hz over 4 "
               f"transits, End-of-RIB {r['eor_after_start_s']} s after the start)", flush=True)
         if args.scale:
-            results["scale"] = scale(lab, [int(c) for c in args.scale.split(",")])
+            results["scale"] = scale(lab, [int(c) for c in args.scale.split(",")],
+                                     args.scale_trials)
     finally:
         lab_module.down(name, quiet=True)
     out = Path(__file__).parent / "results" / "transit_failover.json"
+    previous = json.loads(out.read_text()) if out.exists() else {}
+    if "scale" in results:
+        print_scale(results["scale"], previous.get("scale"))
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    # What this run did not measure (--no-failover, --outbound-runs 0) keeps its last figures.
+    out.write_text(json.dumps({**previous, **results}, indent=2) + "\n")
     return 0
 
 
