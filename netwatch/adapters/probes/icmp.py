@@ -21,6 +21,8 @@ import socket
 import struct
 import time
 
+from netwatch.adapters.probes import bpf
+
 ICMP_ECHO_REQUEST = 8
 ICMP_ECHO_REPLY = 0
 ICMPV6_ECHO_REQUEST = 128
@@ -43,9 +45,20 @@ def _checksum(data: bytes) -> int:
 # The echo wire format, shared by this prober and the agent's batched EchoProber (raw.py).
 
 
-def open_echo_socket(family: int, mark: int | None = None) -> socket.socket:
+def echo_filter(family: int, ident: int, token: bytes) -> bytes:
+    """A BPF program (netwatch.adapters.probes.bpf) accepting only echo replies carrying
+    `ident` and a payload that starts with `token`: the replies to one prober's requests."""
+    kind = ICMP_ECHO_REPLY if family == socket.AF_INET else ICMPV6_ECHO_REPLY
+    checks = [(0, bytes([kind])), (4, ident.to_bytes(2, "big")), (8, token)]
+    return bpf.equal_program(checks, after_ipv4_header=family == socket.AF_INET)
+
+
+def open_echo_socket(family: int, mark: int | None = None,
+                     only: tuple[int, bytes] | None = None) -> socket.socket:
     """A non-blocking raw ICMP/ICMPv6 socket that lets only echo replies in (fewer wake-ups),
-    with SO_MARK=`mark` when given. Raises OSError without CAP_NET_RAW."""
+    with SO_MARK=`mark` when given; with `only=(ident, token)`, only the echo replies to
+    requests carrying that identifier and payload prefix (`echo_filter`). Raises OSError
+    without CAP_NET_RAW."""
     proto = socket.IPPROTO_ICMP if family == socket.AF_INET else socket.IPPROTO_ICMPV6
     sock = socket.socket(family, socket.SOCK_RAW, proto)
     try:
@@ -59,6 +72,8 @@ def open_echo_socket(family: int, mark: int | None = None) -> socket.socket:
             words = [0xFFFFFFFF] * 8
             words[ICMPV6_ECHO_REPLY >> 5] &= ~(1 << (ICMPV6_ECHO_REPLY & 31)) & 0xFFFFFFFF
             sock.setsockopt(socket.IPPROTO_ICMPV6, ICMPV6_FILTER, struct.pack("=8I", *words))
+        if only is not None:
+            bpf.attach(sock, echo_filter(family, *only))
         # A big receive buffer: replies arrive in bursts, and every raw socket of the
         # namespace sees every reply.
         with contextlib.suppress(OSError):
