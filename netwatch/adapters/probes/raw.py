@@ -4,13 +4,18 @@ and ICMP echo (targets beyond the gateway, through a marked socket). I/O only.
 Every prober owns one non-blocking raw socket and keeps at most one probe in flight. Two ways
 to use it:
 - batched (the agent): `prober.send()` sends a probe now and returns False when the kernel
-  refused it; replies are recorded by a `loop.add_reader` callback, nothing else runs; later
-  `prober.result(timeout_s) -> float | None` is the round trip in seconds, or None (no answer
-  within `timeout_s` of the send, or the send failed). One timer wake-up per tick sends every
-  probe and judges the previous tick's: no future, timer or task per probe.
-- one at a time: `await prober.probe(timeout_s)` (send, wait, result).
-Measured on the dev machine: a task, a `wait_for` and a future per probe cost 6.5..8% of a
-core for 8 streams at 20 Hz; the batched form costs under 2% (see docs/agent.md).
+  refused it; nothing reads the socket until `prober.result(timeout_s) -> float | None`, the
+  round trip in seconds, or None (no answer within `timeout_s` of the send, or the send
+  failed). `result()` reads the queued replies, and the kernel's receive stamp of the first
+  matching one (SO_TIMESTAMPNS) is its arrival: a reply costs no wake-up, and the RTT is the
+  network's, not the loop's latency. One timer wake-up per tick sends every probe and judges
+  the previous tick's: no future, timer, task or socket callback per probe.
+- one at a time: `await prober.probe(timeout_s)` (send, wait on a reader, result).
+A classic BPF filter on every socket (netwatch.adapters.probes.bpf) keeps foreign packets
+(other hosts' ARP, other probers' echo replies) out of the queue. Measured on the dev machine
+(8 streams at 20 Hz): a task, a `wait_for` and a future per probe cost 6.5..8 % of a core;
+batched with a reader callback per socket, 1.7..2.2 %; read at result(), filtered, about
+0.25 % less (see docs/agent.md, Cost).
 
 - ArpProber: AF_PACKET socket for ETH_P_ARP on the interface, who-has sent to broadcast. The
   sender address is the interface's own IPv4 address when it has one, else 0.0.0.0 (an RFC 5227
@@ -36,6 +41,7 @@ import socket
 import struct
 import time
 
+from netwatch.adapters.probes import bpf
 from netwatch.adapters.probes.icmp import echo_request, open_echo_socket, parse_echo_reply
 
 ETH_P_ARP = 0x0806
@@ -45,22 +51,35 @@ ICMPV6_NS, ICMPV6_NA = 135, 136
 ICMP6_FILTER = 1
 SIOCGIFHWADDR = 0x8927
 BROADCAST = b"\xff" * 6
+SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # SCM_TIMESTAMPNS: the same number
+_TIMESPEC = struct.Struct("@qq")  # struct timespec on a 64-bit kernel: the stamp
+_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
 class _RawProber:
-    """A socket opened lazily, reopened after errors, and one probe in flight at a time."""
+    """A socket opened lazily, reopened after errors, and one probe in flight at a time.
+
+    Batched, nothing reads the socket between `send()` and `result()`: `result()` reads what
+    queued meanwhile, and the kernel's receive timestamp (SO_TIMESTAMPNS) of the first
+    matching reply gives its arrival, so a reply costs no wake-up of its own. A BPF filter
+    (`_filter()`) keeps every other packet out of the queue."""
 
     def __init__(self, ifname: str):
         self.ifname = ifname
         self._sock: socket.socket | None = None
-        self._waiter: asyncio.Future | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sent: float | None = None  # the batched probe in flight: its send time
-        self._answered: float | None = None  # and its first matching reply
+        self._reading: int | None = None  # the fd with a reader, while probe() waits
+        self._sent: float | None = None  # the probe in flight: its send time (monotonic)
+        self._wall_offset = 0.0  # time.time() - time.monotonic() at that send
+        self._answered: float | None = None  # and its first matching reply's arrival
         self._request_cache: tuple[bytes, object] | None = None
 
     def _open(self) -> socket.socket:
         raise NotImplementedError
+
+    def _filter(self) -> bytes | None:
+        """The BPF program for the socket (netwatch.adapters.probes.bpf), None for none."""
+        return None
 
     def _request(self) -> tuple[bytes, object]:
         raise NotImplementedError
@@ -70,40 +89,71 @@ class _RawProber:
 
     def _ensure(self) -> socket.socket:
         if self._sock is None:
-            self._loop = asyncio.get_running_loop()
             sock = self._open()
-            sock.setblocking(False)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+                program = self._filter()
+                if program is not None:
+                    bpf.attach(sock, program)
+            except BaseException:
+                sock.close()
+                raise
             self._sock = sock
-            self._loop.add_reader(sock.fileno(), self._readable)
         return self._sock
 
-    def _readable(self) -> None:
+    def _drain(self) -> None:
+        """Read what queued until the first reply to the probe in flight, and note its
+        arrival; a packet stamped before the send (a late reply to an earlier probe) is
+        skipped. Nothing is read once the probe is answered: one read per answered probe.
+        A read error closes the socket (reopened on the next send)."""
         sock = self._sock
-        while sock is not None:
+        while sock is not None and self._sent is not None and self._answered is None:
             try:
-                data = sock.recv(2048)
-            except BlockingIOError:
+                data, ancillary, _flags, _address = sock.recvmsg(2048, _CMSG_SPACE)
+            except (BlockingIOError, InterruptedError):
                 return
             except OSError:
                 self.close()
                 return
-            if self._sent is not None and self._answered is None and self._matches(data):
-                self._answered = time.monotonic()
-            waiter = self._waiter
-            if waiter is not None and not waiter.done() and self._matches(data):
-                waiter.set_result(time.monotonic())
+            if self._matches(data):
+                self._answered = self._arrival(ancillary)
+
+    def _arrival(self, ancillary) -> float | None:
+        """A reply's arrival on the monotonic clock, from the kernel's wall-clock stamp, or
+        None when it arrived before the send. The stamp is converted with the wall clock's
+        offset now, else with its offset at the send (the clock was stepped between the reply
+        and now); a stamp that neither puts between the send and now counts as before it."""
+        now = time.monotonic()
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+                seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+                stamp = seconds + nanoseconds * 1e-9
+                break
+        else:
+            return now
+        sent = self._sent
+        for offset in (time.time() - now, self._wall_offset):
+            arrival = stamp - offset
+            if sent <= arrival <= now:
+                return arrival
+        return None
+
+    def _mark_sent(self) -> None:
+        self._sent = time.monotonic()
+        self._wall_offset = time.time() - self._sent
 
     def send(self) -> bool:
         """Send one probe now (forgetting any previous one); False when the kernel refused it
         (link down, interface gone: the socket is reopened on the next send)."""
-        self._answered = None
+        self._sent = self._answered = None
         try:
             sock = self._ensure()
             if self._request_cache is None:
                 # Built once: the request never changes while the socket lives.
                 self._request_cache = self._request()
             packet, address = self._request_cache
-            self._sent = time.monotonic()
+            self._mark_sent()
             sock.sendto(packet, address)
         except OSError:
             self._sent = None
@@ -113,6 +163,8 @@ class _RawProber:
 
     def result(self, timeout_s: float) -> float | None:
         """The last `send()`'s round trip in seconds, or None (unanswered within timeout_s)."""
+        if self._sent is not None and self._answered is None:
+            self._drain()
         sent, answered = self._sent, self._answered
         if sent is None or answered is None or answered - sent > timeout_s:
             return None
@@ -120,31 +172,39 @@ class _RawProber:
 
     async def probe(self, timeout_s: float) -> float | None:
         """Send one request; the RTT in seconds, or None (no answer in time, or send failed)."""
-        try:
-            sock = self._ensure()
-            packet, address = self._request()
-            self._waiter = asyncio.get_running_loop().create_future()
-            sent = time.monotonic()
-            sock.sendto(packet, address)
-        except OSError:
+        if not self.send():
             # ENETDOWN, ENXIO (interface gone), ENODEV: reopen next time; carrier events say why.
-            self.close()
             return None
+        loop = self._loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+
+        def readable() -> None:
+            self._drain()
+            if (self._answered is not None or self._sock is None) and not waiter.done():
+                waiter.set_result(None)
+
+        self._reading = self._sock.fileno()
+        loop.add_reader(self._reading, readable)
         try:
             # asyncio.timeout: wait_for (3.11) can swallow a cancellation racing the reply.
             async with asyncio.timeout(timeout_s):
-                answered = await self._waiter
+                await waiter
         except TimeoutError:
-            return None
+            pass
         finally:
-            self._waiter = None
-        return answered - sent
+            self._stop_reading()
+        return self.result(timeout_s)
 
-    def close(self) -> None:
-        if self._sock is not None:
+    def _stop_reading(self) -> None:
+        if self._reading is not None:
             if self._loop is not None and not self._loop.is_closed():
                 with contextlib.suppress(Exception):
-                    self._loop.remove_reader(self._sock.fileno())
+                    self._loop.remove_reader(self._reading)
+            self._reading = None
+
+    def close(self) -> None:
+        self._stop_reading()
+        if self._sock is not None:
             self._sock.close()
             self._sock = None
         self._request_cache = None
@@ -170,6 +230,11 @@ class ArpProber(_RawProber):
             sock.close()
             raise
         return sock
+
+    def _filter(self) -> bytes:
+        # Every ARP frame of the segment reaches an ARP socket: only the gateway's replies
+        # are let in (op at 20, sender IP at 28, as `_matches` reads them).
+        return bpf.equal_program([(20, b"\x00\x02"), (28, self._gw)])
 
     def _request(self) -> tuple[bytes, object]:
         sender = self.sender.packed if self.sender else b"\0\0\0\0"
@@ -213,6 +278,10 @@ class NdProber(_RawProber):
             raise
         return sock
 
+    def _filter(self) -> bytes:
+        # Only the gateway's advertisements (the ICMPv6 filter lets every NA in).
+        return bpf.equal_program([(0, bytes([ICMPV6_NA])), (8, self._gw)])
+
     def _request(self) -> tuple[bytes, object]:
         # type, code, checksum (the kernel fills it for ICMPv6 raw sockets), reserved, target,
         # then the source link-layer address option (type 1, length 1 x 8 bytes).
@@ -248,20 +317,21 @@ class EchoProber(_RawProber):
         self._seq = 0
 
     def _open(self) -> socket.socket:
-        return open_echo_socket(self.family, self.mark)
+        # Every raw ICMP socket of the namespace gets every echo reply: the filter lets in
+        # only those carrying this prober's identifier and token.
+        return open_echo_socket(self.family, self.mark, only=(self._ident, self._token))
 
     def send(self) -> bool:
         """Send one echo request to every target (one sequence number); False when the kernel
         refused them all (no route in the uplink's table, link down)."""
-        self._answered = None
+        self._sent = self._answered = None
         self._seq = (self._seq + 1) & 0xFFFF
         try:
             sock = self._ensure()
         except OSError:
-            self._sent = None
             return False
         packet = echo_request(self.family, self._ident, self._seq, self._token)
-        self._sent = time.monotonic()
+        self._mark_sent()
         sent = False
         for target in self.targets:
             try:
