@@ -1,0 +1,174 @@
+"""The controller's batched ICMP echo: one raw socket per probe path, no task per probe. I/O only.
+
+`EchoBatch(family, mark)` owns one raw ICMP / ICMPv6 socket carrying SO_MARK=`mark` (policy
+routing sends its probes through one upstream). The controller keeps at most one probe in
+flight per (path, target):
+
+    batch.send(address, wait_s)        # now; the kernel refusing it (no route) is a loss
+    ...
+    batch.result(address, wait_s)      # at the probe's deadline: RTT in seconds, or None
+
+Replies are recorded by a `loop.add_reader` callback (no future, timer or task per probe) and
+matched by identifier (random, per socket), sequence (per probe: an answer to an older probe of
+the same target is no answer to this one) and an 8-byte random token in the payload.
+
+A raw socket receives *every* echo reply of its namespace: with four upstreams, each reply
+would wake four sockets of its family, and three would read it only to drop it. A classic BPF
+filter (`attach_ident_filter`) lets only replies carrying the socket's own identifier in.
+Measured in the lab (8 sockets, 80 probes every 200 ms): see docs/controller.md.
+
+Raises OSError from the constructor without CAP_NET_RAW.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import socket
+import struct
+import time
+
+from netwatch.adapters.probes.icmp import (
+    ICMP_ECHO_REQUEST,
+    ICMPV6_ECHO_REQUEST,
+    open_echo_socket,
+    parse_echo_reply,
+)
+
+SO_ATTACH_FILTER = 26  # asm-generic/socket.h
+# Classic BPF opcodes (linux/filter.h).
+_LDX_MSH_B = 0xB1  # BPF_LDX | BPF_B | BPF_MSH: x = 4 * (pkt[k] & 0xf), the IPv4 header length
+_LD_H_IND = 0x48  # BPF_LD | BPF_H | BPF_IND: a = pkt[x + k], 16 bits
+_LD_H_ABS = 0x28  # BPF_LD | BPF_H | BPF_ABS: a = pkt[k], 16 bits
+_JEQ_K = 0x15  # BPF_JMP | BPF_JEQ | BPF_K
+_RET_K = 0x06  # BPF_RET | BPF_K
+_INSN = struct.Struct("=HBBI")
+_HEADER = struct.Struct("!HHHH")  # type << 8 | code, checksum, identifier, sequence
+
+
+def ident_filter(family: int, ident: int) -> bytes:
+    """The BPF program that accepts a packet whose ICMP identifier is `ident`. An IPv4 raw
+    socket sees the IP header first (the ICMP header follows its IHL words); an ICMPv6 one sees
+    the ICMPv6 header at offset 0. The identifier is at offset 4 of the ICMP header."""
+    if family == socket.AF_INET:
+        load = [_INSN.pack(_LDX_MSH_B, 0, 0, 0), _INSN.pack(_LD_H_IND, 0, 0, 4)]
+    else:
+        load = [_INSN.pack(_LD_H_ABS, 0, 0, 4)]
+    return b"".join([*load, _INSN.pack(_JEQ_K, 0, 1, ident),
+                     _INSN.pack(_RET_K, 0, 0, 0xFFFF), _INSN.pack(_RET_K, 0, 0, 0)])
+
+
+def attach_ident_filter(sock: socket.socket, family: int, ident: int) -> None:
+    """Attach `ident_filter` to `sock` (SO_ATTACH_FILTER). Raises OSError when refused."""
+    program = ident_filter(family, ident)
+    buf = ctypes.create_string_buffer(program, len(program))
+    fprog = struct.pack("HL", len(program) // _INSN.size, ctypes.addressof(buf))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+
+
+class EchoBatch:
+    """ICMP echo to any number of targets of one family through one raw socket, one probe in
+    flight per target (see the module doc). `bpf` False leaves the identifier filter out."""
+
+    def __init__(self, family: int, mark: int | None = None, bpf: bool = True):
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            raise ValueError(f"family must be AF_INET or AF_INET6, got {family!r}")
+        self.family = family
+        self._sock = open_echo_socket(family, mark)
+        self._ident = int.from_bytes(os.urandom(2), "big")
+        self._token = os.urandom(8)
+        if bpf:
+            # Refused: only a cost, the identifier is checked in `_readable` too.
+            with contextlib.suppress(OSError):
+                attach_ident_filter(self._sock, family, self._ident)
+        self._seq = 0
+        # The request differs only in its sequence: the ICMP checksum (IPv4; the kernel sums
+        # ICMPv6) is the constant part's sum plus the sequence.
+        kind = ICMP_ECHO_REQUEST if family == socket.AF_INET else ICMPV6_ECHO_REQUEST
+        self._kind = kind << 8
+        self._sum = (self._kind + self._ident
+                     + sum(struct.unpack(f"!{len(self._token) // 2}H", self._token)))
+        # address -> [sequence, sent at, answered at or None]; sequence -> address
+        self._probes: dict[str, list] = {}
+        self._by_seq: dict[int, str] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+
+    def send(self, address: str, wait_s: float = 0.0) -> bool:
+        """One echo request to `address` now, forgetting any earlier probe to it. False when
+        the kernel refused it (ENETUNREACH: no route in the path's table; ENOBUFS): a lost
+        probe, as the verdict should see it. Raises RuntimeError after close()."""
+        if self._closed:
+            raise RuntimeError("send on a closed EchoBatch")
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._sock.fileno(), self._readable)
+        old = self._probes.get(address)
+        if old is not None:
+            self._by_seq.pop(old[0], None)
+        self._seq = seq = (self._seq + 1) & 0xFFFF
+        self._by_seq[seq] = address
+        probe = [seq, time.monotonic(), None]
+        self._probes[address] = probe
+        try:
+            self._sock.sendto(self._request(seq), (address, 0))
+        except OSError:
+            probe[1] = None
+            return False
+        return True
+
+    def _request(self, seq: int) -> bytes:
+        """`icmp.echo_request(family, ident, seq, token)`, without summing it all again."""
+        checksum = 0
+        if self.family == socket.AF_INET:
+            total = self._sum + seq
+            total = (total & 0xFFFF) + (total >> 16)
+            checksum = ~((total & 0xFFFF) + (total >> 16)) & 0xFFFF
+        return _HEADER.pack(self._kind, checksum, self._ident, seq) + self._token
+
+    def result(self, address: str, wait_s: float) -> float | None:
+        """The last probe to `address`: its round trip in seconds, or None (refused, or no
+        answer within `wait_s` of its send)."""
+        probe = self._probes.get(address)
+        if probe is None:
+            return None
+        seq, sent, answered = probe
+        self._by_seq.pop(seq, None)
+        if sent is None or answered is None or answered - sent > wait_s:
+            return None
+        return answered - sent
+
+    def _readable(self) -> None:
+        now = time.monotonic()
+        recv = self._sock.recv
+        while True:
+            try:
+                data = recv(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            reply = parse_echo_reply(self.family, data)
+            if reply is None:
+                continue
+            ident, seq, payload = reply
+            if ident != self._ident or not payload.startswith(self._token):
+                continue
+            address = self._by_seq.get(seq)
+            if address is None:
+                continue
+            probe = self._probes[address]
+            if probe[0] == seq and probe[2] is None:
+                probe[2] = now
+
+    def close(self) -> None:
+        """Stop reading and close the socket. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop is not None and not self._loop.is_closed():
+            with contextlib.suppress(Exception):
+                self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()

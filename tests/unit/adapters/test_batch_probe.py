@@ -1,0 +1,54 @@
+"""The controller's batched ICMP prober (adapters/probes/batch.py): the request it builds, and
+on the loopback (needs CAP_NET_RAW) that its replies are matched and its BPF filter keeps
+another socket's replies out."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import select
+import socket
+
+import pytest
+
+from netwatch.adapters.probes.batch import EchoBatch
+from netwatch.adapters.probes.icmp import echo_request
+
+
+def _batch(family: int) -> EchoBatch:
+    try:
+        return EchoBatch(family)
+    except PermissionError:
+        pytest.skip("raw sockets need CAP_NET_RAW")
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6])
+def test_the_request_is_the_shared_echo_request(family):
+    """The checksum summed once per socket, plus the sequence, is the full sum's."""
+    b = _batch(family)
+    try:
+        for seq in [0, 1, 0xFFFF, *random.Random(3).sample(range(0x10000), 500)]:
+            assert b._request(seq) == echo_request(family, b._ident, seq, b._token)
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("family, address", [(socket.AF_INET, "127.0.0.1"),
+                                             (socket.AF_INET6, "::1")])
+def test_loopback_replies_are_matched_and_filtered_per_socket(family, address):
+    async def run():
+        mine, other = _batch(family), _batch(family)
+        try:
+            assert mine.send(address, 0.5)
+            await asyncio.sleep(0.1)
+            rtt = mine.result(address, 0.5)
+            # the other socket's filter let none of the replies to `mine` in
+            readable, _, _ = select.select([other._sock], [], [], 0)
+            return rtt, readable
+        finally:
+            mine.close()
+            other.close()
+
+    rtt, readable = asyncio.run(run())
+    assert rtt is not None and 0 <= rtt < 0.1
+    assert readable == []
