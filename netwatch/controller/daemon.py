@@ -70,8 +70,15 @@ from netwatch.controller.metrics import ControllerMetrics, EgressMetrics
 from netwatch.controller.params import SessionState, params_from_site
 from netwatch.controller.persistence import restore, to_json
 from netwatch.controller.plan import mode_of
-from netwatch.controller.probing import PATH_REPAIR_S, ProberFactory, ProbeRoutes
-from netwatch.controller.verdict import REACHABLE_LOSS, ProbeWindow
+from netwatch.controller.probing import (
+    PATH_CHECK_S,
+    PATH_REPAIR_S,
+    ProberFactory,
+    ProbeRoutes,
+)
+from netwatch.controller.schedule import Due, ProbeSchedule
+from netwatch.controller.schedule import cadence as schedule_cadence
+from netwatch.controller.verdict import REACHABLE_LOSS, ProbeStats, ProbeWindow
 from netwatch.core.vocabulary import Family
 from netwatch.exabgp import protocol as exabgp
 from netwatch.exabgp.sync import (
@@ -161,10 +168,10 @@ class Controller:
         self.by_address = {addr: key for key, addr in self.sessions.items()}
         self.sync = Sync(self.params.min_announcing_upstreams)
         self.sync.want(self.desired(), self.neighbors_up(), self.forced_neighbors())
-        # A probe counts once its fate is known: `timeout` after it was sent (verdict.py).
-        timeout_s = (self.ctl.probe.timeout_ms or self.ctl.probe.interval_ms) / 1000
-        self.window = ProbeWindow(self.ctl.probe.window_s, self.params.recent_probes,
-                                  settle_s=timeout_s)
+        # Every probe goes into the window at its deadline, answered or lost (schedule.py):
+        # nothing in it waits for a fate, so nothing needs to settle.
+        self.window = ProbeWindow(self.ctl.probe.window_s, self.params.recent_probes)
+        self._shown: dict[tuple, float] = {}  # the probe gauges' values: set on change only
         self.started = mono()
         self._ask_at: float | None = None  # next `show neighbor json` while sessions are unknown
         self._ask_wait_s = SESSIONS_ASK_MIN_S
@@ -473,23 +480,36 @@ class Controller:
             self._save_failing = False
             log.info(kv("persist_recovered", path=self.store.path))
 
-    def judge(self) -> None:
+    def judge(self, early: bool = False) -> None:
+        """Judge the window (`early`: a confirmation completed, FAILED only; see
+        controller/schedule.py) and show what it saw."""
         if self.mono() - self.started < self.ctl.probe.window_s:
             return  # not one full window yet: do not trust the probes
         stats = self.window.stats(self.mono())
+        if early:
+            stats = ProbeStats(stats.paths, early=True)
         self.apply(stats)
+        m = self.metrics
         for name, u in self.state.upstreams.items():
-            self.metrics.loss.labels(name).set(u.last.loss)
-            self.metrics.loss_excess.labels(name).set(u.last.loss_excess)
+            self._show(m.loss, (name,), u.last.loss)
+            self._show(m.loss_excess, (name,), u.last.loss_excess)
             if u.last.rtt_excess_s is not None:
-                self.metrics.rtt_excess.labels(name).set(u.last.rtt_excess_s)
+                self._show(m.rtt_excess, (name,), u.last.rtt_excess_s)
         rtts: dict[str, list[float]] = {}
         for (name, target), ps in stats.paths.items():
-            self.metrics.reachable.labels(name, target).set(1 if ps.loss < REACHABLE_LOSS else 0)
+            self._show(m.reachable, (name, target), 1 if ps.loss < REACHABLE_LOSS else 0)
             if ps.rtt_s is not None:
                 rtts.setdefault(name, []).append(ps.rtt_s)
         for name, values in rtts.items():
-            self.metrics.rtt.labels(name).set(sorted(values)[len(values) // 2])
+            self._show(m.rtt, (name,), sorted(values)[len(values) // 2])
+
+    def _show(self, gauge, labels: tuple[str, ...], value: float) -> None:
+        """Set a probe gauge when its value changed: 80 (upstream, target) gauges at every
+        judgement were a tenth of the controller's probing CPU (docs/controller.md)."""
+        key = (gauge, labels)
+        if self._shown.get(key) != value:
+            self._shown[key] = value
+            gauge.labels(*labels).set(value)
 
     # --- outbound steering (controller.outbound) ---------------------------------------------
 
@@ -550,8 +570,12 @@ class Controller:
                 log.info(kv("probe_path_installed", **where, mark=check.path.path.mark))
 
     async def probe_loop(self) -> None:
-        """Probe every target through every upstream once per interval, judge the window,
-        write what is due. Runs until cancelled; raises only on a bug."""
+        """Probe every target through every upstream on the schedule of
+        `netwatch.controller.schedule.ProbeSchedule` (once per interval, and a lost probe
+        confirmed at once and at the confirmation pace), judge the window once per interval and
+        as soon as a confirmation makes a path FAILED, write what is due. One wake-up sends
+        every probe that is due and reads every result whose deadline has come: no task or
+        future per probe (ICMP). Runs until cancelled; raises only on a bug."""
         layout = probing.layout(self.ctl)
         routes = self.routes or probing.netlink_routes()
         await self.check_paths(routes, layout.paths)
@@ -561,40 +585,51 @@ class Controller:
             log.error(kv("prober_failed", upstream=p.upstream, family=Family(
                 p.path.gateway.version).label, error=exc))
         self.report_probed(opened.probed)
-        interval = self.ctl.probe.interval_ms / 1000
-        timeout = (self.ctl.probe.timeout_ms or self.ctl.probe.interval_ms) / 1000
+        probe = self.ctl.probe
+        interval = probe.interval_ms / 1000
+        streams = [(p.upstream, prober, t.label, probing.destination(method, t))
+                   for p, prober in opened.probers for t in p.targets]
+        schedule = ProbeSchedule(
+            schedule_cadence(self.params, interval, probe.timeout_s, probe.confirm_s), interval,
+            [(name, label) for name, _, label, _ in streams], self.window, self.mono())
         last_check = self.mono()
-
-        async def one(name, prober, target):
-            sent = self.mono()
-            try:
-                rtt = await prober.ping(probing.destination(method, target), timeout)
-            except Exception as exc:
-                self.metrics.errors.labels("probe").inc()
-                log.error(kv("probe_failed", upstream=name, target=target.label, error=exc))
-                rtt = None
-            self.window.record(name, target.label, sent, rtt)
-
-        tasks: set[asyncio.Task] = set()
-        next_at = self.mono()
-        while True:
-            for p, prober in opened.probers:
-                for target in p.targets:
-                    task = asyncio.create_task(one(p.upstream, prober, target))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-            if self.mono() - last_check > PATH_REPAIR_S:
-                last_check = self.mono()
-                await self.check_paths(routes, layout.paths)
-            next_at += interval
-            await asyncio.sleep(max(0.0, next_at - self.mono()))
-            try:
-                self.judge()
-                self.send_due()
-                await self.pipe.flush()
-            except Exception as exc:  # log and survive
-                self.metrics.errors.labels("judge").inc()
-                log.error(kv("judge_failed", error=repr(exc)))
+        refused = False  # a probe was refused since the last check: a route may be gone
+        try:
+            while True:
+                now = self.mono()
+                for i in schedule.to_judge(now):
+                    name, prober, label, dest = streams[i]
+                    try:
+                        rtt = prober.result(dest, schedule.wait(i))
+                    except Exception as exc:
+                        self.metrics.errors.labels("probe").inc()
+                        log.error(kv("probe_failed", upstream=name, target=label, error=exc))
+                        rtt = None
+                    schedule.judged(i, rtt, now)
+                for i in schedule.to_send(now):
+                    schedule.sent(i, now)
+                    _, prober, _, dest = streams[i]
+                    if not prober.send(dest, schedule.wait(i)):
+                        refused = True  # lost, judged at its deadline
+                due = schedule.verdict_due(now)
+                if due is not None:
+                    try:
+                        self.judge(early=due is Due.EARLY)
+                        self.send_due()
+                        await self.pipe.flush()
+                    except Exception as exc:  # log and survive
+                        self.metrics.errors.labels("judge").inc()
+                        log.error(kv("judge_failed", error=repr(exc)))
+                since = now - last_check
+                if since > PATH_CHECK_S or (refused and since > PATH_REPAIR_S):
+                    last_check, refused = now, False
+                    await self.check_paths(routes, layout.paths)
+                await asyncio.sleep(max(0.0, schedule.next_at() - self.mono()))
+        finally:
+            for _, prober in opened.probers:
+                close = getattr(prober, "close", None)
+                if close is not None:
+                    close()
 
     async def read_events(self, stop: asyncio.Event) -> None:
         """Feed every line from ExaBGP to `on_event`; at EOF (ExaBGP is gone) set `stop`."""

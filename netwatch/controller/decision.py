@@ -218,6 +218,8 @@ def _judge(state: State, stats: ProbeStats, now: float) -> tuple[State, list[Act
     actions: list[Action] = []
     assessments = assess(params, stats)
     local = is_local_fault(params, assessments, stats)
+    if stats.early and (local or state.local_fault):
+        return state, []  # the all-bad guard is the interval's judgement's business
     if local != state.local_fault:
         actions.append(LocalFault(local))
     ups = dict(state.upstreams)
@@ -229,10 +231,17 @@ def _judge(state: State, stats: ProbeStats, now: float) -> tuple[State, list[Act
             ups[name] = replace(u, recovery=HoldDown(u.recovery.hold_s))
         return replace(state, upstreams=ups, local_fault=True), actions
     budget = state.budget
-    held_back: set[tuple[str, TransitState]] = set()
+    held_back: set[tuple[str, TransitState]] = set(state.held_back) if stats.early else set()
     for name in sorted(ups):
         u = ups[name]
         a = u.last
+        if stats.early:
+            # An early look (a confirmation just completed) may only condemn: DEGRADED's
+            # fall and every rise count the judgements of the interval, as without it.
+            if a.level is not TransitState.FAILED or u.state is TransitState.FAILED:
+                ups[name] = replace(u, last=state.upstreams[name].last)
+                continue
+            held_back.discard((name, TransitState.FAILED))
         if a.level is not None:
             u = replace(
                 u,

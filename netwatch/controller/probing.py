@@ -7,23 +7,33 @@ upstream i (n=0: IPv4, 1: IPv6) gets mark `fwmark_base + 2i + n` and table
 `route_table_base + 2i + n`.
 
 The kernel is reached only through the `ProbeRoutes` port (`netwatch.adapters.netlink.Netlink`;
-a recording fake in the unit tests), the probes only through a `ProberFactory`.
+a recording fake in the unit tests), the probes only through a `ProberFactory`. Probes are
+batched (`BatchProber`: send now, read the result at the deadline): ICMP through one raw socket
+per path (`netwatch.adapters.probes.batch.EchoBatch`), TCP one connect per probe (`PingEach`:
+a SYN needs a socket of its own anyway, and a site probes with TCP only where ICMP is
+filtered).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from netwatch.adapters.probes.icmp import IcmpProber
+from netwatch.adapters.probes.batch import EchoBatch
 from netwatch.adapters.probes.tcp import TcpProber
 from netwatch.config.schema import ControllerSection, Target
 
 if TYPE_CHECKING:
     from netwatch.adapters.policy_routing import ProbePath
 
-PATH_REPAIR_S = 10.0  # check the policy routes this often (a link flap removes them)
+# The policy routes are checked (a link flap removes a table's route) every PATH_CHECK_S, and
+# at most every PATH_REPAIR_S while a probe is refused (the table's unreachable default: its
+# route is gone). A check dumps every route and rule of the namespace per path: at every
+# 10 s it was a quarter of the controller's probing CPU in the lab.
+PATH_CHECK_S = 60.0
+PATH_REPAIR_S = 10.0
 
 
 class ProbeRoutes(Protocol):
@@ -33,6 +43,11 @@ class ProbeRoutes(Protocol):
     async def open(self) -> None: ...
 
     def close(self) -> None: ...
+
+    async def links(self, ifnames: list[str]) -> object:
+        """Learn the interfaces' indexes (what `ensure_probe_path` compares the table route
+        with); the answer is not used here."""
+        ...
 
     async def ensure_probe_path(self, path: ProbePath) -> bool:
         """Install `path`'s table route and fwmark rule where missing; True when it wrote."""
@@ -45,11 +60,58 @@ class Prober(Protocol):
     async def ping(self, target, timeout_s: float) -> float | None: ...
 
 
-class ProberFactory(Protocol):
-    """Opens a prober of `method` ("icmp" or "tcp") whose packets carry `mark`. Raises
-    OSError when the socket cannot be opened."""
+class BatchProber(Protocol):
+    """One path's probes, at most one in flight per destination: `send` now (False: the
+    kernel refused it, a loss), `result` at its deadline (the RTT in seconds, or None: lost,
+    or answered later than `wait_s`). No task or future per probe."""
 
-    def __call__(self, method: str, family: int, mark: int) -> Prober: ...
+    def send(self, destination, wait_s: float) -> bool: ...
+
+    def result(self, destination, wait_s: float) -> float | None: ...
+
+
+class ProberFactory(Protocol):
+    """Opens a prober of `method` ("icmp" or "tcp") whose packets carry `mark`: a BatchProber,
+    or a Prober (`open_probers` runs it through `PingEach`). Raises OSError when the socket
+    cannot be opened."""
+
+    def __call__(self, method: str, family: int, mark: int) -> BatchProber | Prober: ...
+
+
+class PingEach:
+    """A BatchProber over a Prober: one task per probe, cancelled if still waiting when its
+    result is asked for. A ping that raised re-raises from `result`."""
+
+    def __init__(self, prober: Prober):
+        self.prober = prober
+        self._tasks: dict[object, asyncio.Task] = {}
+
+    def send(self, destination, wait_s: float) -> bool:
+        old = self._tasks.pop(destination, None)
+        if old is not None:
+            old.cancel()
+        self._tasks[destination] = asyncio.ensure_future(self.prober.ping(destination, wait_s))
+        return True
+
+    def result(self, destination, wait_s: float) -> float | None:
+        task = self._tasks.pop(destination, None)
+        if task is None:
+            return None
+        if not task.done():
+            task.cancel()
+            return None
+        if task.cancelled():
+            return None
+        rtt = task.result()  # raises what the ping raised
+        return rtt if rtt is not None and rtt <= wait_s else None
+
+    def close(self) -> None:
+        for task in self._tasks.values():
+            task.cancel()
+        self._tasks.clear()
+        close = getattr(self.prober, "close", None)
+        if close is not None:
+            close()
 
 
 def netlink_routes() -> ProbeRoutes:
@@ -60,14 +122,15 @@ def netlink_routes() -> ProbeRoutes:
     return Netlink()
 
 
-def open_prober(method: str, family: int, mark: int) -> Prober:
-    """The real probers: TCP SYN (`method` "tcp") or ICMP echo."""
-    return TcpProber(family, mark) if method == "tcp" else IcmpProber(family, mark)
+def open_prober(method: str, family: int, mark: int) -> BatchProber | Prober:
+    """The real probers: TCP SYN (`method` "tcp") or batched ICMP echo."""
+    return TcpProber(family, mark) if method == "tcp" else EchoBatch(family, mark)
 
 
 def destination(method: str, target: Target):
-    """What a prober of `method` pings for `target`: (address, port) for tcp."""
-    return (target.address, target.port) if method == "tcp" else target.address
+    """What a prober of `method` probes for `target`: the address as a string, with the port
+    for tcp."""
+    return (str(target.address), target.port) if method == "tcp" else str(target.address)
 
 
 @dataclass(frozen=True)
@@ -120,6 +183,10 @@ async def check_paths(routes: ProbeRoutes, paths: Sequence[PathToProbe]) -> list
     error opening `routes` raises (nothing could be checked)."""
     await routes.open()
     try:
+        # Without the interfaces' indexes every route looked missing and all the paths were
+        # written again at every check (16 route writes every 10 s, a third of the probing
+        # CPU in the lab's profile).
+        await routes.links(sorted({p.path.ifname for p in paths}))
         checks = []
         for p in paths:
             try:
@@ -135,7 +202,7 @@ async def check_paths(routes: ProbeRoutes, paths: Sequence[PathToProbe]) -> list
 class Probing:
     """The probers that opened, with their paths, and the paths whose prober did not."""
 
-    probers: tuple[tuple[PathToProbe, Prober], ...]
+    probers: tuple[tuple[PathToProbe, BatchProber], ...]
     failed: tuple[tuple[PathToProbe, OSError], ...]
 
     @property
@@ -149,7 +216,8 @@ def open_probers(method: str, paths: Sequence[PathToProbe], factory: ProberFacto
     probers, failed = [], []
     for p in paths:
         try:
-            probers.append((p, factory(method, p.path.family, p.path.mark)))
+            prober = factory(method, p.path.family, p.path.mark)
+            probers.append((p, prober if hasattr(prober, "send") else PingEach(prober)))
         except OSError as exc:
             failed.append((p, exc))
     return Probing(tuple(probers), tuple(failed))

@@ -54,9 +54,12 @@ class PathStats:
 
 @dataclass(frozen=True)
 class ProbeStats:
-    """The window's statistics: {(upstream name, target label): PathStats}."""
+    """The window's statistics: {(upstream name, target label): PathStats}. `early`: taken
+    between two judgements of the interval because a confirmation completed (controller/
+    schedule.py); the decision takes only FAILED from it."""
 
     paths: Mapping[tuple[str, str], PathStats]
+    early: bool = False
 
 
 class ProbeWindow:
@@ -79,9 +82,16 @@ class ProbeWindow:
         self.recent = recent
         self.settle_s = settle_s
         self._samples: dict[tuple[str, str], deque[tuple[float, float | None]]] = {}
+        self._unordered: set[tuple[str, str]] = set()  # paths recorded out of sending order
 
     def record(self, upstream: str, target: str, sent_at: float, rtt_s: float | None) -> None:
-        self._samples.setdefault((upstream, target), deque()).append((sent_at, rtt_s))
+        key = (upstream, target)
+        samples = self._samples.get(key)
+        if samples is None:
+            samples = self._samples[key] = deque()
+        elif sent_at < samples[-1][0]:
+            self._unordered.add(key)
+        samples.append((sent_at, rtt_s))
 
     def stats(self, now: float) -> ProbeStats:
         paths = {}
@@ -90,10 +100,16 @@ class ProbeWindow:
             # Recorded in order of fate, not of sending: drop the head only when it is old.
             while samples and settled_at - samples[0][0] > self.window_s:
                 samples.popleft()
-            settled = sorted(
-                (s for s in samples if 0 <= settled_at - s[0] <= self.window_s),
-                key=lambda s: s[0],
-            )
+            if (not self.settle_s and key not in self._unordered and samples
+                    and samples[-1][0] <= now):
+                # Recorded at their fate in sending order (the controller's schedule: one
+                # probe in flight per path): every sample left is in the window, sorted.
+                settled = list(samples)
+            else:
+                settled = sorted(
+                    (s for s in samples if 0 <= settled_at - s[0] <= self.window_s),
+                    key=lambda s: s[0],
+                )
             if not settled:
                 continue
             rtts = [r for _, r in settled if r is not None]

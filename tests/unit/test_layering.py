@@ -23,6 +23,7 @@ PURE = (
     "netwatch.agent.decision",
     "netwatch.controller.params",
     "netwatch.controller.verdict",
+    "netwatch.controller.schedule",
     "netwatch.controller.plan",
     "netwatch.controller.decision",
     "netwatch.controller.persistence",

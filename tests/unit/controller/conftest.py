@@ -18,6 +18,9 @@ class QuietProbes:
 
     def close(self) -> None: ...
 
+    async def links(self, ifnames) -> dict:
+        return {}
+
     async def ensure_probe_path(self, path) -> bool:
         return False
 

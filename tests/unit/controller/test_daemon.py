@@ -67,9 +67,14 @@ class RecordingRoutes:
         self.ensured: list = []
         self.refuse = set(refuse)
         self.opened = self.closed = 0
+        self.links_asked: list[list[str]] = []
 
     async def open(self) -> None:
         self.opened += 1
+
+    async def links(self, ifnames: list[str]) -> dict:
+        self.links_asked.append(ifnames)
+        return {}
 
     def close(self) -> None:
         self.closed += 1
@@ -879,6 +884,8 @@ def test_probe_paths_are_installed_through_the_port(make, logs):
         (6, 2006, T["t4"], "t4"), (7, 2007, T6["t4"], "t4"),
     ]
     assert routes.opened == routes.closed == 1
+    # the interfaces' indexes first: without them every path looked missing and was rewritten
+    assert routes.links_asked == [["t1", "t2", "t3", "t4"]]
     assert r.sample("netwatch_controller_errors_total", where="probe_path") == 1
     [failed] = logged(logs, "probe_path_failed")
     assert failed.levelno == logging.ERROR
