@@ -3,7 +3,10 @@
 Prints and writes bench/results/transit_failover.json: median seconds from `transit-blackhole`
 (and from `loss 30`) to the affected transit's BIRD showing the action (birdc polled at
 20 Hz) over --runs runs, the lab's BGP hold time as the baseline, the controller's CPU time and
-RSS. `--soak` adds 5 minutes of 2 % random loss on every transit, counting false actions.
+RSS, each beside the previous run's figure (read from the results file before it is
+overwritten). `--noise` (alias `--soak`) adds 5 minutes of 2 % random loss (each way) on every
+transit, counting false actions: any state change of an upstream or any announcement or
+withdrawal written to ExaBGP meanwhile (goal 0).
 `--scale 1000,10000` measures the controller's bulk path with that many extra /28s from
 100.100.0.0/14 (lab-only): the lab's site file gets the prefixes, the controller is killed and
 ExaBGP respawns it, which announces them (start log line -> t2's BIRD counts them all from
@@ -382,6 +385,36 @@ def outbound(lab, runs: int, per_family: int) -> dict:
     }
 
 
+def noise(lab, seconds: float = 300.0, percent: str = "2") -> dict:
+    """`percent` % random loss on every transit for `seconds`: the controller's false actions
+    (`transition` log lines, and `command` lines that announce or withdraw) meanwhile."""
+    log = Path(lab.run_dir) / "exabgp.out"
+    mark = log.stat().st_size
+    for t in ("t1", "t2", "t3", "t4"):
+        faults.apply(lab, "loss", t, percent)
+    try:
+        time.sleep(seconds)
+    finally:
+        faults.heal(lab)
+    lines = log.read_bytes()[mark:].decode("utf-8", "replace").splitlines()
+    transitions = [ln for ln in lines if "event=transition " in ln]
+    commands = [ln for ln in lines if "event=command " in ln
+                and ("line=announce" in ln or "line=withdraw" in ln
+                     or 'line="announce' in ln or 'line="withdraw' in ln)]
+    return {"seconds": seconds, "loss_percent": int(percent),
+            "false_actions": len(transitions) + len(commands),
+            "transitions": len(transitions), "announcements_written": len(commands)}
+
+
+def beside(previous, *keys, unit: str = " s", scale: float = 1.0, digits: int = 2) -> str:
+    """` (previous X)`: the figure at `keys` in the previous results (` (previous: none)`)."""
+    for key in keys:
+        previous = previous.get(key) if isinstance(previous, dict) else None
+    if not isinstance(previous, (int, float)):
+        return " (previous: none)"
+    return f" (previous {previous * scale:.{digits}f}{unit})"
+
+
 def cpu_rss(pid: int) -> tuple[float, int]:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
@@ -393,7 +426,8 @@ def cpu_rss(pid: int) -> tuple[float, int]:
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--soak", action="store_true")
+    parser.add_argument("--noise", "--soak", dest="noise", action="store_true",
+                        help="5 minutes of 2 %% random loss on every transit: false actions")
     parser.add_argument("--scale", default="", help="extra prefix counts, e.g. 1000,10000")
     parser.add_argument("--scale-trials", type=int, default=5,
                         help="trials per prefix count (medians; default 5)")
@@ -412,6 +446,8 @@ def main() -> int:
         return stream(args.stream, args.addresses, args.stream_duration, STREAM_INTERVAL_S)
     name = "bench" + secrets.token_hex(2)
     results: dict = {}
+    last_file = Path(__file__).parent / "results" / "transit_failover.json"
+    last = json.loads(last_file.read_text()) if last_file.exists() else {}
     lab = lab_module.up(name, lab_module.DEFAULT_CONFIG, out=io.StringIO())
     try:
         site = load_site(lab.site_file)
@@ -435,7 +471,8 @@ def main() -> int:
                 until(lambda: as_path(lab, "t2") == normal, 60)
             results[f"{kind}_to_action_s"] = {"median": statistics.median(times), "runs": times}
             print(f"{kind}: median {statistics.median(times):.2f} s over {len(times)} runs "
-                  f"{[round(t, 2) for t in times]}", flush=True)
+                  f"{[round(t, 2) for t in times]}"
+                  + beside(last, f"{kind}_to_action_s", "median"), flush=True)
         if args.outbound_runs:
             results["outbound"] = o = outbound(lab, args.outbound_runs, args.flows)
             print(f"outbound (median of {args.outbound_runs}): "
@@ -443,28 +480,31 @@ def main() -> int:
                   f"action, at most {o['max_lost_share_after_action']:.0%} after (goal 0); last "
                   f"flow restored {o['median_fault_to_last_flow_restored_s']:.2f} s after the "
                   f"fault, inbound action at {o['median_inbound_action_s']:.2f} s; at most "
-                  f"{o['max_last_flow_restored_after_inbound_s']:+.2f} s from it (goal 0.2)",
+                  f"{o['max_last_flow_restored_after_inbound_s']:+.2f} s from it (goal 0.2); "
+                  f"inbound action" + beside(last, "outbound", "median_inbound_action_s"),
                   flush=True)
-        if args.soak:
-            log = Path(lab.run_dir) / "exabgp.out"
-            before = log.read_text().count("event=transition")
-            for t in ("t1", "t2", "t3", "t4"):
-                faults.apply(lab, "loss", t, "2")
-            time.sleep(300)
-            faults.heal(lab)
-            results["soak_false_actions"] = log.read_text().count("event=transition") - before
-            print(f"soak: {results['soak_false_actions']} false actions in 5 minutes")
-        if pid and not (args.no_failover and not args.outbound_runs and not args.soak):
+        if args.noise:
+            results["noise"] = n = noise(lab)
+            results["soak_false_actions"] = n["false_actions"]
+            print(f"noise: {n['false_actions']} false actions in 5 minutes of 2 % loss on every "
+                  f"transit (goal 0; {n['transitions']} transitions, "
+                  f"{n['announcements_written']} announcements written)"
+                  + beside(last, "soak_false_actions", unit="", digits=0), flush=True)
+        if pid and not (args.no_failover and not args.outbound_runs and not args.noise):
             cpu1, rss = cpu_rss(pid)
             results["controller_cpu_ratio"] = (cpu1 - cpu0) / (time.monotonic() - wall0)
             results["controller_rss_bytes"] = rss
         print(f"BGP hold time (baseline for a loud failure): {results['bgp_hold_time_s']} s")
-        print(f"controller CPU {results.get('controller_cpu_ratio', 0):.1%} of a core, "
-              f"RSS {results.get('controller_rss_bytes', 0) / 2**20:.1f} MiB")
+        print(f"controller CPU {results.get('controller_cpu_ratio', 0):.1%} of a core"
+              + beside(last, "controller_cpu_ratio", unit=" %", scale=100, digits=1)
+              + f", RSS {results.get('controller_rss_bytes', 0) / 2**20:.1f} MiB"
+              + beside(last, "controller_rss_bytes", unit=" MiB", scale=2**-20, digits=1))
         results["exabgp_restart"] = r = restart(lab, args.restart_gap)
         print(f"prefix missing at a transit during an ExaBGP restart: {r['prefix_missing_ms']} ms"
               f" (goal 0; SIGTERM, {r['gap_s']:g} s gap, {r['polls']} polls at 20 Hz over 4 "
-              f"transits, End-of-RIB {r['eor_after_start_s']} s after the start)", flush=True)
+              f"transits, End-of-RIB {r['eor_after_start_s']} s after the start)"
+              + beside(last, "exabgp_restart", "prefix_missing_ms", unit=" ms", digits=0),
+              flush=True)
         if args.scale:
             results["scale"] = scale(lab, [int(c) for c in args.scale.split(",")],
                                      args.scale_trials)
