@@ -163,12 +163,14 @@ def cpu_rss(pid: int, seconds: float) -> tuple[float, float]:
 
 
 def agent_counters(ns: str) -> dict[str, float]:
-    """The agent's failovers, lost probes and probes sent, summed over their labels."""
+    """The agent's failovers away from an uplink (not the failbacks after them), lost probes
+    and probes sent, summed over their labels."""
     text = in_ns(ns, "curl", "-sf", "http://127.0.0.1:9110/metrics", check=False).stdout
     totals = {"failovers": 0.0, "lost": 0.0, "probes": 0.0}
     for line in text.splitlines():
         if line.startswith("netwatch_agent_failovers_total{"):
-            totals["failovers"] += float(line.rpartition(" ")[2])
+            if 'reason="failback"' not in line and 'reason="operator"' not in line:
+                totals["failovers"] += float(line.rpartition(" ")[2])
         elif line.startswith("netwatch_agent_probes_total{"):
             value = float(line.rpartition(" ")[2])
             totals["probes"] += value

@@ -68,9 +68,14 @@ from netwatch.runtime.supervise import WorkerDied, supervise
 
 log = logging.getLogger("netwatch.agent")
 
-# The kernel's routes are re-read at least this often even without a route event, so a
-# missed event (netlink ENOBUFS under a storm) costs at most this long.
+# The kernel's routes are re-read after every route or link event, and without one at least
+# every RESYNC_IDLE_S: a safety net, since a lost event (ENOBUFS under a storm) is an error
+# of the event socket, which is reopened and followed by a re-read anyway. While a route
+# write is refused (the kernel said ENETUNREACH, say) they are re-read, and the write tried
+# again, every RESYNC_INTERVAL_S. Re-reading every 2 s all the time was a fifth of the
+# agent's CPU (pyroute2 decodes each route message in Python: docs/agent.md, Cost).
 RESYNC_INTERVAL_S = 2.0
+RESYNC_IDLE_S = 10.0
 # The probe tables are checked after every link or route event, and otherwise this often:
 # a check is two netlink dumps per path, a fifth of the agent's CPU when done every second.
 PATH_CHECK_INTERVAL_S = 10.0
@@ -164,6 +169,7 @@ class Agent:
         probers: ProberFactory | None = None,
         *,
         resync_interval_s: float = RESYNC_INTERVAL_S,
+        resync_idle_s: float = RESYNC_IDLE_S,
         netlink_retry_s: float = NETLINK_RETRY_S,
         site=None,
         wall: Callable[[], float] = time.time,
@@ -196,6 +202,7 @@ class Agent:
         self.interval_s = interval
         self.timeout_s = min((cfg.probe.timeout_ms or cfg.probe.interval_ms) / 1000, interval)
         self.resync_interval_s = resync_interval_s
+        self.resync_idle_s = max(resync_idle_s, resync_interval_s)
         self.netlink_retry_s = netlink_retry_s
         # Wall-clock times for `status` only ("since"): the decisions never read them.
         self.wall = wall
@@ -291,6 +298,9 @@ class Agent:
                     kv("route_error", uplink=action.uplink, family=action.family.label,
                        error=exc, reason=action.reason,
                        note=None if first else "the same error again"))
+            # Re-read and write again soon, not at the next idle re-read.
+            asyncio.get_running_loop().call_later(self.resync_interval_s,
+                                                  self._resync_wanted.set)
             return
         self._route_failing.pop(action.family, None)
         took_ms = (time.monotonic() - started) * 1000
@@ -303,8 +313,9 @@ class Agent:
     # ---------------------------------------------------------------------- routing state
 
     async def _resync_loop(self) -> None:
-        """Re-read the kernel's default routes after each route event, and every
-        `resync_interval_s`. A failed read is retried on the next round."""
+        """Re-read the kernel's default routes after each route event, `resync_interval_s`
+        after a refused route write (`_set_route`), and otherwise every `resync_idle_s`. A
+        failed read is retried after `resync_interval_s`."""
         last_path_check = time.monotonic()
         failures = 0
         while True:
@@ -313,7 +324,8 @@ class Agent:
             # arrives as the event is set, and the agent then hung on exit (seen in the unit
             # test of a fatal netlink error, whose last retry sets this event).
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.resync_interval_s):
+                async with asyncio.timeout(self.resync_interval_s if failures
+                                           else self.resync_idle_s):
                     await self._resync_wanted.wait()
                 evented = True
             self._resync_wanted.clear()
@@ -464,7 +476,8 @@ class Agent:
                 stream = streams[i]
                 if stream.tentative is not None:
                     stream.sent_tentative = stream.tentative()
-                stream.prober.send()  # refused (link down): lost, judged at its deadline
+                # Refused (link down): lost, judged at its deadline.
+                stream.prober.send(pacer.copies(i))
                 pacer.sent(i, now)
             await asyncio.sleep(max(0.0, pacer.next_at() - time.monotonic()))
 

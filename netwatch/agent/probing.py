@@ -23,12 +23,13 @@ from netwatch.core.vocabulary import Family, UplinkRole
 
 class Prober(Protocol):
     """A batched prober (netwatch.adapters.probes.raw): one probe in flight, judged a tick
-    later. `send()` is False when the kernel refused the probe; `result(timeout_s)` is the
+    later. `send(copies)` sends the probe as that many identical requests (a confirmation
+    sends two); it is False when the kernel refused the probe; `result(timeout_s)` is the
     round trip in seconds, or None when no answer came within timeout_s of the send.
     `close()` releases the socket, and a later `send()` opens a new one: the agent closes
     the probers of an uplink when another interface (or none) stands behind its name."""
 
-    def send(self) -> bool: ...
+    def send(self, copies: int = 1) -> bool: ...
 
     def result(self, timeout_s: float) -> float | None: ...
 

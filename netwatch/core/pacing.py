@@ -41,6 +41,12 @@ from dataclasses import dataclass
 # early or late, and one more wake-up for 1 ms costs more than it gains.
 SLACK_S = 0.001
 _NEVER = math.inf
+# A confirmation is this many identical requests sent back to back, any answer answering it:
+# under independent loss p a confirmation is lost with probability p^2, so `fall` losses in a
+# row that include fall-1 confirmations happen with p^(2 fall - 1) (fall 3, 4 % round-trip
+# loss: 1e-7 per lost probe, where p^fall is 6e-5: 8 false failovers in 10 minutes of the
+# lab's noise soak). A dead path loses them all the same.
+CONFIRM_COPIES = 2
 # The default confirmation pace is a fifth of the interval, never under this (a 10 ms
 # interval confirms every 5 ms, not every 2: a round trip on a busy LAN can take 2 ms).
 MIN_CONFIRM_S = 0.005
@@ -115,6 +121,10 @@ class Pacer:
     def wait(self, i: int) -> float:
         """How long stream i's probe in flight was given: an answer later than this is lost."""
         return self._streams[i].wait
+
+    def copies(self, i: int) -> int:
+        """How many identical requests stream i's next probe is sent as."""
+        return CONFIRM_COPIES if self.confirming(i) else 1
 
     def confirming(self, i: int) -> bool:
         """Stream i is suspect: it lost its last probe but not yet `fall` in a row."""

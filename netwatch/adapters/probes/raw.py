@@ -143,9 +143,10 @@ class _RawProber:
         self._sent = time.monotonic()
         self._wall_offset = time.time() - self._sent
 
-    def send(self) -> bool:
-        """Send one probe now (forgetting any previous one); False when the kernel refused it
-        (link down, interface gone: the socket is reopened on the next send)."""
+    def send(self, copies: int = 1) -> bool:
+        """Send one probe now (forgetting any previous one), as `copies` identical requests
+        back to back (any answer answers it); False when the kernel refused it (link down,
+        interface gone: the socket is reopened on the next send)."""
         self._sent = self._answered = None
         try:
             sock = self._ensure()
@@ -154,7 +155,8 @@ class _RawProber:
                 self._request_cache = self._request()
             packet, address = self._request_cache
             self._mark_sent()
-            sock.sendto(packet, address)
+            for _ in range(copies):
+                sock.sendto(packet, address)
         except OSError:
             self._sent = None
             self.close()
@@ -321,9 +323,10 @@ class EchoProber(_RawProber):
         # only those carrying this prober's identifier and token.
         return open_echo_socket(self.family, self.mark, only=(self._ident, self._token))
 
-    def send(self) -> bool:
-        """Send one echo request to every target (one sequence number); False when the kernel
-        refused them all (no route in the uplink's table, link down)."""
+    def send(self, copies: int = 1) -> bool:
+        """Send one echo request to every target (one sequence number), `copies` times back
+        to back; False when the kernel refused them all (no route in the uplink's table, link
+        down)."""
         self._sent = self._answered = None
         self._seq = (self._seq + 1) & 0xFFFF
         try:
@@ -333,12 +336,13 @@ class EchoProber(_RawProber):
         packet = echo_request(self.family, self._ident, self._seq, self._token)
         self._mark_sent()
         sent = False
-        for target in self.targets:
-            try:
-                sock.sendto(packet, (target, 0))
-                sent = True
-            except OSError:
-                continue  # ENETUNREACH, ENOBUFS: that target's probe is lost
+        for _ in range(copies):
+            for target in self.targets:
+                try:
+                    sock.sendto(packet, (target, 0))
+                    sent = True
+                except OSError:
+                    continue  # ENETUNREACH, ENOBUFS: that target's probe is lost
         if not sent:
             self._sent = None
         return sent

@@ -213,7 +213,7 @@ class FakeProbers:
         probers = self
 
         class Prober:
-            def send(self):
+            def send(self, copies=1):
                 probers.sent[role, kind] += 1
                 return True
 
@@ -237,7 +237,7 @@ async def until(check, timeout_s: float = 10.0) -> None:
 
 
 def run_agent(scenario, *, clock=None, kernel=None, probers=None, failback="auto",
-              both_up=True):
+              both_up=True, resync_idle_s=0.02):
     """Run an Agent with fakes, resyncing and retrying netlink in milliseconds, and
     `await scenario(agent, kernel, probers, task)` (once both uplinks are UP, unless
     `both_up` is False); return (registry, the agent task's exception or None)."""
@@ -246,7 +246,8 @@ def run_agent(scenario, *, clock=None, kernel=None, probers=None, failback="auto
     registry = CollectorRegistry()
     extra = {"clock": clock} if clock is not None else {}
     agent = Agent(agent_config(failback, beyond=["203.0.113.1"]), registry, kernel=kernel,
-                  probers=probers.make, resync_interval_s=0.02, netlink_retry_s=0.001, **extra)
+                  probers=probers.make, resync_interval_s=0.02, resync_idle_s=resync_idle_s,
+                  netlink_retry_s=0.001, **extra)
 
     async def main():
         task = asyncio.create_task(agent.run())
@@ -498,17 +499,21 @@ def test_a_failed_route_read_is_retried_then_fatal_when_it_persists():
 
 
 def test_a_refused_route_write_is_retried_by_the_next_snapshot():
+    """Without a route event, the routes are re-read only every resync_idle_s (a minute
+    here); a refused write makes it every resync_interval_s until one succeeds."""
     async def scenario(agent, kernel, probers, task):
-        kernel.write_errors = [NetlinkError(errno.ENETUNREACH, "Network is unreachable")]
+        # Both families refused: no route write succeeds, so no route event comes.
+        kernel.write_errors = [NetlinkError(errno.ENETUNREACH, "Network is unreachable")] * 2
         probers.alive[P] = False
-        await until(lambda: kernel.on("eth1"))
+        await until(lambda: kernel.on("eth1"), timeout_s=5.0)
         assert not task.done()
 
-    registry, error = run_agent(scenario)
+    registry, error = run_agent(scenario, resync_idle_s=60.0)
     assert error is None
-    assert sample(registry, "netwatch_agent_route_errors_total", family="ipv4") == 1
-    assert sample(registry, "netwatch_agent_route_changes_total", family="ipv4",
-                  cause="repair") == 1
+    for family in ("ipv4", "ipv6"):
+        assert sample(registry, "netwatch_agent_route_errors_total", family=family) == 1
+        assert sample(registry, "netwatch_agent_route_changes_total", family=family,
+                      cause="repair") == 1
 
 
 def test_a_bug_in_route_repair_stops_the_agent_and_leaves_the_routes():
