@@ -14,9 +14,9 @@ included), one answer still restarts the count, and a path with independent rand
 still loses `fall` in a row with probability p^fall per episode: confirmation shortens the
 time to a verdict, not the evidence it takes (docs/agent.md has the soak that measures it).
 
-A confirmation is judged lost after `wait = srtt + 4 x rttvar` (RFC 6298's retransmission
-timeout, from the stream's own answered probes), bounded below by `confirm_s` and above by
-`timeout_s`: a path whose round trip is 30 ms is not condemned for missing a 10 ms deadline.
+A confirmation is judged lost after `wait = srtt + max(G, 4 x rttvar)` (RFC 6298's
+retransmission timeout, from the stream's own answered probes, with MIN_CONFIRM_S as its
+granularity G), bounded below by `confirm_s` and above by `timeout_s`: a path whose round trip is 30 ms is not condemned for missing a 10 ms deadline.
 Before any answer the wait is `timeout_s`. The confirmations stop once `fall` probes in a row
 are lost (the path is down: it goes back to the grid, so a dead path costs no more than a live
 one), and they never run past the next grid slot's purpose: a stream in confirmation skips the
@@ -116,7 +116,8 @@ class Pacer:
 
     def next_at(self) -> float:
         """When something is next due (a send or a judgement)."""
-        return min(s.next_send if s.deadline == _NEVER else s.deadline for s in self._streams)
+        return min((s.next_send if s.deadline == _NEVER else s.deadline for s in self._streams),
+                   default=_NEVER)
 
     def wait(self, i: int) -> float:
         """How long stream i's probe in flight was given: an answer later than this is lost."""
@@ -171,10 +172,15 @@ class Pacer:
         return self._origin + (slot + 1) * interval
 
     def _confirm_wait(self, s: _Stream) -> float:
+        """RFC 6298's RTO, srtt + max(G, 4 rttvar), with MIN_CONFIRM_S as the granularity G:
+        a steady path 80 ms away is given 85 ms, not 80.3 (its jitter alone), so the time a
+        busy loop takes to read the answer cannot make it late. At least the confirmation
+        pace, at most the timeout."""
         c = self.cadence
         if s.srtt is None:
             return c.timeout_s
-        return min(c.timeout_s, max(c.confirm_s, s.srtt + 4 * s.rttvar))
+        rto = s.srtt + max(MIN_CONFIRM_S, 4 * s.rttvar)
+        return min(c.timeout_s, max(c.confirm_s, rto))
 
     @staticmethod
     def _learn(s: _Stream, rtt: float) -> None:

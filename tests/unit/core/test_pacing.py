@@ -90,6 +90,26 @@ def test_a_confirmation_waits_for_the_paths_own_round_trip():
     assert pacer.wait(0) <= TIMEOUT
 
 
+def test_a_steady_far_path_gets_headroom_beyond_its_jitter():
+    """80 ms away with 0.1 ms of jitter: the wait is 85 ms (RFC 6298's granularity term),
+    not 80.3, so a loop that reads the answer a little late does not make it a loss."""
+    cadence = Cadence(0.2, 0.2, 0.04, 4)
+    pacer = Pacer(cadence, 1, now=0.0)
+    for k in range(20):
+        pacer.sent(0, k * 0.2)
+        pacer.judged(0, 0.080 + (k % 2) * 0.0001, k * 0.2 + 0.2)
+    pacer.sent(0, 4.0)
+    pacer.judged(0, None, 4.2)
+    pacer.sent(0, 4.2)
+    assert pacer.wait(0) >= 0.085
+
+
+def test_no_streams_is_nothing_due_ever():
+    pacer = Pacer(CADENCE, 0, now=0.0)
+    assert pacer.next_at() == math.inf
+    assert pacer.to_send(1.0) == pacer.to_judge(1.0) == []
+
+
 def test_no_verdict_is_no_suspicion():
     pacer = Pacer(CADENCE, 1, now=0.0)
     pacer.sent(0, 0.0)
