@@ -10,16 +10,18 @@ has stopped forwarding is then known after
 
 (50 ms probes, fall 3, confirm 10 ms: 70 ms instead of 150 ms). Nothing else changes: the
 decision still needs `fall` losses in a row (it is fed every verdict, confirmations
-included), one answer still restarts the count, and a path with independent random loss p
-still loses `fall` in a row with probability p^fall per episode: confirmation shortens the
-time to a verdict, not the evidence it takes (docs/agent.md has the soak that measures it).
+included), and one answer still restarts the count. The evidence does not shrink either:
+under independent loss p, `fall` losses in a row that include fall-1 confirmations of
+CONFIRM_COPIES requests each happen with p^(1 + 2 (fall-1)), less often than the p^fall of
+unconfirmed probes (docs/agent.md has the soak that measures it).
 
 A confirmation is judged lost after `wait = srtt + max(G, 4 x rttvar)` (RFC 6298's
 retransmission timeout, from the stream's own answered probes, with MIN_CONFIRM_S as its
-granularity G), bounded below by `confirm_s` and above by `timeout_s`: a path whose round trip is 30 ms is not condemned for missing a 10 ms deadline.
-Before any answer the wait is `timeout_s`. The confirmations stop once `fall` probes in a row
-are lost (the path is down: it goes back to the grid, so a dead path costs no more than a live
-one), and they never run past the next grid slot's purpose: a stream in confirmation skips the
+granularity G), bounded below by `confirm_s` and above by `timeout_s`: a path whose round
+trip is 30 ms is not condemned for missing a 10 ms deadline. Before any answer the wait is
+`timeout_s`. A confirmation is CONFIRM_COPIES identical requests (see there). The
+confirmations stop once `fall` probes in a row are lost (the path is down: it goes back to
+the grid, so a dead path costs no more than a live one); a stream in confirmation skips the
 grid until its episode ends.
 
 Streams share the grid, so every stream not in confirmation sends in the same wake-up. When
