@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import subprocess
+import sys
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
@@ -97,5 +98,51 @@ def test_filters_keep_foreign_replies_out_and_probers_measure(netns_pair, in_net
 
 def test_program_rejects_what_it_cannot_load():
     assert len(bpf.equal_program([(0, b"\x00")])) == 4 * 8  # load, jeq, accept, drop
+    assert bpf.equal_program([(k, b"\x00") for k in range(127)])  # the longest jump fits
     with pytest.raises(ValueError):
         bpf.equal_program([])  # it would accept everything
+    with pytest.raises(ValueError):
+        bpf.equal_program([(k, b"\x00") for k in range(128)])  # a jump beyond 255
+
+
+ABSENT4 = "100.64.99.9"  # nobody holds it: only the forged replies answer
+FORGE = r"""
+import socket, struct, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("vb", 0))
+mac = s.getsockname()[4][:6]
+to = bytes.fromhex(sys.argv[3])
+arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, 2, mac, socket.inet_aton(sys.argv[1]),
+                  to, socket.inet_aton(sys.argv[2]))
+s.send(to + mac + struct.pack("!H", 0x0806) + arp)
+"""
+
+
+def _forged_arp_scenario(b: str):
+    """An ARP reply from ABSENT4 sent by b to another host's MAC, then one to ours."""
+
+    async def scenario() -> dict:
+        prober = ArpProber("va", IPv4Address(ABSENT4), IPv4Address("100.64.99.1"))
+        seen = {}
+        try:
+            for name, to in (("to_another_host", "020000000099"), ("to_us", None)):
+                prober.send()
+                mac = to or prober._mac.hex()
+                subprocess.run(["ip", "netns", "exec", b, sys.executable, "-c", FORGE,
+                                ABSENT4, "100.64.99.1", mac], check=True)
+                await asyncio.sleep(0.2)
+                seen[name] = prober.result(1.0)
+        finally:
+            prober.close()
+        return seen
+
+    return scenario
+
+
+def test_an_arp_reply_to_another_host_is_no_answer(netns_pair, in_netns):
+    """A gateway that answers others but no longer us (one-way failure, seen on a veth, a
+    bridge port or a switch flooding unknown unicast) must not look alive."""
+    a, b = netns_pair
+    seen = in_netns(a, _forged_arp_scenario(b))
+    assert seen["to_another_host"] is None, seen
+    assert seen["to_us"] is not None, seen

@@ -51,8 +51,10 @@ def equal_program(checks: list[tuple[int, bytes]], after_ipv4_header: bool = Fal
     """The filter accepting a packet whose bytes at each offset equal the value (see the module
     docstring). Raises ValueError for no check, or more than the jumps can span."""
     loads = [piece for offset, value in checks for piece in _pieces(offset, value)]
-    if not loads or len(loads) > 250:
-        raise ValueError(f"a filter needs 1..250 loads, got {len(loads)}")
+    # A conditional jump's offset is one byte: the `ret 0` must lie within 255 instructions
+    # of the first test, two instructions per load.
+    if not loads or len(loads) > 127:
+        raise ValueError(f"a filter needs 1..127 loads, got {len(loads)}")
     insns = [(_LDX_B_MSH, 0, 0, 0)] if after_ipv4_header else []
     reject = len(insns) + 2 * len(loads) + 1  # the index of the `ret 0`
     for offset, size, value in loads:

@@ -213,7 +213,8 @@ class _RawProber:
 
 
 class ArpProber(_RawProber):
-    """ARP who-has `gateway` on `ifname`; a reply counts when its sender IP is the gateway."""
+    """ARP who-has `gateway` on `ifname`; a reply counts when its sender IP is the gateway
+    and its target MAC is ours."""
 
     def __init__(self, ifname: str, gateway: ipaddress.IPv4Address,
                  sender: ipaddress.IPv4Address | None = None):
@@ -234,9 +235,10 @@ class ArpProber(_RawProber):
         return sock
 
     def _filter(self) -> bytes:
-        # Every ARP frame of the segment reaches an ARP socket: only the gateway's replies
-        # are let in (op at 20, sender IP at 28, as `_matches` reads them).
-        return bpf.equal_program([(20, b"\x00\x02"), (28, self._gw)])
+        # Every ARP frame of the segment reaches an ARP socket (replies to other hosts too, on
+        # a veth, a bridge port or a flooding switch): only the gateway's replies to us are
+        # let in (op at 20, sender IP at 28, target MAC at 32, as `_matches` reads them).
+        return bpf.equal_program([(20, b"\x00\x02"), (28, self._gw), (32, self._mac)])
 
     def _request(self) -> tuple[bytes, object]:
         sender = self.sender.packed if self.sender else b"\0\0\0\0"
@@ -246,9 +248,11 @@ class ArpProber(_RawProber):
         return frame, (self.ifname, ETH_P_ARP)
 
     def _matches(self, data: bytes) -> bool:
-        # Ethernet header (14) + ARP: op at 20..22, sender IP at 28..32. Any ARP from the
-        # gateway (reply or its own request) proves it alive; only replies are asked for.
-        return len(data) >= 42 and data[20:22] == b"\x00\x02" and data[28:32] == self._gw
+        # Ethernet header (14) + ARP: op at 20..22, sender IP at 28..32, target MAC at 32..38.
+        # A reply of the gateway to another host is no answer to us: a gateway that stopped
+        # answering us (one-way failure) but answers others must not look alive.
+        return (len(data) >= 42 and data[20:22] == b"\x00\x02" and data[28:32] == self._gw
+                and data[32:38] == self._mac)
 
 
 def _solicited_node(target: ipaddress.IPv6Address) -> str:
