@@ -208,6 +208,8 @@ class FakeProbers:
         self.silent: set[tuple[UplinkRole, ProbeKind]] = set()
         self.sent: collections.Counter = collections.Counter()
         self.closed: collections.Counter = collections.Counter()  # per uplink
+        self.drop: collections.Counter = collections.Counter()  # (uplink, kind): lose n more
+        self.log: list[tuple[float, UplinkRole, ProbeKind, int]] = []  # (time, .., copies)
 
     async def make(self, role, kind):
         probers = self
@@ -215,9 +217,13 @@ class FakeProbers:
         class Prober:
             def send(self, copies=1):
                 probers.sent[role, kind] += 1
+                probers.log.append((time.monotonic(), role, kind, copies))
                 return True
 
             def result(self, timeout_s):
+                if probers.drop[role, kind] > 0:
+                    probers.drop[role, kind] -= 1
+                    return None
                 if probers.alive[role] and (role, kind) not in probers.silent:
                     return 0.0005
                 return None
@@ -361,6 +367,34 @@ def test_dad_at_start_moves_nothing(caplog):
                for r in ("carrier", "gateway", "beyond", "failback", "operator")) == 0
     assert "event=ipv6_dad uplink=primary interface=eth0 state=tentative" in caplog.text
     assert "event=ipv6_dad uplink=primary interface=eth0 state=done" in caplog.text
+
+
+def test_a_lost_probe_is_confirmed_by_two_requests_at_the_confirmation_pace():
+    """Probes every 20 ms, fall 3, confirmations every 5 ms (the default floor): two probes
+    of the primary's gateway lost, then answers. The second loss is confirmed at once, not at
+    the next slot, each confirmation is two requests, and two losses are no failover."""
+    outcome = {}
+
+    async def scenario(agent, kernel, probers, task):
+        await asyncio.sleep(0.1)
+        start = len(probers.log)
+        probers.drop[P, ProbeKind.GATEWAY] = 2
+        await until(lambda: probers.drop[P, ProbeKind.GATEWAY] == 0)
+        await asyncio.sleep(0.1)
+        outcome["log"] = probers.log[start:]
+
+    registry, error = run_agent(scenario)
+    assert error is None
+    sends = [(t, copies) for t, role, kind, copies in outcome["log"]
+             if (role, kind) == (P, ProbeKind.GATEWAY)]
+    confirmations = [i for i, (_, copies) in enumerate(sends) if copies == 2]
+    assert len(confirmations) == 2, sends  # one per lost probe, each two requests
+    first, second = confirmations
+    assert second == first + 1
+    assert sends[second][0] - sends[first][0] < 0.015  # the confirmation pace, not 20 ms
+    assert all(copies == 1 for _, copies in sends[second + 1:])  # answered: back to the grid
+    assert sum(sample(registry, "netwatch_agent_failovers_total", reason=r)
+               for r in ("carrier", "gateway", "beyond", "failback", "operator")) == 0
 
 
 def test_one_failure_of_both_families_is_one_failover(caplog):
