@@ -100,15 +100,10 @@ class Uplinks(_Strict):
     secondary: Uplink
 
 
-class AgentProbe(_Strict):
-    method: Literal["arp", "icmp"] = "arp"
-    interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 50
-    timeout_ms: Annotated[int, Field(ge=1, le=60_000)] | None = None  # default: interval_ms
-    # After a lost probe, the path is probed again at this pace until an answer or `fall`
-    # losses in a row (netwatch/core/pacing.py). Default interval/5 (at least 5 ms); 0: off.
-    confirm_interval_ms: Annotated[int, Field(ge=0, le=60_000)] | None = None
-    fall: Annotated[int, Field(ge=1, le=100)] = 3
-    rise: Annotated[int, Field(ge=1, le=1000)] = 5
+class _ProbeTimes:
+    """A probe section's times in seconds: its timeout (`timeout_ms`, default the interval)
+    and its confirmation pace (`confirm_interval_ms`, default `default_confirm_s`). Mixed
+    into the sections that have those three fields."""
 
     @property
     def timeout_s(self) -> float:
@@ -119,6 +114,17 @@ class AgentProbe(_Strict):
         if self.confirm_interval_ms is not None:
             return self.confirm_interval_ms / 1000
         return default_confirm_s(self.interval_ms / 1000, self.timeout_s)
+
+
+class AgentProbe(_ProbeTimes, _Strict):
+    method: Literal["arp", "icmp"] = "arp"
+    interval_ms: Annotated[int, Field(ge=10, le=60_000)] = 50
+    timeout_ms: Annotated[int, Field(ge=1, le=60_000)] | None = None  # default: interval_ms
+    # After a lost probe, the path is probed again at this pace until an answer or `fall`
+    # losses in a row (netwatch/core/pacing.py). Default interval/5 (at least 5 ms); 0: off.
+    confirm_interval_ms: Annotated[int, Field(ge=0, le=60_000)] | None = None
+    fall: Annotated[int, Field(ge=1, le=100)] = 3
+    rise: Annotated[int, Field(ge=1, le=1000)] = 5
 
     # Addresses inside our network past the gateways (the border routers, a core address):
     # the agent answers "does this uplink carry traffic to our border?"; whether a transit
@@ -195,7 +201,7 @@ class TargetCatalogue(_Strict):
     targets: list[TargetEntry]
 
 
-class ControllerProbe(_Strict):
+class ControllerProbe(_ProbeTimes, _Strict):
     targets: list[TargetEntry] = []
     targets_file: str | None = None  # relative to the site file
     method: Literal["icmp", "tcp"] = "icmp"
@@ -206,16 +212,6 @@ class ControllerProbe(_Strict):
     confirm_interval_ms: Annotated[int, Field(ge=0, le=60_000)] | None = None
     window_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     min_targets: Annotated[int, Field(ge=1)] = 3  # quorum of usable targets per verdict
-
-    @property
-    def timeout_s(self) -> float:
-        return (self.timeout_ms or self.interval_ms) / 1000
-
-    @property
-    def confirm_s(self) -> float:
-        if self.confirm_interval_ms is not None:
-            return self.confirm_interval_ms / 1000
-        return default_confirm_s(self.interval_ms / 1000, self.timeout_s)
 
 
 class Verdict(_Strict):
