@@ -62,8 +62,9 @@ class Prober(Protocol):
 
 class BatchProber(Protocol):
     """One path's probes, at most one in flight per destination: `send` now (False: the
-    kernel refused it, a loss), `result` at its deadline (the RTT in seconds, or None: lost,
-    or answered later than `wait_s`). No task or future per probe."""
+    kernel refused it, a loss), `result` at its deadline or later (the RTT in seconds, or
+    None: lost, or answered later than `wait_s`; the controller passes math.inf). No task or
+    future per probe."""
 
     def send(self, destination, wait_s: float) -> bool: ...
 

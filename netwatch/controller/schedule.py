@@ -21,7 +21,7 @@ random loss the early judgement is rare (a stream loses `streak` in a row with p
 episode), so judging stays at about once per interval.
 
     schedule = ProbeSchedule(cadence, interval_s, [(upstream, target), ...], window, now)
-    for i in schedule.to_judge(now): schedule.judged(i, rtt_of(i, schedule.wait(i)), now)
+    for i in schedule.to_judge(now): schedule.judged(i, answer_read_by_now(i), now)
     for i in schedule.to_send(now): schedule.sent(i, now); send(i, schedule.wait(i))
     if (due := schedule.verdict_due(now)) is not None: judge(early=due is Due.EARLY)
     sleep until schedule.next_at()

@@ -6,7 +6,7 @@ flight per (path, target):
 
     batch.send(address, wait_s)        # now; the kernel refusing it (no route) is a loss
     ...
-    batch.result(address, wait_s)      # at the probe's deadline: RTT in seconds, or None
+    batch.result(address, math.inf)    # at its deadline or later: RTT in seconds, or None
 
 Replies are recorded by a `loop.add_reader` callback (no future, timer or task per probe) and
 matched by identifier (random, per socket), sequence (per probe: an answer to an older probe of
@@ -97,8 +97,10 @@ class EchoBatch:
         return _HEADER.pack(self._kind, checksum, self._ident, seq) + self._token
 
     def result(self, address: str, wait_s: float) -> float | None:
-        """The last probe to `address`: its round trip in seconds, or None (refused, or no
-        answer within `wait_s` of its send)."""
+        """The last probe to `address`: its round trip in seconds, or None (refused, no
+        answer read yet, or one that measured more than `wait_s`). The RTT is stamped when the
+        loop reads the reply: a busy loop makes it longer, so a caller that judges at the
+        deadline or later passes math.inf (any answer already read counts)."""
         probe = self._probes.get(address)
         if probe is None:
             return None

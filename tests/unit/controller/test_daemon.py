@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import errno
 import json
 import logging
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class RecordingPipe:
             self.refuse -= 1
             raise OSError(32, "Broken pipe")
         self.written.append(line)
+
+    async def flush(self) -> None:
+        pass
 
 
 class RecordingRoutes:
@@ -129,12 +133,13 @@ def make(site_copy, lab_site, clock, tmp_path):
     """make(...) -> Rig: a controller on the lab's site file. `policy` changes the policy
     (FAST: every verdict acted on at once), `edit(controller_section)` anything else, `state`
     is written to the state file first; `mono` starts a new decision clock (default: the
-    `clock` fixture), `boot` is the boot id the controller reads."""
+    `clock` fixture), `boot` is the boot id the controller reads, `sleep` the probe loop's
+    (`VirtualTime.sleep`: the probes run on the fake clock)."""
     raw = yaml.safe_load(lab_site.read_text())
     targets = (lab_site.parent / raw["controller"]["probe"]["targets_file"]).resolve()
 
     def build(pipe=None, *, policy=None, edit=None, state=None, mono=None, boot="boot-1",
-              routes=None, prober=None) -> Rig:
+              routes=None, prober=None, sleep=asyncio.sleep) -> Rig:
         section = copy.deepcopy(raw["controller"])
         section["probe"]["targets_file"] = str(targets)
         section["policy"].update(policy or {})
@@ -148,7 +153,8 @@ def make(site_copy, lab_site, clock, tmp_path):
         mono_clock = clock if mono is None else type(clock)(mono)
         pipe = pipe if pipe is not None else RecordingPipe()
         c = Controller(load_site(path), registry, pipe, mono=mono_clock, boot=lambda: boot,
-                       routes=routes or RecordingRoutes(), prober=prober or FakeProbers())
+                       routes=routes or RecordingRoutes(), prober=prober or FakeProbers(),
+                       sleep=sleep)
         return Rig(c, pipe, registry, mono_clock)
 
     return build
@@ -911,27 +917,208 @@ def test_an_unprobed_upstream_is_logged_once_and_has_a_metric(make, logs):
     assert "upstream=t2 family=ipv4" in logged(logs, "prober_failed")[0].getMessage()
 
 
+class VirtualTime:
+    """The probe loop on the fake clock: its `sleep` moves the clock (`late_s` further: a
+    busy loop wakes up late) and lets the other tasks run once."""
+
+    def __init__(self, clock, late_s: float = 0.0):
+        self.clock = clock
+        self.late_s = late_s
+
+    async def sleep(self, seconds: float) -> None:
+        self.clock.now += seconds + self.late_s
+        await asyncio.sleep(0)
+
+    async def until(self, at: float, task: asyncio.Task) -> None:
+        """Until the clock reaches `at`, or `task` ends."""
+        while self.clock.now < at and not task.done():
+            await asyncio.sleep(0)
+
+    async def probe(self, c: Controller, seconds: float) -> None:
+        """Run `c.probe_loop()` for `seconds` of the clock."""
+        task = asyncio.create_task(c.probe_loop())
+        await self.until(self.clock.now + seconds, task)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+MARK = {"t1": 0x4E580, "t2": 0x4E582, "t3": 0x4E584, "t4": 0x4E586}  # each one's IPv4 path
+
+
+@dataclass
+class ScriptedProbers:
+    """A ProberFactory of batch probers on the fake clock, with EchoBatch's contract: the probe
+    through `mark` to `destination` sent at `sent_at` is answered `rtt(mark, destination,
+    sent_at)` seconds later (None: lost); `result(destination, wait_s)` counts an answer read
+    by then, as measured, and not when that is more than `wait_s`. `read_late`: the busy loop
+    reads the answers only when it judges them (measured up to then). `sent` has every probe's
+    send time per (mark, destination)."""
+
+    clock: object
+    rtt: object = lambda mark, destination, sent_at: 0.001
+    read_late: bool = False
+    sent: dict[tuple[int, str], list[float]] = field(default_factory=dict)
+
+    def __call__(self, method: str, family: int, mark: int):
+        return _ScriptedPath(self, mark)
+
+
+@dataclass
+class _ScriptedPath:
+    probers: ScriptedProbers
+    mark: int
+
+    def send(self, destination: str, wait_s: float) -> bool:
+        self.probers.sent.setdefault((self.mark, destination), []).append(self.probers.clock())
+        return True
+
+    def result(self, destination: str, wait_s: float) -> float | None:
+        sent_at = self.probers.sent[(self.mark, destination)][-1]
+        rtt = self.probers.rtt(self.mark, destination, sent_at)
+        waited = self.probers.clock() - sent_at
+        if rtt is None or rtt > waited:
+            return None  # lost, or not in yet
+        measured = waited if self.probers.read_late else rtt
+        return measured if measured <= wait_s else None
+
+
+def fast_probes(section: dict) -> None:
+    """Probes every 100 ms (timeout 50 ms, confirmations every 10 ms), judged on 0.55 s:
+    the first judgement that counts is the grid's at 0.6 s."""
+    section["probe"].update(interval_ms=100, timeout_ms=50, confirm_interval_ms=10,
+                            window_s=0.55)
+
+
+def test_without_any_prober_the_controller_runs_on_unprobed(make, logs, clock):
+    """No prober opens (no CAP_NET_RAW, SO_MARK refused: EPERM for every path). The controller
+    runs on: it announces its desired state, reports every upstream unprobed, finds no
+    verdict in its empty windows, and stops cleanly when ExaBGP closes the pipe. (A probes
+    worker that died would exit 70 and ExaBGP respawn it: a crash loop.)"""
+
+    def refused(method: str, family: int, mark: int):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    time = VirtualTime(clock)
+    r = make(ScriptedPipe(script=(answer(EVERY_SESSION_UP), "done")), prober=refused,
+             sleep=time.sleep, edit=fast_probes)
+
+    async def scenario():
+        task = asyncio.create_task(r.c.run())
+        await time.until(clock.now + 1.0, task)  # a second of its clock: 5 judgements
+        running = not task.done()
+        r.pipe.closed.set()
+        return running, await task
+
+    running, code = asyncio.run(asyncio.wait_for(scenario(), 5))
+    assert running and code == exitcodes.OK
+    assert logged(logs, "worker_died") == []
+    assert sorted(r.pipe.written[1:]) == sorted(announce(n, f) for n in T for f in (4, 6))
+    assert {n: r.sample("netwatch_transit_probed", upstream=n) for n in T} == dict.fromkeys(T, 0)
+    assert len(logged(logs, "unprobed")) == 4
+    assert {n: state_of(r, n) for n in T} == dict.fromkeys(T, "healthy")
+
+
+def test_an_answer_read_late_by_a_busy_loop_is_no_lost_probe(make, clock):
+    """The loop wakes up 15 ms late and reads the answers only when it judges them: each one
+    measures longer than the wait its probe was given. It came in before the judgement, so it
+    is an answer: no loss (the loop's own latency is not the path's), and the RTT is shown as
+    measured."""
+    time = VirtualTime(clock, late_s=0.015)
+    r = started(make(prober=ScriptedProbers(clock, read_late=True), sleep=time.sleep,
+                     edit=fast_probes))
+    asyncio.run(time.probe(r.c, 1.0))
+    assert {n: r.sample("netwatch_transit_loss_ratio", upstream=n) for n in T} == \
+        dict.fromkeys(T, 0)
+    assert r.sample("netwatch_transit_local_fault") == 0
+    # the timeout, and the 15 ms the loop took to read it
+    assert {n: r.sample("netwatch_transit_rtt_seconds", upstream=n) for n in T} == \
+        dict.fromkeys(T, pytest.approx(0.05 + 0.015))
+
+
+def test_a_lost_probe_is_confirmed_at_once_not_at_the_next_interval(make, clock):
+    """t2's first probe to 203.0.113.1 is lost: judged at its deadline (50 ms), and confirmed
+    in the same wake-up, not at the next interval (100 ms) like the probes that answered."""
+    time = VirtualTime(clock)
+    start = clock.now
+    first = (MARK["t2"], "203.0.113.1")
+    probers = ScriptedProbers(
+        clock, rtt=lambda mark, dest, sent_at: None if (mark, dest) == first and
+        sent_at == start else 0.001)
+    r = started(make(prober=probers, sleep=time.sleep, edit=fast_probes))
+    asyncio.run(time.probe(r.c, 0.15))
+    lost, answered = probers.sent[first], probers.sent[(MARK["t2"], "203.0.113.2")]
+    assert lost[1] - lost[0] == pytest.approx(0.05)  # the timeout, and no more
+    assert answered[1] - answered[0] == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("t2_rtt, state, then", [
+    (0.03, None, "degraded"),  # 29 ms above the others (degraded at 20): DEGRADED's fall
+    (0.001, {"upstreams": {"t2": {"state": "degraded"}}}, "healthy"),  # a rise
+])
+def test_an_early_judgement_counts_toward_failed_only(make, clock, t2_rtt, state, then):
+    """Fall and rise 3: t2 changes state at the third judgement of the interval that counts
+    (0.6, 0.7, 0.8 s), however many early judgements come between: t4's path to 203.0.113.3
+    stops answering at 0.6 s, its confirmations lose FAILED's streak (4) at 0.68 s, and the
+    early judgement then takes nothing from t2."""
+    time = VirtualTime(clock)
+    start = clock.now
+
+    def rtt(mark, dest, sent_at):
+        if mark == MARK["t4"] and dest == "203.0.113.3" and sent_at >= start + 0.6 - 1e-6:
+            return None
+        return t2_rtt if mark in (MARK["t2"], MARK["t2"] + 1) else 0.001
+
+    def edit(section):
+        fast_probes(section)
+        section["policy"].update(fall=3, rise=3, recovery_hold_s=0, max_actions_per_hour=100)
+        section["policy"]["degraded"]["latency_ms"] = 20
+
+    r = started(make(prober=ScriptedProbers(clock, rtt), sleep=time.sleep, edit=edit,
+                     state=state))
+    before = state_of(r, "t2")
+    asyncio.run(time.probe(r.c, 0.75))
+    assert state_of(r, "t2") == before  # two judgements of the interval, and an early one
+    asyncio.run(time.probe(r.c, 0.1))
+    assert state_of(r, "t2") == then
+
+
+def test_a_blackhole_is_failed_at_its_early_judgement(make, clock):
+    """t3 stops answering at 0.6 s: its confirmations lose FAILED's streak (4) at 0.68 s, and
+    the early judgement then makes it FAILED, before the interval's at 0.7 s."""
+    time = VirtualTime(clock)
+    start = clock.now
+
+    def rtt(mark, dest, sent_at):
+        dead = mark in (MARK["t3"], MARK["t3"] + 1) and sent_at >= start + 0.6 - 1e-6
+        return None if dead else 0.001
+
+    r = started(make(prober=ScriptedProbers(clock, rtt), sleep=time.sleep, edit=fast_probes))
+    asyncio.run(time.probe(r.c, 0.69))
+    assert state_of(r, "t3") == "failed"
+
 # --- how it stops -----------------------------------------------------------------------------
 
 
 class ScriptedPipe(RecordingPipe):
-    """Enough of ExabgpPipe for run(): nothing comes from ExaBGP until `closed` is set, then
-    EOF (or `error`, raised by the reader)."""
+    """Enough of ExabgpPipe for run(): the lines of `script` come from ExaBGP, then nothing
+    until `closed` is set, then EOF (or `error`, raised by the reader)."""
 
-    def __init__(self, error: Exception | None = None):
+    def __init__(self, error: Exception | None = None, script: tuple[str, ...] = ()):
         super().__init__()
         self.closed: asyncio.Event | None = None
         self.error = error
+        self.script = script
 
     async def open(self) -> None:
         self.closed = asyncio.Event()
 
     async def lines(self):
+        for line in self.script:
+            yield line
         await self.closed.wait()
         if self.error is not None:
             raise self.error
-        return
-        yield  # an async generator that yields nothing
 
     async def flush(self) -> None:
         pass
