@@ -1,4 +1,5 @@
-"""The ICMP prober against a real kernel, in a throwaway pair of network namespaces.
+"""The controller's batched ICMP echo (`EchoBatch`) against a real kernel, in a throwaway
+pair of network namespaces.
 
 Needs root (raw sockets, netns); skipped otherwise. The pair (`netns_pair`, `fwmark_tables`,
 see tests/conftest.py): a veth from a to b, which answers pings on 100.64.99.2 and
@@ -8,40 +9,54 @@ see tests/conftest.py): a veth from a to b, which answers pings on 100.64.99.2 a
 from __future__ import annotations
 
 import asyncio
+import math
 import socket
 
-from netwatch.adapters.probes.icmp import IcmpProber
+from netwatch.adapters.probes.batch import EchoBatch
 
 V4, V6 = "100.64.99.2", "2001:db8:99::2"
 ABSENT = ("100.64.99.3", "2001:db8:99::3")  # on the link, nobody there
+ROUNDS = 20
 
 
-def test_many_concurrent_pings_both_families_and_timeouts(netns_pair, in_netns):
+async def _rounds(batches: dict[str, EchoBatch], targets: list[tuple[str, str]]) -> dict:
+    """ROUNDS rounds of one probe to every (family, target), judged 50 ms later."""
+    seen: dict[str, list] = {target: [] for _, target in targets}
+    for _ in range(ROUNDS):
+        for family, target in targets:
+            batches[family].send(target)
+        await asyncio.sleep(0.05)
+        for family, target in targets:
+            seen[target].append(batches[family].result(target, math.inf))
+    return seen
+
+
+def test_both_families_answer_and_an_absent_target_is_lost(netns_pair, in_netns):
     a, _ = netns_pair
 
     async def scenario() -> dict:
-        with IcmpProber(socket.AF_INET, mark=0x4E581) as v4, IcmpProber(socket.AF_INET6) as v6:
+        batches = {"v4": EchoBatch(socket.AF_INET, mark=0x4E581), "v6": EchoBatch(socket.AF_INET6)}
+        try:
             # Warm-up until both families answer: on a veth that came up a moment ago, IPv6
-            # neighbour discovery has been seen to need more than the 1 s of a single ping
-            # (always on a busy machine), and the burst below must measure the prober only.
-            for prober, target in ((v4, V4), (v6, V6)):
-                for _ in range(10):
-                    if await prober.ping(target, 1.0) is not None:
+            # neighbour discovery has been seen to need more than a second on a busy machine.
+            for family, target in (("v4", V4), ("v6", V6)):
+                for _ in range(20):
+                    batches[family].send(target)
+                    await asyncio.sleep(0.1)
+                    if batches[family].result(target, math.inf) is not None:
                         break
-            replies = await asyncio.gather(
-                *[v4.ping(V4, 1.0) for _ in range(50)],
-                *[v6.ping(V6, 1.0) for _ in range(50)],
-            )
-            lost = await asyncio.gather(v4.ping(ABSENT[0], 0.3), v6.ping(ABSENT[1], 0.3))
-            return {V4: replies[:50], V6: replies[50:], "absent": lost}
+            return await _rounds(batches, [("v4", V4), ("v6", V6), ("v4", ABSENT[0]),
+                                           ("v6", ABSENT[1])])
+        finally:
+            for batch in batches.values():
+                batch.close()
 
     seen = in_netns(a, scenario)
     for target in (V4, V6):
-        bad = [r for r in seen[target] if r is None or r >= 0.5]
-        assert not bad, f"{len(bad)} of 50 pings to {target} lost (None) or >= 0.5 s: {bad}"
-    assert seen["absent"] == [None, None], (
-        f"pings to the absent {ABSENT} answered after {seen['absent']} s, expected lost"
-    )
+        bad = [r for r in seen[target] if r is None or r >= 0.05]
+        assert not bad, f"{len(bad)} of {ROUNDS} probes to {target} lost (None) or late: {bad}"
+    for target in ABSENT:
+        assert seen[target] == [None] * ROUNDS, f"the absent {target} answered: {seen[target]}"
 
 
 def test_mark_selects_the_policy_table(fwmark_tables, in_netns):
@@ -49,9 +64,20 @@ def test_mark_selects_the_policy_table(fwmark_tables, in_netns):
     a, _ = fwmark_tables
 
     async def scenario() -> tuple:
-        good, bad = IcmpProber(socket.AF_INET, mark=77), IcmpProber(socket.AF_INET, mark=78)
-        with good, bad:
-            return await good.ping("100.64.98.2", 1.0), await bad.ping("100.64.98.2", 0.3)
+        good, bad = EchoBatch(socket.AF_INET, mark=77), EchoBatch(socket.AF_INET, mark=78)
+        try:
+            for _ in range(10):
+                good.send("100.64.98.2")
+                bad.send("100.64.98.2")
+                await asyncio.sleep(0.1)
+                via_77 = good.result("100.64.98.2", math.inf)
+                via_78 = bad.result("100.64.98.2", math.inf)
+                if via_77 is not None:
+                    break
+            return via_77, via_78
+        finally:
+            good.close()
+            bad.close()
 
     via_77, via_78 = in_netns(a, scenario)
     assert via_77 is not None, "a ping to 100.64.98.2 marked 77 (table 77, via b) was lost"

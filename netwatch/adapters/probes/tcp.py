@@ -6,8 +6,6 @@ timeout_s)` starts a connect(): a SYN-ACK (connected) or an RST (ECONNREFUSED) w
 timeout means the target answered through that path, and the RTT is the connect time. A
 timeout, or an error that means the SYN did not get through (EHOSTUNREACH, ENETUNREACH), is
 a lost probe: None. The socket is closed with SO_LINGER 0 (an RST, no TIME_WAIT per probe).
-Same interface as `netwatch.adapters.probes.icmp.IcmpProber` apart from the (address, port)
-target.
 """
 
 from __future__ import annotations
