@@ -454,6 +454,9 @@ def main() -> int:
         results["bgp_hold_time_s"] = site.controller.bgp.hold_time_s
         normal = str(site.asn)
         until(lambda: all(as_path(lab, t) == normal for t in ("t1", "t2", "t3", "t4")), 30)
+        # The controller gives no verdict before its first full window of probes (by design):
+        # a first run started sooner measured the start-up (1.7 s), not the detection.
+        time.sleep(site.controller.probe.window_s + 1.0)
         pid = controller_pid(lab)
         cpu0, _ = cpu_rss(pid) if pid else (0.0, 0)
         wall0 = time.monotonic()
