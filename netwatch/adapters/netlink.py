@@ -54,6 +54,7 @@ DEFAULT_METRIC = {socket.AF_INET: 0, socket.AF_INET6: 1024}
 IFA_F_OPTIMISTIC = 0x04  # usable while DAD runs (optimistic DAD)
 IFA_F_DADFAILED = 0x08  # a duplicate was found: never usable (stays TENTATIVE too)
 IFA_F_TENTATIVE = 0x40  # DAD has not finished: not usable as a source
+NUD_FAILED = 0x20  # a neighbour entry whose resolution gave up
 
 
 @dataclass(frozen=True)
@@ -341,6 +342,8 @@ class Netlink:
                               and index is not None and msg.get("oif") == index)
         async for msg in await self.ipr.rule("dump", family=path.family):
             rule = rule or (msg.get("fwmark") == path.mark and msg.get("table") == path.table)
+        if path.family == socket.AF_INET6 and index is not None:
+            await self._forget_failed_gateway(path, index)
         if route and rule and unreachable:
             return False
         if route and rule:
@@ -348,6 +351,24 @@ class Netlink:
             return True
         await install_probe_path(self.ipr, path)
         return True
+
+    async def _forget_failed_gateway(self, path: ProbePath, index: int) -> bool:
+        """Delete the kernel's neighbour entry of an IPv6 path's gateway when it is FAILED;
+        True when it did. A host (forwarding off) looks a route up among reachable gateways
+        only: a route whose gateway's entry is FAILED loses to the table's unreachable
+        default, so a marked probe never reaches the neighbour layer and the entry is never
+        resolved again (a neighbour advertisement does not revive a FAILED entry, and the
+        kernel probes a router again only after router_probe_interval, 60 s). A gateway silent
+        for about 3 s while probed (a link flap, its address in DAD again) left the uplink's
+        IPv6 judged DOWN for that minute. Once the entry is gone, the next probe takes the
+        route and resolves the gateway afresh; a gateway still dead fails it again."""
+        gateway = str(path.gateway)
+        async for msg in await self.ipr.neigh("dump", family=socket.AF_INET6, ifindex=index):
+            if (msg.get("ifindex") == index and msg.get_attr("NDA_DST") == gateway
+                    and msg["state"] & NUD_FAILED):
+                await self.ipr.neigh("del", dst=gateway, ifindex=index, family=socket.AF_INET6)
+                return True
+        return False
 
     async def replace_default(
         self,

@@ -152,6 +152,7 @@ class Stream:
     counters: StreamMetrics
     tentative: Callable[[], bool] | None = None
     sent_tentative: bool = False
+    answered: bool = True  # the last probe judged was answered
 
 
 class Agent:
@@ -502,6 +503,12 @@ class Agent:
                 continue
             pacer.judged(i, rtt, mono)
             stream.counters.count(rtt)
+            if rtt is not None and not stream.answered and stream.kind is core.ProbeKind.GATEWAY6:
+                # The IPv6 gateway answers again: check the probe paths now, not at the next
+                # periodic check (ensure_probe_path forgets a FAILED neighbour entry, which
+                # keeps the marked beyond probes on the table's unreachable default).
+                self._resync_wanted.set()
+            stream.answered = rtt is not None
             if rtt is not None and core.steady(self.state, stream.role, now):
                 continue  # nothing can change: no observation built, no step taken
             results.append(core.ProbeResult(stream.role, stream.kind, rtt, stream.target, wait))

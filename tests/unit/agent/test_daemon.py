@@ -96,6 +96,7 @@ class FakeKernel:
         self.write_errors: list[BaseException] = []
         self.dump_errors: list[BaseException] = []
         self.events_error: BaseException | None = None
+        self.path_checks = 0  # ensure_probe_path calls
         self.reopened = self.link_reads = 0
         self.queue: asyncio.Queue | None = None
         self.tentative: set[str] = set()
@@ -182,6 +183,7 @@ class FakeKernel:
         self.queue.put_nowait(Event(EventKind.ROUTE))  # as the kernel announces it
 
     async def ensure_probe_path(self, path):
+        self.path_checks += 1
         return False
 
     async def address_towards(self, ifname, gateway):
@@ -395,6 +397,22 @@ def test_a_lost_probe_is_confirmed_by_two_requests_at_the_confirmation_pace():
     assert all(copies == 1 for _, copies in sends[second + 1:])  # answered: back to the grid
     assert sum(sample(registry, "netwatch_agent_failovers_total", reason=r)
                for r in ("carrier", "gateway", "beyond", "failback", "operator")) == 0
+
+
+def test_an_ipv6_gateway_answering_again_has_the_probe_paths_checked_at_once():
+    """The paths are checked on events and every resync_idle_s (a minute here); the IPv6
+    gateway answering after losses is checked at once (a FAILED neighbour entry of it keeps
+    the marked beyond probes unreachable until the check forgets it)."""
+    kernel = FakeKernel()
+
+    async def scenario(agent, kernel, probers, task):
+        await asyncio.sleep(0.1)
+        before = kernel.path_checks
+        probers.drop[P, ProbeKind.GATEWAY6] = 1
+        await until(lambda: kernel.path_checks > before, timeout_s=2.0)
+
+    _, error = run_agent(scenario, kernel=kernel, resync_idle_s=60.0)
+    assert error is None
 
 
 def test_one_failure_of_both_families_is_one_failover(caplog):
