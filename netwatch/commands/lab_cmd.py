@@ -44,7 +44,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fault = named(
         "fault",
         "inject a fault (link-down, gateway-silent, gateway-blackhole, "
-        "loss, link-loss, latency, transit-blackhole, session-reset, transit-down, "
+        "loss, link-loss, latency, transit-blackhole, internet-blackhole, session-reset, "
+        "transit-down, "
         "md5-mismatch, full-table)",
         cmd_fault,
     )

@@ -13,6 +13,9 @@ Kinds and targets:
   whatever they carry (ARP, ND, pings to the gateway, forwarded traffic): a noisy uplink.
 - latency MS NODE: netem delay; refused (exit 69) where the kernel has no netem.
 - transit-blackhole tN: the transit keeps its BGP session but drops traffic towards inet.
+- internet-blackhole inet: inet drops everything the transits bring it but BGP and ND: the
+  targets go dark through every transit at the same instant (a common cause, as when the
+  fault is ours or the targets'), where four transit-blackholes land one after the other.
 - session-reset tN: BIRD restarts its sessions to edge (one-shot, not recorded).
 - transit-down tN: the transit's BIRD stops; heal starts it again.
 - md5-mismatch tN: the transit's BIRD gets a wrong TCP-MD5 password (BIRD restarts its
@@ -41,6 +44,7 @@ KINDS = (
     "link-loss",
     "latency",
     "transit-blackhole",
+    "internet-blackhole",
     "session-reset",
     "transit-down",
     "md5-mismatch",
@@ -213,6 +217,17 @@ def _inject(lab: Lab, kind: str, target: str, opts: list[str]) -> dict:
         t = _transit(lab, target)
         _nft(lab, t.name, _chain_script("tblackhole_fwd", "forward", ['oifname "inet" drop']))
         return {"node": t.name, "chains": [["inet", "tblackhole_fwd"]]}
+    if kind == "internet-blackhole":
+        if target != "inet":
+            raise LabError(f"{target!r}: internet-blackhole applies to inet", exitcodes.USAGE)
+        drop = [  # BGP and neighbour discovery live on: a quiet blackhole, not a cut
+            "tcp dport 179 accept", "tcp sport 179 accept",
+            "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert } accept",
+            'iifname != "lo" drop',
+        ]
+        _nft(lab, "inet", _chain_script("iblackhole_in", "input", drop)
+             + _chain_script("iblackhole_fwd", "forward", drop))
+        return {"node": "inet", "chains": [["inet", "iblackhole_in"], ["inet", "iblackhole_fwd"]]}
     if kind == "loss":
         node = _routing_node(lab, target)
         pct = _percent(opts)

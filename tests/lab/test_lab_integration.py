@@ -190,6 +190,20 @@ def test_transit_blackhole_keeps_the_session_and_drops_traffic(healed):
     assert replies == 1, "heal of t3: edge gets no reply from 203.0.113.4 through t3"
 
 
+def test_internet_blackhole_darkens_every_transit_and_keeps_bgp(healed):
+    lab = healed
+    faults.apply(lab, "internet-blackhole", "inet")
+    for transit in ("t1", "t4"):
+        for target in ("203.0.113.4", "2001:db8:203::4"):
+            replies = lab.ping("edge", target, *through(lab, transit, target))
+            assert replies == 0, f"internet blackholed: edge still reaches {target} via {transit}"
+    down = not_established(lab, "inet")
+    assert not down, f"internet blackholed: inet's BGP sessions are not Established: {down}"
+    faults.heal(lab, "inet")
+    replies = lab.ping("edge", "2001:db8:203::4", *through(lab, "t1", "2001:db8:203::4"))
+    assert replies == 1, "heal of inet: edge gets no reply from 2001:db8:203::4 through t1"
+
+
 def test_session_reset_restarts_the_sessions_and_routes_return(lab, held, eventually):
     def since():
         out = lab.birdc("t4", "show protocols")
