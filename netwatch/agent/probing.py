@@ -33,6 +33,12 @@ class Prober(Protocol):
 
     def result(self, timeout_s: float) -> float | None: ...
 
+    def hold(self) -> None:
+        """Keep the probe in flight as the held one: `held_result()` judges it later, while
+        the next probes are sent (a suspect probe waits for its own timeout)."""
+
+    def held_result(self, timeout_s: float) -> float | None: ...
+
     def close(self) -> None: ...
 
 

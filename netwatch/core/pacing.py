@@ -24,6 +24,21 @@ confirmations stop once `fall` probes in a row are lost (the path is down: it go
 the grid, so a dead path costs no more than a live one); a stream in confirmation skips the
 grid until its episode ends.
 
+Early suspicion (`Pacer(..., suspect=True)`, the agent's): a routine probe still unanswered
+at its suspicion time is suspect at once. It stays in flight, *held* to its own deadline, and
+the confirmations start beside it: so `fall` losses in a row are known at
+
+    max(timeout_s, S + (fall - 1) x W)        (50 ms probes: 50 ms instead of 70)
+
+where W is the confirmation's wait (as above) and the suspicion time S is as late as that
+allows: max(W, timeout_s - (fall - 1) x W), 30 ms with the lab's 50 ms, fall 3, W 10 ms. A
+suspicion costs a wake-up per slot (the answers are read then), not per probe.
+
+The evidence is the same: the held probe is still judged at its full timeout (an answer by
+then clears the suspicion, however late), and the caller feeds the decision every verdict,
+the held one after its confirmations. One answer clears: a confirmation answered first makes
+the caller judge the held probe at once.
+
 Streams share the grid, so every stream not in confirmation sends in the same wake-up. When
 the caller wakes late (a stalled loop), each stream sends one probe at once and then
 returns to the grid: missed slots are skipped, not sent in a burst.
@@ -83,13 +98,17 @@ class Cadence:
 
 
 class _Stream:
-    __slots__ = ("deadline", "misses", "next_send", "rttvar", "sent_at", "srtt", "wait")
+    __slots__ = ("deadline", "held_deadline", "held_wait", "misses", "next_send", "rttvar",
+                 "sent_at", "srtt", "suspect_at", "wait")
 
     def __init__(self, now: float):
         self.next_send = now
         self.sent_at = -math.inf
         self.deadline = _NEVER  # the probe in flight is judged then; _NEVER: none in flight
         self.wait = 0.0  # ... and was given this long
+        self.suspect_at = _NEVER  # a routine probe unanswered by then is suspect
+        self.held_deadline = _NEVER  # a suspect routine probe, still in flight: judged then
+        self.held_wait = 0.0
         self.misses = 0  # probes lost in a row
         self.srtt: float | None = None  # smoothed round trip and its variation (RFC 6298)
         self.rttvar = 0.0
@@ -98,10 +117,12 @@ class _Stream:
 class Pacer:
     """The schedule of `streams` probe streams (numbered 0..streams-1). See the module doc."""
 
-    def __init__(self, cadence: Cadence, streams: int, now: float):
+    def __init__(self, cadence: Cadence, streams: int, now: float, *, suspect: bool = False):
         self.cadence = cadence
         self._origin = now
         self._streams = [_Stream(now) for _ in range(streams)]
+        # Early suspicion (see the module doc): the caller looks at `to_suspect()` probes.
+        self._suspect = suspect and cadence.confirm_s > 0 and cadence.fall > 1
 
     # --- what is due -----------------------------------------------------------------------
 
@@ -116,10 +137,29 @@ class Pacer:
         return [i for i, s in enumerate(self._streams)
                 if s.deadline == _NEVER and s.next_send <= due]
 
+    def to_suspect(self, now: float) -> list[int]:
+        """The streams whose routine probe has gone its round-trip timeout unjudged: if it is
+        answered by now, judge it (`judged`); if not, hold it (`suspected`)."""
+        due = now + SLACK_S
+        return [i for i, s in enumerate(self._streams) if s.suspect_at <= due]
+
+    def to_release(self, now: float) -> list[int]:
+        """The streams whose held (suspect) routine probe has reached its own deadline:
+        judge it with `judged_held`."""
+        due = now + SLACK_S
+        return [i for i, s in enumerate(self._streams) if s.held_deadline <= due]
+
     def next_at(self) -> float:
-        """When something is next due (a send or a judgement)."""
-        return min((s.next_send if s.deadline == _NEVER else s.deadline for s in self._streams),
-                   default=_NEVER)
+        """When something is next due (a send, a suspicion or a judgement)."""
+        return min((min(s.next_send if s.deadline == _NEVER else s.deadline, s.suspect_at,
+                        s.held_deadline) for s in self._streams), default=_NEVER)
+
+    def holds(self, i: int) -> bool:
+        """Stream i has a suspect routine probe in flight (besides its confirmations)."""
+        return self._streams[i].held_deadline != _NEVER
+
+    def held_wait(self, i: int) -> float:
+        return self._streams[i].held_wait
 
     def wait(self, i: int) -> float:
         """How long stream i's probe in flight was given: an answer later than this is lost."""
@@ -138,16 +178,48 @@ class Pacer:
     def sent(self, i: int, now: float) -> None:
         """Stream i's probe left at `now`."""
         s = self._streams[i]
-        s.wait = self._confirm_wait(s) if self.confirming(i) else self.cadence.timeout_s
+        confirming = self.confirming(i)
+        s.wait = self._confirm_wait(s) if confirming else self.cadence.timeout_s
         s.sent_at = now
         s.deadline = now + s.wait
+        s.suspect_at = _NEVER
+        if self._suspect and s.misses == 0 and s.held_deadline == _NEVER:
+            # As late as the confirmations allow without being later than the held probe's
+            # timeout: less suspicion of a path that is merely slow, for the same speed.
+            rto = self._confirm_wait(s)  # the timeout itself while no round trip is known
+            at = max(rto, self.cadence.timeout_s - (self.cadence.fall - 1) * rto)
+            if at < s.wait - SLACK_S:
+                s.suspect_at = now + at
+
+    def suspected(self, i: int, now: float) -> None:
+        """Stream i's routine probe is unanswered at its suspicion time: it stays in flight
+        (held, judged at its own deadline by `judged_held`), counts as a miss for the
+        confirmations' sake, and the confirmations start now."""
+        s = self._streams[i]
+        s.held_deadline, s.held_wait = s.deadline, s.wait
+        s.deadline = s.suspect_at = _NEVER
+        s.misses += 1
+        s.next_send = now
+
+    def judged_held(self, i: int, rtt_s: float | None, now: float) -> None:
+        """Stream i's held probe: answered in `rtt_s` (late, but within its timeout), or lost.
+        Lost changes nothing (its miss was counted when it became suspect); answered clears
+        the suspicion, and a stream with no confirmation in flight goes back to the grid."""
+        s = self._streams[i]
+        s.held_deadline = _NEVER
+        if rtt_s is None:
+            return
+        self._learn(s, rtt_s)
+        s.misses = 0
+        if s.deadline == _NEVER:
+            s.next_send = self._next_slot(s)
 
     def judged(self, i: int, rtt_s: float | None, now: float, verdict: bool = True) -> None:
         """Stream i's probe in flight: answered in `rtt_s` seconds, or lost (None). A probe
         that is no verdict (`verdict` False: left from an address still in duplicate address
         detection) neither clears nor feeds a suspicion."""
         s = self._streams[i]
-        s.deadline = _NEVER
+        s.deadline = s.suspect_at = _NEVER
         if not verdict:
             s.next_send = self._next_slot(s)
             return

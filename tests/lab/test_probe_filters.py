@@ -146,3 +146,40 @@ def test_an_arp_reply_to_another_host_is_no_answer(netns_pair, in_netns):
     seen = in_netns(a, _forged_arp_scenario(b))
     assert seen["to_another_host"] is None, seen
     assert seen["to_us"] is not None, seen
+
+
+async def _held_scenario() -> dict:
+    seen: dict = {}
+    probers = {"arp": ArpProber("va", IPv4Address(GW4)), "nd": NdProber("va", IPv6Address(GW6)),
+               "echo4": EchoProber([GW4]), "echo6": EchoProber([GW6]),
+               "silent": EchoProber(["100.64.99.9"])}
+    try:
+        for name, prober in probers.items():
+            if name != "silent":
+                assert await _answered(prober) is not None, name
+        for name, prober in probers.items():
+            prober.send()
+            await asyncio.sleep(0.02)  # its reply queues, unread
+            prober.hold()
+            prober.send()  # the confirmation, beside the held probe
+            await asyncio.sleep(0.05)
+            seen[name] = (prober.held_result(0.1), prober.result(0.1), prober.held_result(0.1))
+    finally:
+        for prober in probers.values():
+            prober.close()
+    return seen
+
+
+def test_a_held_probe_gets_its_own_reply_and_the_next_one_its_own(netns_pair, in_netns):
+    """hold() (the agent's early suspicion): the held probe is judged later by its own reply,
+    its round trip from its own send (not the 20 ms to the next one), and the next probe by
+    the reply to it, not by the held one's (stamped before it left). A held probe is judged
+    once; an address that answers nothing leaves both unanswered."""
+    a, _ = netns_pair
+    seen = in_netns(a, _held_scenario)
+    for name in ("arp", "nd", "echo4", "echo6"):
+        held, current, again = seen[name]
+        assert held is not None and held < 0.01, (name, seen[name])
+        assert current is not None and current < 0.01, (name, seen[name])
+        assert again is None, (name, seen[name])
+    assert seen["silent"] == (None, None, None)

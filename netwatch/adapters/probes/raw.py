@@ -1,8 +1,9 @@
 """The agent's raw-socket probes: ARP (IPv4 gateway), neighbour solicitation (IPv6 gateway)
 and ICMP echo (targets beyond the gateway, through a marked socket). I/O only.
 
-Every prober owns one non-blocking raw socket and keeps at most one probe in flight. Two ways
-to use it:
+Every prober owns one non-blocking raw socket and keeps one probe in flight, and at most one
+held (a suspect probe still waiting for its deadline, netwatch.core.pacing). Two ways to use
+it:
 - batched (the agent): `prober.send()` sends a probe now and returns False when the kernel
   refused it; nothing reads the socket until `prober.result(timeout_s) -> float | None`, the
   round trip in seconds, or None (no answer within `timeout_s` of the send, or the send
@@ -62,7 +63,10 @@ class _RawProber:
     Batched, nothing reads the socket between `send()` and `result()`: `result()` reads what
     queued meanwhile, and the kernel's receive timestamp (SO_TIMESTAMPNS) of the first
     matching reply gives its arrival, so a reply costs no wake-up of its own. A BPF filter
-    (`_filter()`) keeps every other packet out of the queue."""
+    (`_filter()`) keeps every other packet out of the queue. A probe may be held (`hold()`)
+    and judged later (`held_result()`) while the next ones are sent."""
+
+    _seq = 0  # the echo sequence of the probe in flight (EchoProber's; 0 for ARP and ND)
 
     def __init__(self, ifname: str):
         self.ifname = ifname
@@ -72,6 +76,8 @@ class _RawProber:
         self._sent: float | None = None  # the probe in flight: its send time (monotonic)
         self._wall_offset = 0.0  # time.time() - time.monotonic() at that send
         self._answered: float | None = None  # and its first matching reply's arrival
+        # A held probe (`hold()`): [send time, wall offset, arrival or None, sequence]
+        self._held: list | None = None
         self._request_cache: tuple[bytes, object] | None = None
 
     def _open(self) -> socket.socket:
@@ -86,6 +92,11 @@ class _RawProber:
 
     def _matches(self, data: bytes) -> bool:
         raise NotImplementedError
+
+    def _matches_held(self, data: bytes, seq: int) -> bool:
+        """A reply to the held probe: any reply of the gateway (ARP and ND requests carry
+        nothing to tell them apart, and any answer says the gateway is alive)."""
+        return self._matches(data)
 
     def _ensure(self) -> socket.socket:
         if self._sock is None:
@@ -102,13 +113,18 @@ class _RawProber:
             self._sock = sock
         return self._sock
 
+    def _waiting(self) -> bool:
+        held = self._held
+        return ((self._sent is not None and self._answered is None)
+                or (held is not None and held[2] is None))
+
     def _drain(self) -> None:
-        """Read what queued until the first reply to the probe in flight, and note its
-        arrival; a packet stamped before the send (a late reply to an earlier probe) is
-        skipped. Nothing is read once the probe is answered: one read per answered probe.
-        A read error closes the socket (reopened on the next send)."""
+        """Read what queued until the first reply to each probe in flight (the held one
+        too), and note its arrival; a packet stamped before a probe's send (a late reply to
+        an earlier probe) is no reply to it. Nothing is read once they are answered: one
+        read per answered probe. A read error closes the socket (reopened on the next send)."""
         sock = self._sock
-        while sock is not None and self._sent is not None and self._answered is None:
+        while sock is not None and self._waiting():
             try:
                 data, ancillary, _flags, _address = sock.recvmsg(2048, _CMSG_SPACE)
             except (BlockingIOError, InterruptedError):
@@ -116,10 +132,13 @@ class _RawProber:
             except OSError:
                 self.close()
                 return
-            if self._matches(data):
-                self._answered = self._arrival(ancillary)
+            if self._sent is not None and self._answered is None and self._matches(data):
+                self._answered = self._arrival(ancillary, self._sent, self._wall_offset)
+            held = self._held
+            if held is not None and held[2] is None and self._matches_held(data, held[3]):
+                held[2] = self._arrival(ancillary, held[0], held[1])
 
-    def _arrival(self, ancillary) -> float | None:
+    def _arrival(self, ancillary, sent: float, wall_offset: float) -> float | None:
         """A reply's arrival on the monotonic clock, from the kernel's wall-clock stamp, or
         None when it arrived before the send. The stamp is converted with the wall clock's
         offset now, else with its offset at the send (the clock was stepped between the reply
@@ -132,8 +151,7 @@ class _RawProber:
                 break
         else:
             return now
-        sent = self._sent
-        for offset in (time.time() - now, self._wall_offset):
+        for offset in (time.time() - now, wall_offset):
             arrival = stamp - offset
             if sent <= arrival <= now:
                 return arrival
@@ -171,6 +189,24 @@ class _RawProber:
         if sent is None or answered is None or answered - sent > timeout_s:
             return None
         return answered - sent
+
+    def hold(self) -> None:
+        """Keep the probe in flight as the held one (netwatch.core.pacing: a suspect probe
+        waits for its own deadline while confirmations are sent): replies to it still count,
+        to `held_result()`. A probe held before is forgotten."""
+        self._held = None if self._sent is None else [
+            self._sent, self._wall_offset, self._answered, self._seq]
+        self._sent = self._answered = None
+
+    def held_result(self, timeout_s: float) -> float | None:
+        """The held probe's round trip, or None (unanswered within timeout_s); it is then
+        forgotten."""
+        if self._held is not None and self._held[2] is None:
+            self._drain()
+        held, self._held = self._held, None
+        if held is None or held[2] is None or held[2] - held[0] > timeout_s:
+            return None
+        return held[2] - held[0]
 
     async def probe(self, timeout_s: float) -> float | None:
         """Send one request; the RTT in seconds, or None (no answer in time, or send failed)."""
@@ -358,10 +394,13 @@ class EchoProber(_RawProber):
         raise NotImplementedError("EchoProber is batched only: send() then result()")
 
     def _matches(self, data: bytes) -> bool:
+        return self._matches_held(data, self._seq)
+
+    def _matches_held(self, data: bytes, seq: int) -> bool:
         reply = parse_echo_reply(self.family, data)
         return (
             reply is not None
-            and reply[:2] == (self._ident, self._seq)
+            and reply[:2] == (self._ident, seq)
             and reply[2].startswith(self._token)
         )
 

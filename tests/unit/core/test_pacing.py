@@ -159,10 +159,11 @@ def test_a_cadence_that_cannot_work_is_refused(bad):
 # --- the pacer driving the agent's decision -------------------------------------------------
 
 
-def run(path, until: float, cadence: Cadence = CADENCE):
+def run(path, until: float, cadence: Cadence = CADENCE, suspect: bool = False):
     """Drive the agent's decision for IPv4 with gateway probes only, on a fake clock, each
-    probe paced by `cadence`. `path(sent_at, copies) -> rtt or None` is what the primary's
-    gateway gives a probe sent then as that many requests (the secondary always answers).
+    probe paced by `cadence` (and early suspicion, as the agent's loop does it, when
+    `suspect`). `path(sent_at, copies) -> rtt or None` is what the primary's gateway gives a
+    probe sent then as that many requests (the secondary always answers).
     Returns the failovers with their times, and the send times of the primary's probes."""
     settings_ = Settings(fall=cadence.fall, rise=5, hold_down_s=30.0, failback_auto=True,
                          families=(Family.V4,), kinds=(ProbeKind.GATEWAY,))
@@ -170,20 +171,50 @@ def run(path, until: float, cadence: Cadence = CADENCE):
     for role in (P, S):
         state, _ = step(state, CarrierChange(role, Carrier.UP), 0.0)
     roles = (P, S)
-    pacer = Pacer(cadence, 2, now=0.0)
+    pacer = Pacer(cadence, 2, now=0.0, suspect=suspect)
     sent_at = [0.0, 0.0]
     copies = [1, 1]
+    fate: list[float | None] = [None, None]  # the round trip the probe in flight will get
+    held: list[tuple[float, float | None] | None] = [None, None]  # (sent, rtt)
     sends: list[float] = []
     failovers: list[tuple[float, Failover]] = []
+
+    def answer(i: int, within: float) -> float | None:
+        rtt = fate[i]
+        return rtt if rtt is not None and rtt <= within + 1e-9 else None
+
+    def verdict(results: list, i: int, rtt: float | None, wait: float) -> None:
+        results.append(ProbeResult(roles[i], ProbeKind.GATEWAY, rtt, "gw", wait))
+
+    def release(results: list, i: int, now: float) -> None:
+        h_sent, h_rtt = held[i]
+        rtt = h_rtt if h_rtt is not None and h_sent + h_rtt <= now + 1e-9 else None
+        held[i] = None
+        pacer.judged_held(i, rtt, now)
+        verdict(results, i, rtt, pacer.held_wait(i))
+
     now = 0.0
     while now <= until:
-        results = []
-        for i in pacer.to_judge(now):
-            rtt = path(sent_at[i], copies[i]) if roles[i] is P else LAN_RTT
-            if rtt is not None and rtt > pacer.wait(i):
-                rtt = None  # answered too late: lost
+        results: list[ProbeResult] = []
+        judge = pacer.to_judge(now)
+        for i in pacer.to_release(now):
+            release(results, i, now)
+        for i in pacer.to_suspect(now):
+            if i in judge:
+                continue
+            rtt = answer(i, now - sent_at[i])
+            if rtt is None:
+                held[i] = (sent_at[i], answer(i, pacer.wait(i)))
+                pacer.suspected(i, now)
+            else:
+                pacer.judged(i, rtt, now)
+                verdict(results, i, rtt, pacer.wait(i))
+        for i in judge:
+            rtt = answer(i, pacer.wait(i))
+            if rtt is not None and pacer.holds(i):
+                release(results, i, now)  # the held probe left first: judged first
             pacer.judged(i, rtt, now)
-            results.append(ProbeResult(roles[i], ProbeKind.GATEWAY, rtt, "gw", pacer.wait(i)))
+            verdict(results, i, rtt, pacer.wait(i))
         if results:
             state, actions = step(state, ProbeRound(tuple(results)), now)
             failovers += [(now, a) for a in actions if isinstance(a, Failover)]
@@ -191,6 +222,7 @@ def run(path, until: float, cadence: Cadence = CADENCE):
             copies[i] = pacer.copies(i)
             pacer.sent(i, now)
             sent_at[i] = now
+            fate[i] = path(now, copies[i]) if roles[i] is P else LAN_RTT
             if roles[i] is P:
                 sends.append(now)
         now = pacer.next_at()
@@ -285,3 +317,96 @@ def test_random_loss_makes_no_false_failover_through_the_confirmations():
 
     without_copies, _ = run(single, until=1800.0)
     assert without_copies  # the same noise with single-request confirmations fails over
+
+
+# --- early suspicion (the agent's) ----------------------------------------------------------
+
+
+def test_a_probe_unanswered_at_its_suspicion_time_is_held_and_confirmed():
+    pacer = Pacer(CADENCE, 1, now=0.0, suspect=True)
+    pacer.sent(0, 0.0)
+    assert pacer.to_suspect(0.0) == []  # no round trip known yet: judged at the timeout
+    pacer.judged(0, LAN_RTT, 0.05)
+    pacer.sent(0, 0.05)
+    # As late as two confirmations 10 ms apart still end by the probe's own timeout: 30 ms.
+    assert pacer.next_at() == pytest.approx(0.05 + TIMEOUT - (FALL - 1) * CONFIRM)
+    assert pacer.to_suspect(0.078) == []
+    assert pacer.to_suspect(0.08) == [0]
+    pacer.suspected(0, 0.08)
+    assert pacer.holds(0) and pacer.held_wait(0) == pytest.approx(TIMEOUT)
+    assert pacer.to_send(0.08) == [0] and pacer.copies(0) == CONFIRM_COPIES  # at once
+    pacer.sent(0, 0.08)
+    assert pacer.wait(0) == pytest.approx(CONFIRM)
+    pacer.judged(0, None, 0.09)
+    pacer.sent(0, 0.09)
+    assert pacer.to_release(0.098) == [] and pacer.to_release(0.1) == [0]
+    pacer.judged(0, None, 0.1)  # fall: the routine's miss and two confirmations
+    assert not pacer.confirming(0)
+    pacer.judged_held(0, None, 0.1)
+    assert not pacer.holds(0) and pacer.to_send(0.1) == [0]  # the grid again
+
+
+def test_a_held_probe_answered_late_clears_the_suspicion():
+    pacer = Pacer(CADENCE, 1, now=0.0, suspect=True)
+    pacer.sent(0, 0.0)
+    pacer.judged(0, LAN_RTT, 0.05)
+    pacer.sent(0, 0.05)
+    pacer.suspected(0, 0.08)
+    pacer.sent(0, 0.08)
+    pacer.judged(0, None, 0.09)
+    pacer.judged_held(0, 0.035, 0.09)  # it had answered, 35 ms after it left
+    assert not pacer.confirming(0)
+    assert pacer.to_send(0.09) == []  # the grid again, not another confirmation
+    assert pacer.next_at() == pytest.approx(0.10)
+
+
+@pytest.mark.parametrize("start", [5.0, 5.013, 5.049])
+def test_with_suspicion_fall_misses_are_known_at_the_first_ones_timeout(start):
+    """max(timeout, RTO + (fall-1) x confirm): 50 ms after the first lost probe left, not
+    70 (timeout + (fall-1) x confirm) nor 150 (fall x interval)."""
+    def path(sent: float, copies: int):
+        return None if sent >= start - 1e-9 else LAN_RTT
+
+    failovers, _ = run(path, until=7.0, suspect=True)
+    assert len(failovers) == 1
+    first_lost_sent = math.ceil(start / INTERVAL - 1e-6) * INTERVAL
+    assert failovers[0][0] == pytest.approx(first_lost_sent + TIMEOUT, abs=1e-6)
+
+
+def test_with_suspicion_a_path_slower_than_its_rto_but_within_the_timeout_never_fails_over():
+    """The round trip jumps from 0.3 ms to 30 ms (a queue filling): the confirmations miss
+    their RTO, but the held probe answers within its 50 ms, and one answer clears."""
+    def path(sent: float, copies: int):
+        return LAN_RTT if sent < 5.0 else 0.030
+
+    failovers, _ = run(path, until=15.0, suspect=True)
+    assert failovers == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.booleans(), min_size=1, max_size=120))
+def test_with_suspicion_a_failover_needs_fall_losses_in_a_row(answered):
+    outcomes: dict[float, bool] = {}
+    order: list[bool] = []
+
+    def path(sent: float, copies: int):
+        key = round(sent, 9)
+        if key not in outcomes:
+            outcomes[key] = answered[len(outcomes) % len(answered)]
+            order.append(outcomes[key])
+        return LAN_RTT if outcomes[key] else None
+
+    failovers, _ = run(path, until=3.0, suspect=True)
+    run_of_losses = longest = 0
+    for ok in order:
+        run_of_losses = 0 if ok else run_of_losses + 1
+        longest = max(longest, run_of_losses)
+    assert bool(failovers) == (longest >= FALL)
+
+
+def test_with_suspicion_random_loss_makes_no_false_failover():
+    """The same half hour of 4 % loss as without suspicion: the held probe is still judged at
+    its full timeout, so the evidence is unchanged (p^5 per lost probe)."""
+    failovers, sends = run(lossy(0.04, seed=7), until=1800.0, suspect=True)
+    assert failovers == []
+    assert len(sends) > 1800 / INTERVAL
