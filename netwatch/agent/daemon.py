@@ -76,6 +76,9 @@ log = logging.getLogger("netwatch.agent")
 # agent's CPU (pyroute2 decodes each route message in Python: docs/agent.md, Cost).
 RESYNC_INTERVAL_S = 2.0
 RESYNC_IDLE_S = 10.0
+# What is due of a stream, for _judge: its probe at its deadline, its probe at its round-trip
+# timeout (suspicion), its held probe at its deadline (netwatch.core.pacing).
+_PROBE, _SUSPECT, _HELD = "probe", "suspect", "held"
 # The probe tables are checked after every link or route event, and otherwise this often:
 # a check is two netlink dumps per path, a fifth of the agent's CPU when done every second.
 PATH_CHECK_INTERVAL_S = 10.0
@@ -454,9 +457,10 @@ class Agent:
 
     async def _tick_loop(self, streams: list[Stream]) -> None:
         """Send and judge the probes on the schedule of a `Pacer` (netwatch.core.pacing):
-        every stream probes on one fixed grid, all in the same wake-up, and each probe is
-        judged when its timeout runs out; a stream that loses a probe is probed again at once
-        and at the confirmation pace until it answers or `fall` probes in a row are lost.
+        every stream probes on one fixed grid, all in the same wake-up. A probe answered by
+        the stream's round-trip timeout is judged then; one that is not is suspect: it stays
+        in flight to its own timeout (held) while confirmations are sent at once and at the
+        confirmation pace, until an answer or `fall` probes in a row are lost.
         The grid does not drift: a slow wake-up does not shift it, a stalled loop skips slots.
 
         Every stream probes every slot, the standby uplink's beyond probes too: sending those
@@ -467,28 +471,60 @@ class Agent:
         pacer = Pacer(
             Cadence(self.interval_s, self.timeout_s, min(probe.confirm_s, self.timeout_s),
                     probe.fall),
-            len(streams), time.monotonic())
-        while True:
-            now = time.monotonic()
-            judge = pacer.to_judge(now)
-            if judge:
-                self._judge(pacer, [(i, streams[i]) for i in judge])
-            for i in pacer.to_send(now):
-                stream = streams[i]
-                if stream.tentative is not None:
-                    stream.sent_tentative = stream.tentative()
-                # Refused (link down): lost, judged at its deadline.
-                stream.prober.send(pacer.copies(i))
-                pacer.sent(i, now)
-            await asyncio.sleep(max(0.0, pacer.next_at() - time.monotonic()))
+            len(streams), time.monotonic(), suspect=True)
+        # A timer callback, not a sleeping task: one epoll_wait per wake-up instead of two
+        # (a sleep's timer resolves a future, and the task runs on the loop's next pass).
+        loop = asyncio.get_running_loop()  # its time() is time.monotonic()
+        failed = loop.create_future()
+        handle: list[asyncio.Handle] = []
 
-    def _judge(self, pacer: Pacer, pending: list[tuple[int, Stream]]) -> None:
+        def tick() -> None:
+            try:
+                self._tick(pacer, streams)
+                handle[:] = [loop.call_at(pacer.next_at(), tick)]
+            except Exception as error:  # to the supervisor, as the task's own would
+                if not failed.done():
+                    failed.set_exception(error)
+
+        handle.append(loop.call_soon(tick))
+        try:
+            await failed
+        finally:
+            handle[0].cancel()
+
+    def _tick(self, pacer: Pacer, streams: list[Stream]) -> None:
+        """What is due now: judge, suspect, release, then send."""
+        now = time.monotonic()
+        judge = pacer.to_judge(now)
+        due = [(i, _HELD) for i in pacer.to_release(now)]
+        due += [(i, _SUSPECT) for i in pacer.to_suspect(now) if i not in judge]
+        due += [(i, _PROBE) for i in judge]
+        if due:
+            self._judge(pacer, streams, due)
+        for i in pacer.to_send(now):
+            stream = streams[i]
+            if stream.tentative is not None:
+                stream.sent_tentative = stream.tentative()
+            # Refused (link down): lost, judged at its deadline.
+            stream.prober.send(pacer.copies(i))
+            pacer.sent(i, now)
+
+    def _judge(self, pacer: Pacer, streams: list[Stream], due: list[tuple[int, str]]) -> None:
         """Judge the probes whose time is up and feed them as one round: families that fail
-        in the same round move in one decision (one failover, one log line)."""
+        in the same round move in one decision (one failover, one log line). `due`: (stream,
+        what): _PROBE its probe in flight at its deadline, _SUSPECT at its round-trip
+        timeout (judged if answered, else held), _HELD a held probe at its own deadline."""
         now = self.clock()
         mono = time.monotonic()
-        results = []
-        for i, stream in pending:
+        results: list[core.ProbeResult] = []
+        for i, what in due:
+            stream = streams[i]
+            if what == _HELD:
+                wait = pacer.held_wait(i)
+                rtt = stream.prober.held_result(math.inf)
+                pacer.judged_held(i, rtt, mono)
+                self._verdict(results, stream, rtt, wait, now)
+                continue
             wait = pacer.wait(i)
             # Judged at its deadline or later: an answer already read counts, even when our
             # loop read it late (a busy host must not turn its own latency into lost probes).
@@ -501,22 +537,38 @@ class Agent:
                 results.append(core.ProbeResult(stream.role, stream.kind, None, stream.target,
                                                 wait, tentative=True))
                 continue
+            if what == _SUSPECT and rtt is None:
+                stream.prober.hold()
+                pacer.suspected(i, mono)
+                continue
+            if rtt is not None and pacer.holds(i):
+                # An answer clears the suspicion: the held probe, which left first, is judged
+                # first, answered or lost by now.
+                held_wait = pacer.held_wait(i)
+                held = stream.prober.held_result(math.inf)
+                pacer.judged_held(i, held, mono)
+                self._verdict(results, stream, held, held_wait, now)
             pacer.judged(i, rtt, mono)
-            stream.counters.count(rtt)
-            if rtt is not None and not stream.answered and stream.kind is core.ProbeKind.GATEWAY6:
-                # The IPv6 gateway answers again: check the probe paths now, not at the next
-                # periodic check (ensure_probe_path forgets a FAILED neighbour entry, which
-                # keeps the marked beyond probes on the table's unreachable default).
-                self._resync_wanted.set()
-            stream.answered = rtt is not None
-            if rtt is not None and core.steady(self.state, stream.role, now):
-                continue  # nothing can change: no observation built, no step taken
-            results.append(core.ProbeResult(stream.role, stream.kind, rtt, stream.target, wait))
+            self._verdict(results, stream, rtt, wait, now)
         if results:
             self.feed(core.ProbeRound(tuple(results)), metered=True)
         if now - self._loss_at >= 1.0:
             self._loss_at = now
             self.metrics.update_loss()
+
+    def _verdict(self, results: list[core.ProbeResult], stream: Stream, rtt: float | None,
+                 wait: float, now: float) -> None:
+        """Count one probe's verdict and add it to the round, unless nothing can change."""
+        stream.counters.count(rtt)
+        if rtt is not None and not stream.answered and stream.kind is core.ProbeKind.GATEWAY6:
+            # The IPv6 gateway answers again: check the probe paths now, not at the next
+            # periodic check (ensure_probe_path forgets a FAILED neighbour entry, which
+            # keeps the marked beyond probes on the table's unreachable default).
+            self._resync_wanted.set()
+        stream.answered = rtt is not None
+        if rtt is not None and core.steady(self.state, stream.role, now):
+            return  # nothing can change: no observation built, no step taken
+        results.append(core.ProbeResult(stream.role, stream.kind, rtt, stream.target, wait))
 
     # -------------------------------------------------------------------------------- run
 

@@ -211,6 +211,7 @@ class FakeProbers:
         self.sent: collections.Counter = collections.Counter()
         self.closed: collections.Counter = collections.Counter()  # per uplink
         self.drop: collections.Counter = collections.Counter()  # (uplink, kind): lose n more
+        self.held: collections.Counter = collections.Counter()  # (uplink, kind): hold() calls
         self.log: list[tuple[float, UplinkRole, ProbeKind, int]] = []  # (time, .., copies)
 
     async def make(self, role, kind):
@@ -222,6 +223,8 @@ class FakeProbers:
                 probers.log.append((time.monotonic(), role, kind, copies))
                 return True
 
+            held = None
+
             def result(self, timeout_s):
                 if probers.drop[role, kind] > 0:
                     probers.drop[role, kind] -= 1
@@ -229,6 +232,13 @@ class FakeProbers:
                 if probers.alive[role] and (role, kind) not in probers.silent:
                     return 0.0005
                 return None
+
+            def hold(self):  # a probe unanswered at its suspicion stays lost
+                probers.held[role, kind] += 1
+                self.held = None
+
+            def held_result(self, timeout_s):
+                return self.held
 
             def close(self):
                 probers.closed[role] += 1
@@ -397,6 +407,25 @@ def test_a_lost_probe_is_confirmed_by_two_requests_at_the_confirmation_pace():
     assert all(copies == 1 for _, copies in sends[second + 1:])  # answered: back to the grid
     assert sum(sample(registry, "netwatch_agent_failovers_total", reason=r)
                for r in ("carrier", "gateway", "beyond", "failback", "operator")) == 0
+
+
+def test_a_probe_unanswered_at_its_round_trip_timeout_is_held_and_counted_once():
+    """Early suspicion (netwatch.core.pacing): the lost probe is held (its confirmations leave
+    beside it), judged once, as one lost probe, and its confirmation's answer ends it."""
+    probers = FakeProbers()
+
+    async def scenario(agent, kernel, probers, task):
+        await asyncio.sleep(0.1)
+        probers.drop[P, ProbeKind.GATEWAY] = 1
+        await until(lambda: probers.drop[P, ProbeKind.GATEWAY] == 0)
+        await asyncio.sleep(0.1)
+
+    registry, error = run_agent(scenario, probers=probers)
+    assert error is None
+    assert probers.held[P, ProbeKind.GATEWAY] == 1
+    lost = sample(registry, "netwatch_agent_probes_total", uplink="primary", kind="gateway",
+                  result="lost")
+    assert lost == 1
 
 
 def test_an_ipv6_gateway_answering_again_has_the_probe_paths_checked_at_once():
@@ -579,6 +608,31 @@ def test_a_bug_in_route_repair_stops_the_agent_and_leaves_the_routes():
     assert isinstance(error, WorkerDied) and error.worker == "actions"
     assert isinstance(error.error, TypeError)
     assert kernel.on("eth0") and kernel.writes == []
+
+
+def test_a_bug_in_the_probe_tick_stops_the_agent_naming_the_probes():
+    """The tick is a timer callback: its exception still ends the `probes` worker (not a
+    line in asyncio's log and a loop that never probes again)."""
+    probers = FakeProbers()
+    make = probers.make
+
+    async def broken(role, kind):
+        prober, label = await make(role, kind)
+        if role is S:
+            def send(copies=1):
+                raise RuntimeError("a bug in send")
+            prober.send = send
+        return prober, label
+
+    probers.make = broken
+
+    async def scenario(agent, kernel, probers, task):
+        await until(task.done)
+
+    kernel = FakeKernel()
+    _, error = run_agent(scenario, kernel=kernel, probers=probers, both_up=False)
+    assert isinstance(error, WorkerDied) and error.worker == "probes", error
+    assert isinstance(error.error, RuntimeError)
 
 
 def test_an_exception_in_a_probe_callback_stops_the_agent():
