@@ -66,7 +66,7 @@ class NetlinkEgressRoutes:
         self._up: set[str] = set()  # admin-up interfaces, from the last link dump
 
     async def open(self) -> None:
-        from pyroute2 import AsyncIPRoute
+        from pyroute2.iproute.linux import AsyncIPRoute
         from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE
 
         # strict_check: the kernel filters a dump by table itself, instead of sending every

@@ -204,7 +204,7 @@ class KernelRoutes:
     mark MARK`."""
 
     def route(self, family: int, mark: int, target: str) -> tuple[str | None, str | None]:
-        from pyroute2 import IPRoute
+        from pyroute2.iproute.linux import IPRoute
         from pyroute2.netlink.exceptions import NetlinkError
 
         with IPRoute() as ipr:

@@ -9,7 +9,7 @@ import errno
 import socket
 from ipaddress import ip_address
 
-import pyroute2
+import pyroute2.iproute.linux
 import pytest
 from pyroute2.netlink.exceptions import NetlinkError
 
@@ -69,7 +69,7 @@ class ScriptedIPRoute:
 
 @pytest.fixture
 def kernel(monkeypatch):
-    monkeypatch.setattr(pyroute2, "AsyncIPRoute", ScriptedIPRoute)
+    monkeypatch.setattr(pyroute2.iproute.linux, "AsyncIPRoute", ScriptedIPRoute)
     monkeypatch.setattr(ScriptedIPRoute, "SENT", [])
     monkeypatch.setattr(ScriptedIPRoute, "REFUSE", None)
     return ScriptedIPRoute
