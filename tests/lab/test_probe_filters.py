@@ -183,3 +183,34 @@ def test_a_held_probe_gets_its_own_reply_and_the_next_one_its_own(netns_pair, in
         assert current is not None and current < 0.01, (name, seen[name])
         assert again is None, (name, seen[name])
     assert seen["silent"] == (None, None, None)
+
+
+async def _lost_held_scenario() -> dict:
+    seen: dict = {}
+    probers = {"arp": ArpProber("va", IPv4Address(GW4)), "nd": NdProber("va", IPv6Address(GW6))}
+    try:
+        for name, prober in probers.items():
+            assert await _answered(prober) is not None, name
+        for name, prober in probers.items():
+            prober.send()
+            await asyncio.sleep(0.02)
+            _drain(prober._sock)  # its reply is lost
+            prober.hold()
+            prober.send(copies=2)  # the confirmation: two requests, two replies
+            await asyncio.sleep(0.05)
+            seen[name] = (prober.held_result(0.1), prober.result(0.1))
+    finally:
+        for prober in probers.values():
+            prober.close()
+    return seen
+
+
+def test_a_reply_after_the_next_request_is_never_the_held_ones(netns_pair, in_netns):
+    """ARP and ND replies name no request: the replies to a confirmation do not answer the
+    held probe whose own reply was lost (its loss is counted, and no 20 ms RTT invented)."""
+    a, _ = netns_pair
+    seen = in_netns(a, _lost_held_scenario)
+    for name in ("arp", "nd"):
+        held, current = seen[name]
+        assert held is None, (name, seen[name])
+        assert current is not None and current < 0.01, (name, seen[name])

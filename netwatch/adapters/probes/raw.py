@@ -67,6 +67,7 @@ class _RawProber:
     and judged later (`held_result()`) while the next ones are sent."""
 
     _seq = 0  # the echo sequence of the probe in flight (EchoProber's; 0 for ARP and ND)
+    _identified = False  # a reply names its request (echo: by sequence); ARP and ND: no
 
     def __init__(self, ifname: str):
         self.ifname = ifname
@@ -94,8 +95,8 @@ class _RawProber:
         raise NotImplementedError
 
     def _matches_held(self, data: bytes, seq: int) -> bool:
-        """A reply to the held probe: any reply of the gateway (ARP and ND requests carry
-        nothing to tell them apart, and any answer says the gateway is alive)."""
+        """A reply to the held probe: for ARP and ND any reply of the gateway that came
+        before the next request left (their requests carry nothing to tell them apart)."""
         return self._matches(data)
 
     def _ensure(self) -> socket.socket:
@@ -132,8 +133,15 @@ class _RawProber:
             except OSError:
                 self.close()
                 return
-            if self._sent is not None and self._answered is None and self._matches(data):
-                self._answered = self._arrival(ancillary, self._sent, self._wall_offset)
+            if self._sent is not None and self._matches(data):
+                arrival = self._arrival(ancillary, self._sent, self._wall_offset)
+                if arrival is not None:
+                    if self._answered is None:
+                        self._answered = arrival
+                    if not self._identified:
+                        # ARP and ND replies name no request: one that came after the next
+                        # request left is that request's, never the held one's (Karn).
+                        continue
             held = self._held
             if held is not None and held[2] is None and self._matches_held(data, held[3]):
                 held[2] = self._arrival(ancillary, held[0], held[1])
@@ -344,6 +352,8 @@ class EchoProber(_RawProber):
     policy routing sends it through one uplink. A round is answered when any target answers
     (one dead target must not condemn the uplink). Replies are told from those of every other
     raw ICMP socket of the namespace by identifier, sequence and an 8-byte random token."""
+
+    _identified = True
 
     def __init__(self, targets, mark: int | None = None):
         targets = [ipaddress.ip_address(str(t)) for t in targets]
