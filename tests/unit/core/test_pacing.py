@@ -257,10 +257,11 @@ def test_fall_misses_at_the_confirmation_pace_fail_over(start):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.lists(st.booleans(), min_size=1, max_size=120))
-def test_fewer_than_fall_losses_in_a_row_never_fail_over(answered):
-    """Whatever the pattern of losses, confirmations included: a failover needs FALL losses
-    in a row (in the order the probes left), never fewer."""
+@given(st.lists(st.booleans(), min_size=1, max_size=120), st.booleans())
+def test_fewer_than_fall_losses_in_a_row_never_fail_over(answered, suspect):
+    """Whatever the pattern of losses, confirmations included, with early suspicion or
+    without: a failover needs FALL losses in a row (in the order the probes left), never
+    fewer, and FALL of them make one."""
     outcomes: dict[float, bool] = {}
     order: list[bool] = []
 
@@ -271,7 +272,7 @@ def test_fewer_than_fall_losses_in_a_row_never_fail_over(answered):
             order.append(outcomes[key])
         return LAN_RTT if outcomes[key] else None
 
-    failovers, _ = run(path, until=3.0)
+    failovers, _ = run(path, until=3.0, suspect=suspect)
     run_of_losses = longest = 0
     for ok in order:
         run_of_losses = 0 if ok else run_of_losses + 1
@@ -381,27 +382,6 @@ def test_with_suspicion_a_path_slower_than_its_rto_but_within_the_timeout_never_
 
     failovers, _ = run(path, until=15.0, suspect=True)
     assert failovers == []
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.booleans(), min_size=1, max_size=120))
-def test_with_suspicion_a_failover_needs_fall_losses_in_a_row(answered):
-    outcomes: dict[float, bool] = {}
-    order: list[bool] = []
-
-    def path(sent: float, copies: int):
-        key = round(sent, 9)
-        if key not in outcomes:
-            outcomes[key] = answered[len(outcomes) % len(answered)]
-            order.append(outcomes[key])
-        return LAN_RTT if outcomes[key] else None
-
-    failovers, _ = run(path, until=3.0, suspect=True)
-    run_of_losses = longest = 0
-    for ok in order:
-        run_of_losses = 0 if ok else run_of_losses + 1
-        longest = max(longest, run_of_losses)
-    assert bool(failovers) == (longest >= FALL)
 
 
 def test_with_suspicion_random_loss_makes_no_false_failover():
