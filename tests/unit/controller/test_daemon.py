@@ -40,6 +40,19 @@ def announce(upstream: str, family: int = 4, attributes: str = "") -> str:
     return f"neighbor {neighbor} announce attributes next-hop self {attributes}nlri {prefix}"
 
 
+def announce_all(family: int = 4, attributes: str = "") -> str:
+    """One line announcing the family's prefix to the four sessions (the diff names them in
+    the order of their addresses as text)."""
+    neighbors, prefix = (T, V4) if family == 4 else (T6, V6)
+    selector = " , ".join(f"neighbor {n}" for n in sorted(neighbors.values()))
+    return f"{selector} announce attributes next-hop self {attributes}nlri {prefix}"
+
+
+# The first diff with every session up: one line per family.
+START = [announce_all(4), announce_all(6)]
+V4_ORDER = sorted(T, key=T.get)  # the upstreams in that order: t1, t4, t2, t3
+
+
 def eor(upstream: str, family: int = 4) -> str:
     """The End-of-RIB that follows a session's acknowledged desired state (Sync)."""
     neighbor = T[upstream] if family == 4 else T6[upstream]
@@ -239,7 +252,7 @@ def test_first_diff_waits_for_the_sessions_state(make):
     r.c.send_due()
     assert r.pipe.written == ["show neighbor json"]  # no plan made on guesses goes out
     r.c.on_event(answer(dict.fromkeys(T.values(), True)))
-    assert sorted(r.pipe.written[1:]) == sorted(announce(t, f) for t in T for f in (4, 6))
+    assert r.pipe.written[1:] == START
     assert r.sample("netwatch_bgp_session_up", upstream="t1", family="ipv4") == 1
     # Not reported: still unknown, so no gauge says up or down.
     assert r.sample("netwatch_bgp_session_up", upstream="t1", family="ipv6") is None
@@ -253,7 +266,7 @@ def test_first_diff_goes_out_after_the_timeout_without_an_answer(make, logs):
     assert r.pipe.written == ["show neighbor json"]
     r.mono.now += 0.2
     r.c.send_due()
-    assert len(r.pipe.written) == 1 + 8
+    assert r.pipe.written[1:] == START
     [record] = logged(logs, "sessions_timeout")
     assert record.levelno == logging.WARNING
     every = ",".join(f"{t}/{f}" for t in T for f in ("ipv4", "ipv6"))
@@ -264,7 +277,7 @@ def test_an_ack_without_an_answer_sends_at_once(make, logs):
     r = make()
     r.c.start()
     r.c.on_event("error")  # an ExaBGP that does not know the command
-    assert len(r.pipe.written) == 1 + 8
+    assert r.pipe.written[1:] == START
     assert r.rejected == 0
     assert [x.levelno for x in logged(logs, "sessions_unanswered")] == [logging.WARNING]
 
@@ -302,15 +315,15 @@ def test_restart_with_three_failed_keeps_the_persisted_hold(make):
 
 def test_rejected_commands_back_off_up_to_the_cap_and_are_counted(make, logs):
     r = started(make())
-    rejected = r.pipe.written[1]  # the first command after `show neighbor json`
+    rejected = r.pipe.written[1]  # the first command after `show neighbor json`: IPv4
     gaps = []
     for i in range(8):
         r.pipe.written.clear()
         r.c.on_event("error")  # ExaBGP rejects the first command in flight ...
-        for _ in range(7 if i == 0 else 0):
-            r.c.on_event("done")  # ... and accepts the others
-        for _ in range(7 if i == 0 else 0):
-            r.c.on_event("done")  # ... and their sessions' End-of-RIBs
+        for _ in range(1 if i == 0 else 0):
+            r.c.on_event("done")  # ... and accepts the other (IPv6)
+        for _ in range(4 if i == 0 else 0):
+            r.c.on_event("done")  # ... and its sessions' End-of-RIBs
         r.pipe.written.clear()
         sent_at = r.mono.now
         while not r.pipe.written:
@@ -318,15 +331,16 @@ def test_rejected_commands_back_off_up_to_the_cap_and_are_counted(make, logs):
             r.c.send_due()
         gaps.append(r.mono.now - sent_at)
         assert r.pipe.written == [rejected]  # only what was rejected is sent again
-    # Per key: the 7 others being accepted does not shorten the rejected one's backoff.
+    # Per key: the other being accepted does not shorten the rejected one's backoff.
     assert gaps == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
     assert r.rejected == 8
     records = logged(logs, "command_rejected")
     assert len(records) == 8 and {x.levelno for x in records} == {logging.WARNING}
     assert "retry_in_s=30.0" in records[-1].getMessage()
     r.c.on_event("done")  # accepted at last: the next rejection of it waits 1 s again
-    r.c.on_event("done")  # (its session's End-of-RIB, due once its state was accepted)
-    r.c.on_event(neighbor_up(T["t1"]))  # its full desired state again ...
+    for _ in range(4):
+        r.c.on_event("done")  # (its sessions' End-of-RIBs, due once their state was accepted)
+    r.c.on_event(neighbor_up(T["t1"]))  # t1's full desired state again ...
     r.pipe.written.clear()
     r.c.on_event("error")  # ... rejected
     r.mono.now += 0.5
@@ -334,7 +348,7 @@ def test_rejected_commands_back_off_up_to_the_cap_and_are_counted(make, logs):
     assert r.pipe.written == []
     r.mono.now += 0.5
     r.c.send_due()
-    assert r.pipe.written == [rejected]
+    assert r.pipe.written == [announce("t1")]
 
 
 def test_a_persistently_rejected_command_does_not_delay_other_changes(make):
@@ -342,12 +356,10 @@ def test_a_persistently_rejected_command_does_not_delay_other_changes(make):
     blackholed: t2's withdrawal goes out at once, t1's announcement only when its own
     backoff has run."""
     r = started(make())
-    assert r.pipe.written[1] == announce("t1")
+    ack_all(r)
+    r.c.on_event(neighbor_up(T["t1"]))  # t1's IPv4 session again: its state is sent again
+    assert r.pipe.written == [announce("t1")]
     r.c.on_event("error")
-    for _ in range(7):
-        r.c.on_event("done")
-    for _ in range(7):
-        r.c.on_event("done")  # the End-of-RIBs of the sessions whose state is accepted
     for _ in range(5):  # sent again after 1, 2, 4, 8, 16 s and rejected again
         r.pipe.written.clear()
         while not r.pipe.written:
@@ -375,8 +387,10 @@ def test_a_changed_plan_for_a_backed_off_key_goes_out_at_once(make):
     """The backoff holds back sending the *same* rejected thing again, not a new decision
     about that key: t2's announcement is rejected, then t2 fails: withdrawn at once."""
     r = started(make())
-    for line in r.pipe.written[1:]:
-        r.c.on_event("error" if line == announce("t2") else "done")
+    ack_all(r)
+    r.c.on_event(neighbor_up(T["t2"]))
+    assert r.pipe.written == [announce("t2")]
+    r.c.on_event("error")
     r.pipe.written.clear()
     r.mono.now += 0.2
     r.c.apply(window(t2="failed"))
@@ -386,20 +400,22 @@ def test_a_changed_plan_for_a_backed_off_key_goes_out_at_once(make):
 
 def test_unacknowledged_commands_time_out_and_are_sent_again(make, logs):
     r = started(make())
-    r.c.on_event("done")  # one of the 8 announcements acknowledged, 7 never
-    assert r.pipe.written[-1] == eor("t1")  # that session's state is in: its End-of-RIB
+    r.c.on_event("done")  # the IPv4 announcement acknowledged, the IPv6 one never
+    # those sessions' state is in: their End-of-RIBs
+    assert r.pipe.written[-4:] == [eor(t) for t in V4_ORDER]
     r.pipe.written.clear()
     r.mono.now += ACK_TIMEOUT_S - 0.5
     r.c.send_due()
     assert r.pipe.written == [] and r.rejected == 0
     r.mono.now += 1.0
     r.c.send_due()  # timed out: counted, backoff started
-    assert r.pipe.written == [] and r.rejected == 8
+    assert r.pipe.written == [] and r.rejected == 5
     [record] = logged(logs, "ack_timeout")
-    assert record.levelno == logging.WARNING and "commands=8" in record.getMessage()
+    assert record.levelno == logging.WARNING and "commands=5" in record.getMessage()
     r.mono.now += 1.0
     r.c.send_due()
-    assert len(r.pipe.written) == 8  # what was not confirmed, again (the End-of-RIB too)
+    # what was not confirmed, again (the End-of-RIBs too)
+    assert sorted(r.pipe.written) == sorted([START[1], *(eor(t) for t in T)])
 
 
 def test_late_acks_after_a_timeout_are_not_matched_to_newer_commands(make, logs):
@@ -430,14 +446,12 @@ def test_each_session_gets_its_end_of_rib_once_its_state_is_acknowledged(make):
     (manual-eor): the sessions reported up at start get theirs one by one, each after its own
     announcement is acknowledged, never before; a session that comes up later likewise."""
     r = started(make())
-    announcements = r.pipe.written[1:]
-    assert len(announcements) == 8 and not [line for line in announcements if " eor " in line]
+    assert r.pipe.written[1:] == START  # no End-of-RIB before them
     r.pipe.written.clear()
-    for line in announcements:
-        r.c.on_event("done")
-        neighbor = line.split()[1]
-        family = 6 if ":" in neighbor else 4
-        assert r.pipe.written[-1] == f"neighbor {neighbor} announce eor ipv{family} unicast"
+    r.c.on_event("done")
+    assert r.pipe.written == [eor(t) for t in V4_ORDER]
+    r.c.on_event("done")
+    assert r.pipe.written[4:] == [eor(t, 6) for t in sorted(T, key=T6.get)]
     for _ in range(8):
         r.c.on_event("done")
     r.pipe.written.clear()
@@ -449,22 +463,22 @@ def test_each_session_gets_its_end_of_rib_once_its_state_is_acknowledged(make):
 
 def test_a_late_answer_to_show_neighbor_does_not_shift_the_acks(make):
     """At start ExaBGP answers nothing for 3 s: the desired state goes out behind `show
-    neighbor json`; nothing is acknowledged within the timeout, the 8 are sent again. Then
-    ExaBGP answers all 17 in order and rejects the first announcement sent again."""
+    neighbor json`; nothing is acknowledged within the timeout, the 2 are sent again. Then
+    ExaBGP answers all 5 in order and rejects the first announcement sent again."""
     r = make()
     r.c.start()
     r.mono.now += SESSIONS_TIMEOUT_S + 0.1
     r.c.send_due()
-    assert len(r.pipe.written) == 1 + 8
+    assert r.pipe.written[1:] == START
     r.mono.now += ACK_TIMEOUT_S
-    r.c.send_due()  # the 9 timed out
+    r.c.send_due()  # the 3 timed out
     r.pipe.written.clear()
     r.mono.now += 1.1
     r.c.send_due()
     first_again = r.pipe.written[0]
-    assert len(r.pipe.written) == 8 and first_again.startswith("neighbor")
+    assert r.pipe.written == START
     r.c.on_event(answer(EVERY_SESSION_UP))  # the late answer
-    for ack in ["done"] * 9 + ["error"] + ["done"] * 7:
+    for ack in ["done"] * 3 + ["error"] + ["done"]:
         r.c.on_event(ack)
     r.pipe.written.clear()
     r.mono.now += 60
@@ -512,7 +526,7 @@ def test_a_failing_diff_is_retried_after_the_backoff(make, monkeypatch, logs):
     assert len(calls) == 1
     r.mono.now += 0.5
     r.c.send_due()  # not lost until the plan changes: sent after the backoff
-    assert len(r.pipe.written) == 1 + 8 and len(calls) == 2
+    assert r.pipe.written[1:] == START and len(calls) == 2
 
 
 def test_a_refused_write_is_counted_and_sent_again(make, logs):
@@ -520,13 +534,13 @@ def test_a_refused_write_is_counted_and_sent_again(make, logs):
     r.c.start()
     r.pipe.refuse = 1
     r.c.on_event(answer(EVERY_SESSION_UP))
-    assert len(r.pipe.written) == 1 + 7
+    assert r.pipe.written[1:] == START[1:]  # the first was refused
     assert r.sample("netwatch_controller_errors_total", where="send") == 1
     assert [x.levelno for x in logged(logs, "send_failed")] == [logging.ERROR]
     r.c.on_event("done")  # the show command's ack
     r.mono.now += 0.2
     r.c.send_due()
-    assert sorted(r.pipe.written[1:]) == sorted(announce(t, f) for t in T for f in (4, 6))
+    assert sorted(r.pipe.written[1:]) == sorted(START)
 
 
 # --- make-before-break ------------------------------------------------------------------------
@@ -627,41 +641,45 @@ class FakeExabgp(RecordingPipe):
     def __init__(self, minimum: int):
         super().__init__()
         self.minimum = minimum
-        self.queue: list[tuple[str, str, list[str]]] = []  # (neighbor, verb, prefixes)
+        # (neighbors, verb, prefixes): `neighbor A , neighbor B announce ...` names several
+        self.queue: list[tuple[list[str], str, list[str]]] = []
         self.announced: set[tuple[str, str]] = set()  # acknowledged
         self.violations: list[str] = []
 
     def counted(self) -> set[tuple[str, str]]:
-        withdrawing = {(n, p) for n, verb, ps in self.queue if verb == "withdraw" for p in ps}
+        withdrawing = {(n, p) for ns, verb, ps in self.queue if verb == "withdraw"
+                       for n in ns for p in ps}
         return self.announced - withdrawing
 
     def send(self, line: str) -> None:
         super().send(line)
         words = line.split()
         if words[0] != "neighbor":
-            self.queue.append(("", "show", []))
+            self.queue.append(([], "show", []))
             return
-        neighbor, verb = words[1], words[2]
+        at = next(i for i, w in enumerate(words) if w in ("announce", "withdraw"))
+        neighbors, verb = words[1:at:3], words[at]
         prefixes = words[words.index("nlri") + 1:]
         before = self.counted()
-        self.queue.append((neighbor, verb, prefixes))
+        self.queue.append((neighbors, verb, prefixes))
         after = self.counted()
-        for prefix in prefixes:
-            if (neighbor, prefix) in before - after:
-                left = sum(1 for _, p in after if p == prefix)
-                if left < self.minimum:
-                    self.violations.append(f"{line}: {prefix} left with {left}")
+        for neighbor in neighbors:
+            for prefix in prefixes:
+                if (neighbor, prefix) in before - after:
+                    left = sum(1 for _, p in after if p == prefix)
+                    if left < self.minimum:
+                        self.violations.append(f"{line}: {prefix} left with {left}")
 
     def answer(self, c: Controller, ack: str) -> None:
         if not self.queue:
             return
-        neighbor, verb, prefixes = self.queue.pop(0)
+        neighbors, verb, prefixes = self.queue.pop(0)
         if ack == "done":
-            for prefix in prefixes:
+            for key in ((n, p) for n in neighbors for p in prefixes):
                 if verb == "announce":
-                    self.announced.add((neighbor, prefix))
+                    self.announced.add(key)
                 else:
-                    self.announced.discard((neighbor, prefix))
+                    self.announced.discard(key)
         c.on_event(ack)
 
 
@@ -725,7 +743,7 @@ def test_show_neighbor_answer_counts_sessions_that_are_already_up(make):
           for t in T for f in ("ipv4", "ipv6")}
     assert up == {(t, f): (1 if f == "ipv4" or t == "t1" else 0)
                   for t in T for f in ("ipv4", "ipv6")}
-    assert sorted(r.pipe.written[1:5]) == sorted(announce(t, 4) for t in T)
+    assert r.pipe.written[1] == announce_all(4)
 
 
 def test_announcement_mode_metric_reports_communities(make):
@@ -765,7 +783,7 @@ def test_transitions_and_commands_are_logged_with_levels(make, logs):
                                               "new=failed ")
     commands = logged(logs, "command")
     assert commands and {x.levelno for x in commands} == {logging.INFO}
-    assert f"line=\"neighbor {T['t1']} announce" in commands[1].getMessage()
+    assert f"line=\"neighbor {T['t1']} , neighbor" in commands[1].getMessage()
 
 
 @pytest.mark.parametrize(
@@ -1013,7 +1031,7 @@ def test_without_any_prober_the_controller_runs_on_unprobed(make, logs, clock):
     running, code = asyncio.run(asyncio.wait_for(scenario(), 5))
     assert running and code == exitcodes.OK
     assert logged(logs, "worker_died") == []
-    assert sorted(r.pipe.written[1:]) == sorted(announce(n, f) for n in T for f in (4, 6))
+    assert r.pipe.written[1:] == START
     assert {n: r.sample("netwatch_transit_probed", upstream=n) for n in T} == dict.fromkeys(T, 0)
     assert len(logged(logs, "unprobed")) == 4
     assert {n: state_of(r, n) for n in T} == dict.fromkeys(T, "healthy")

@@ -31,6 +31,20 @@ def test_announce_lines(neighbor, announcement, prefixes, line):
     assert exabgp.announce_line(neighbor, announcement, prefixes) == line
 
 
+def test_one_announce_line_names_several_neighbors():
+    """ExaBGP's `extract_neighbors` reads `neighbor A , neighbor B` (the comma a token of its
+    own): the line is parsed once and the routes go to both sessions."""
+    assert exabgp.announce_line(["192.0.2.1", "192.0.2.5"], Announcement((64500,) * 2),
+                                ["198.51.100.0/24"]) == (
+        "neighbor 192.0.2.1 , neighbor 192.0.2.5 announce attributes next-hop self"
+        " as-path [ 64500 64500 ] nlri 198.51.100.0/24")
+    assert exabgp.announce_line(("192.0.2.1",), Announcement(), ["198.51.100.0/24"]) == (
+        exabgp.announce_line("192.0.2.1", Announcement(), ["198.51.100.0/24"]))
+    for bad in ([], ["192.0.2.1", "192.0.2.5 , neighbor 192.0.2.9"], ["192.0.2.1", None]):
+        with pytest.raises(exabgp.UnsafeValue):
+            exabgp.announce_line(bad, Announcement(), ["198.51.100.0/24"])
+
+
 def test_withdraw_lines_both_families():
     assert exabgp.withdraw_line("192.0.2.5", ["198.51.100.0/24"]) == (
         "neighbor 192.0.2.5 withdraw attributes next-hop self nlri 198.51.100.0/24"
@@ -159,6 +173,39 @@ def test_diff_announces_everywhere_before_it_withdraws_anywhere():
         "neighbor 192.0.2.5 withdraw attributes next-hop self",
         "neighbor 192.0.2.5 withdraw attributes next-hop self",
         "neighbor 2001:db8:ffff:2::1 withdraw attributes next-hop self",
+    ]
+
+
+def test_diff_announces_the_same_chunk_to_several_neighbors_in_one_command():
+    """At start every session gets the same 2,500 prefixes: 3 commands for the 4 IPv4
+    sessions instead of 12, each acknowledging every (neighbor, prefix) it names. A neighbor
+    whose chunk or attributes differ gets its own; withdrawals stay one neighbor each."""
+    v4 = [f"100.{64 + i // 256}.{i % 256}.0/24" for i in range(2500)]
+    four = ("192.0.2.1", "192.0.2.5", "192.0.2.9", "192.0.2.13")
+    desired = {(n, p): Announcement() for n in four for p in v4}
+    commands = exabgp.diff(desired, {})
+    assert [c.line.split(" announce ")[0] for c in commands] == [
+        "neighbor 192.0.2.1 , neighbor 192.0.2.13 , neighbor 192.0.2.5 , neighbor 192.0.2.9"] * 3
+    assert [len(c.effect) for c in commands] == [4000, 4000, 2000]
+    known = {}
+    for c in commands:
+        known.update(c.effect)
+    assert known == desired and exabgp.diff(desired, known) == []
+
+    # t2 prepended, t3 missing its last 500 (acknowledged before), t4 withdrawn
+    desired.update({("192.0.2.5", p): Announcement((64500,) * 4) for p in v4})
+    desired.update({("192.0.2.13", p): None for p in v4})
+    known = {k: v for k, v in known.items() if not (k[0] == "192.0.2.9" and k[1] in v4[:2000])}
+    lines = [c.line.split(" nlri ")[0] for c in exabgp.diff(desired, known)]
+    assert lines == [
+        "neighbor 192.0.2.5 announce attributes next-hop self as-path [ 64500 64500 64500 64500 ]",
+        "neighbor 192.0.2.5 announce attributes next-hop self as-path [ 64500 64500 64500 64500 ]",
+        "neighbor 192.0.2.5 announce attributes next-hop self as-path [ 64500 64500 64500 64500 ]",
+        "neighbor 192.0.2.9 announce attributes next-hop self",
+        "neighbor 192.0.2.9 announce attributes next-hop self",
+        "neighbor 192.0.2.13 withdraw attributes next-hop self",
+        "neighbor 192.0.2.13 withdraw attributes next-hop self",
+        "neighbor 192.0.2.13 withdraw attributes next-hop self",
     ]
 
 

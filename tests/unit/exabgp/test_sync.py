@@ -35,6 +35,10 @@ N1, N2, N3, N4 = NEIGHBORS = ("192.0.2.1", "192.0.2.5", "192.0.2.9", "192.0.2.13
 P = "198.51.100.0/24"
 A = Announcement()
 PREPENDED = Announcement((64500,) * 4)
+# The diff's order of neighbors (their addresses as text): one line announces P to them all.
+ALL = tuple(sorted(NEIGHBORS))
+# A different announcement per neighbor: one command each, for what is about one command.
+SPREAD = {n: Announcement((), (f"64500:{i}",)) for i, n in enumerate(NEIGHBORS)}
 
 
 def desired(*announcing: str, ann: Announcement = A) -> dict:
@@ -42,7 +46,13 @@ def desired(*announcing: str, ann: Announcement = A) -> dict:
     return {(n, P): (ann if n in announcing else None) for n in NEIGHBORS}
 
 
-def announce(neighbor: str, ann: Announcement = A) -> str:
+def spread() -> dict:
+    """P announced to every neighbor, each with its own announcement (SPREAD)."""
+    return {(n, P): SPREAD[n] for n in NEIGHBORS}
+
+
+def announce(neighbor, ann: Announcement = A) -> str:
+    """The line announcing P as `ann` to one neighbor or to several (one line)."""
     return protocol.announce_line(neighbor, ann, [P])
 
 
@@ -91,7 +101,7 @@ def test_the_first_diff_waits_for_the_answer_to_show_neighbor(clock):
     assert sync.ask_sessions(clock.now).line == "show neighbor json"
     assert sync.due(clock.now).commands == ()  # no plan made on guesses goes out
     sync.sessions_reported()
-    assert sorted(lines(sync.due(clock.now))) == sorted(announce(n) for n in NEIGHBORS)
+    assert lines(sync.due(clock.now)) == [announce(ALL)]
 
 
 def test_the_first_diff_goes_out_after_the_timeout_without_an_answer(clock):
@@ -102,7 +112,7 @@ def test_the_first_diff_goes_out_after_the_timeout_without_an_answer(clock):
     assert sync.due(clock.now) == Due()  # nothing, and nothing to report
     clock.now += 0.2
     due = sync.due(clock.now)
-    assert sorted(lines(due)) == sorted(announce(n) for n in NEIGHBORS)
+    assert lines(due) == [announce(ALL)]
     assert due.reports == (SessionsTimeout(SESSIONS_TIMEOUT_S),)
 
 
@@ -111,7 +121,7 @@ def test_an_ack_without_an_answer_opens_the_gate_and_is_no_rejection(clock):
     sync.want(desired(*NEIGHBORS), ())
     sync.ask_sessions(clock.now)
     assert sync.on_ack(ERROR, clock.now) == SessionsUnanswered(ERROR)  # an old ExaBGP
-    assert len(sync.due(clock.now).commands) == 4
+    assert lines(sync.due(clock.now)) == [announce(ALL)]
 
 
 # --- acknowledgements, rejections, backoff ----------------------------------------------------
@@ -125,7 +135,7 @@ def test_announcements_go_before_withdrawals(clock):
 
 
 def test_rejected_commands_back_off_per_key_doubling_up_to_the_cap(clock):
-    sync = started(clock, desired(*NEIGHBORS))
+    sync = started(clock, spread())
     first = sync.due(clock.now).commands[0]
     assert sync.on_ack(ERROR, clock.now) == Rejected(first, 1.0)
     for _ in range(3):
@@ -181,7 +191,7 @@ def test_a_new_decision_about_a_backed_off_key_goes_out_at_once(clock):
 
 
 def test_unacknowledged_commands_time_out_and_are_sent_again(clock):
-    sync = started(clock, desired(*NEIGHBORS))
+    sync = started(clock, spread())
     sent = sync.due(clock.now).commands
     sync.on_ack(DONE, clock.now)  # one of the 4 acknowledged, 3 never
     clock.now += ACK_TIMEOUT_S - 0.5
@@ -190,7 +200,7 @@ def test_unacknowledged_commands_time_out_and_are_sent_again(clock):
     due = sync.due(clock.now)
     assert due.commands == ()
     assert due.reports == (AckTimeout(sent[1:], ACK_TIMEOUT_S, 1.0, 3),)
-    assert dict(sync.acknowledged) == {(N1, P): A}  # what the others did is unknown
+    assert dict(sync.acknowledged) == {(N1, P): SPREAD[N1]}  # what the others did is unknown
     clock.now += 1.0
     assert lines(sync.due(clock.now)) == [c.line for c in sent[1:]]
 
@@ -223,7 +233,7 @@ def test_a_late_answer_to_show_neighbor_does_not_shift_the_acks(clock):
     acknowledged within the timeout, the 4 are sent again. Then ExaBGP answers all 9 in order
     and rejects the first announcement sent again."""
     sync = Sync(2)
-    sync.want(desired(*NEIGHBORS), ())
+    sync.want(spread(), ())
     sync.ask_sessions(clock.now)
     clock.now += SESSIONS_TIMEOUT_S + 0.1
     assert len(sync.due(clock.now).commands) == 4
@@ -232,8 +242,8 @@ def test_a_late_answer_to_show_neighbor_does_not_shift_the_acks(clock):
     assert isinstance(timeout, AckTimeout) and timeout.owed_acks == 5  # the show command too
     clock.now += 1.1
     again = sync.due(clock.now).commands
-    assert sorted(c.line for c in again) == sorted(announce(n) for n in NEIGHBORS)
-    assert again[0].line == announce(N1)
+    assert sorted(c.line for c in again) == sorted(announce(n, SPREAD[n]) for n in NEIGHBORS)
+    assert again[0].line == announce(N1, SPREAD[N1])
     sync.sessions_reported()  # the late answer
     acks = [sync.on_ack(kind, clock.now) for kind in [DONE] * 5 + [ERROR] + [DONE] * 3]
     assert [type(a).__name__ for a in acks] == ["LateAck"] * 5 + ["Rejected"] + ["Accepted"] * 3
@@ -277,13 +287,13 @@ def test_a_failing_diff_is_retried_after_its_own_backoff(clock, monkeypatch):
     clock.now += 0.5
     assert sync.due(clock.now).reports[0].retry_in_s == 2.0  # doubling
     clock.now += 2.0
-    assert len(sync.due(clock.now).commands) == 4  # not lost: sent after the backoff
+    assert lines(sync.due(clock.now)) == [announce(ALL)]  # not lost: sent after the backoff
     sync.want(desired(N1, N2, N3), NEIGHBORS)
     assert sync.due(clock.now).reports[0].retry_in_s == 1.0  # a success reset it
 
 
 def test_a_refused_write_is_sent_at_the_next_round(clock):
-    sync = started(clock, desired(*NEIGHBORS))
+    sync = started(clock, spread())
     commands = sync.due(clock.now).commands
     sync.unsent(commands[1])
     assert sync.in_flight == 3
@@ -493,11 +503,10 @@ def test_a_session_up_gets_its_full_desired_state_then_its_end_of_rib(clock):
     sync = started(clock, desired(N1, N3, N4))
     for n in NEIGHBORS:
         sync.session_up(n)
-    first = lines(sync.due(clock.now))
-    assert sorted(first) == sorted([announce(N1), announce(N3), announce(N4)])
-    # N2's withdrawal (of whatever it may still hold) waits for those announcements to be
+    assert lines(sync.due(clock.now)) == [announce((N1, N4, N3))]  # one line, three sessions
+    # N2's withdrawal (of whatever it may still hold) waits for that announcement to be
     # acknowledged (make-before-break).
-    acked(sync, clock, 3)
+    acked(sync, clock, 1)
     assert lines(sync.due(clock.now)) == [withdraw(N2), eor(N1), eor(N4), eor(N3)]
     acked(sync, clock, 4)
     assert lines(sync.due(clock.now)) == [eor(N2)]
@@ -514,8 +523,8 @@ def test_no_end_of_rib_for_a_session_that_is_not_up_and_none_before_the_gate_ope
     assert sync.due(clock.now).commands == ()  # the session gate is closed
     sync.sessions_reported()
     sync.on_ack(DONE, clock.now)
-    assert len(sync.due(clock.now).commands) == 4
-    acked(sync, clock, 4)
+    assert lines(sync.due(clock.now)) == [announce(ALL)]
+    acked(sync, clock, 1)
     assert lines(sync.due(clock.now)) == [eor(N1)]
     sync.want(desired(*NEIGHBORS), NEIGHBORS)
     assert lines(sync.due(clock.now)) == [eor(N4)]
