@@ -603,7 +603,9 @@ def _observe_probe(state: State, obs: ProbeResult, now: float, actions: list[Act
         failing_since.pop(obs.kind, None)
         failures.pop(obs.kind, None)
     else:
-        failing_since.setdefault(obs.kind, now - obs.timeout_s)
+        # When the earliest lost probe left: a held probe is judged after the confirmations
+        # sent behind it (netwatch.core.pacing, early suspicion).
+        failing_since[obs.kind] = min(failing_since.get(obs.kind, now), now - obs.timeout_s)
         failures[obs.kind] = failures.get(obs.kind, 0) + 1
     view = replace(view, failing_since=failing_since, failures=failures)
     if obs.ok:

@@ -372,6 +372,8 @@ def test_with_suspicion_fall_misses_are_known_at_the_first_ones_timeout(start):
     assert len(failovers) == 1
     first_lost_sent = math.ceil(start / INTERVAL - 1e-6) * INTERVAL
     assert failovers[0][0] == pytest.approx(first_lost_sent + TIMEOUT, abs=1e-6)
+    # Silent since the first lost probe left, though its verdict came after its confirmations'.
+    assert "silent: 3 probes, 50 ms" in failovers[0][1].reason
 
 
 def test_with_suspicion_a_path_slower_than_its_rto_but_within_the_timeout_never_fails_over():
