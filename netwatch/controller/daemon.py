@@ -176,6 +176,9 @@ class Controller:
         # nothing in it waits for a fate, so nothing needs to settle.
         self.window = ProbeWindow(self.ctl.probe.window_s, self.params.recent_probes)
         self._shown: dict[tuple, float] = {}  # the probe gauges' values: set on change only
+        # The announcement-mode gauges wait for the first commands written at start: with
+        # 10,000 prefixes they are 200,000 series, 2.5 s before the first announcement.
+        self._modes_published = False
         self.started = mono()
         self._ask_at: float | None = None  # next `show neighbor json` while sessions are unknown
         self._ask_wait_s = SESSIONS_ASK_MIN_S
@@ -206,7 +209,7 @@ class Controller:
     def start(self) -> None:
         """What `run` does before its workers: the restored state's metrics, and `show
         neighbor json` (the desired state goes out with its answer: see Sync)."""
-        self.publish()
+        self.publish(modes=False)
         self.write(self.sync.ask_sessions(self.mono()))
         self._ask_at = self.mono() + SESSIONS_ASK_MIN_S
         if self._updates_ask_s is not None:
@@ -220,6 +223,8 @@ class Controller:
             self.report(report)
         for command in due.commands:
             self.write(command)
+        if due.commands and not self._modes_published:
+            self.publish()
         self.ask_unknown_sessions()
         self.ask_update_counts()
 
@@ -405,7 +410,7 @@ class Controller:
             self.sync.want(self.desired(), self.neighbors_up(), self.forced_neighbors())
             self.send_due()
         self.steer_egress()
-        self.publish(modes=plan_changed)
+        self.publish(modes=plan_changed or not self._modes_published)
         self.control.audit(old, self.state, actions)
         self.persist()
 
@@ -423,6 +428,7 @@ class Controller:
         for name, u in self.state.upstreams.items():
             self.metrics.set_state(name, u.state)
         if modes:
+            self._modes_published = True
             for (name, fam), ann in self.state.plan.desired.items():
                 mode = mode_of(self.params, name, ann)
                 for p in self.site.prefixes:

@@ -79,6 +79,7 @@ class ControllerMetrics:
             "netwatch_announcement_mode", "1 for how the prefix is announced to the upstream",
             ["upstream", "prefix", "mode"], registry=registry,
         )
+        self._modes: dict[tuple[str, str], AnnouncementMode] = {}  # what `mode` shows
         self.actions = Counter(
             "netwatch_transit_actions_total",
             "Automatic state changes of an upstream, by the state entered (kind)", ["kind"],
@@ -137,8 +138,19 @@ class ControllerMetrics:
             self.state.labels(upstream, s.value).set(1 if s is state else 0)
 
     def set_mode(self, upstream: str, prefix: str, mode: AnnouncementMode) -> None:
-        for m in AnnouncementMode:
-            self.mode.labels(upstream, prefix, m.value).set(1 if m is mode else 0)
+        """1 for `mode`, 0 for the others; only what changed is written (10,000 prefixes x 4
+        upstreams x 5 modes: every series written took 2.5 s of the controller's loop)."""
+        key = (upstream, prefix)
+        previous = self._modes.get(key)
+        if previous is mode:
+            return
+        if previous is None:
+            for m in AnnouncementMode:
+                self.mode.labels(upstream, prefix, m.value).set(1 if m is mode else 0)
+        else:
+            self.mode.labels(upstream, prefix, previous.value).set(0)
+            self.mode.labels(upstream, prefix, mode.value).set(1)
+        self._modes[key] = mode
 
 
 class EgressMetrics:

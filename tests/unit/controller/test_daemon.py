@@ -746,6 +746,21 @@ def test_show_neighbor_answer_counts_sessions_that_are_already_up(make):
     assert r.pipe.written[1] == announce_all(4)
 
 
+def test_announcement_modes_are_published_once_the_first_announcements_are_written(make):
+    """With 10,000 prefixes the mode gauges are 200,000 series: they must not hold back the
+    first announcements at start, and they follow right after them."""
+    r = make()
+    r.c.start()
+
+    def normal() -> float | None:
+        return r.sample("netwatch_announcement_mode", upstream="t1", prefix=V4, mode="normal")
+
+    assert normal() is None
+    r.c.on_event(answer(dict.fromkeys([*T.values(), *T6.values()], True)))
+    assert r.pipe.written[1] == announce_all(4)
+    assert normal() == 1
+
+
 def test_announcement_mode_metric_reports_communities(make):
     """A DEGRADED upstream tagged with the policy's communities reads `communities`; an
     upstream's own communities (always sent) leave it `normal`."""

@@ -22,6 +22,19 @@ def test_announcement_mode_is_one_hot(mode):
     assert shown == {m.value: (1 if m is mode else 0) for m in AnnouncementMode}
 
 
+def test_announcement_mode_stays_one_hot_through_changes():
+    """Only what changed is written (set_mode remembers what it showed): back and forth."""
+    registry = CollectorRegistry()
+    metrics = ControllerMetrics(registry)
+    for mode in (AnnouncementMode.NORMAL, AnnouncementMode.WITHDRAWN, AnnouncementMode.WITHDRAWN,
+                 AnnouncementMode.PREPEND, AnnouncementMode.NORMAL):
+        metrics.set_mode("t1", "198.51.100.0/24", mode)
+        shown = {m: registry.get_sample_value(
+            "netwatch_announcement_mode", {"upstream": "t1", "prefix": "198.51.100.0/24",
+                                           "mode": m.value}) for m in AnnouncementMode}
+        assert shown == {m: (1 if m is mode else 0) for m in AnnouncementMode}
+
+
 def test_transit_state_is_one_hot():
     registry = CollectorRegistry()
     metrics = ControllerMetrics(registry)
