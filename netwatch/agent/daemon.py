@@ -522,8 +522,14 @@ class Agent:
             if what == _HELD:
                 wait = pacer.held_wait(i)
                 rtt = stream.prober.held_result(math.inf)
-                pacer.judged_held(i, rtt, mono)
-                self._verdict(results, stream, rtt, wait, now)
+                timed = stream.prober.timed(held=True)
+                if rtt is None and stream.tentative is not None and stream.tentative():
+                    # DAD began meanwhile: no verdict, as for a probe in flight.
+                    pacer.judged_held(i, None, mono)
+                    stream.counters.no_verdict()
+                    continue
+                pacer.judged_held(i, rtt, mono, timed)
+                self._verdict(results, stream, rtt, wait, now, timed)
                 continue
             wait = pacer.wait(i)
             # Judged at its deadline or later: an answer already read counts, even when our
@@ -546,10 +552,12 @@ class Agent:
                 # first, answered or lost by now.
                 held_wait = pacer.held_wait(i)
                 held = stream.prober.held_result(math.inf)
-                pacer.judged_held(i, held, mono)
-                self._verdict(results, stream, held, held_wait, now)
-            pacer.judged(i, rtt, mono)
-            self._verdict(results, stream, rtt, wait, now)
+                held_timed = stream.prober.timed(held=True)
+                pacer.judged_held(i, held, mono, held_timed)
+                self._verdict(results, stream, held, held_wait, now, held_timed)
+            timed = stream.prober.timed()
+            pacer.judged(i, rtt, mono, timed=timed)
+            self._verdict(results, stream, rtt, wait, now, timed)
         if results:
             self.feed(core.ProbeRound(tuple(results)), metered=True)
         if now - self._loss_at >= 1.0:
@@ -557,9 +565,9 @@ class Agent:
             self.metrics.update_loss()
 
     def _verdict(self, results: list[core.ProbeResult], stream: Stream, rtt: float | None,
-                 wait: float, now: float) -> None:
+                 wait: float, now: float, timed: bool = True) -> None:
         """Count one probe's verdict and add it to the round, unless nothing can change."""
-        stream.counters.count(rtt)
+        stream.counters.count(rtt, timed)
         if rtt is not None and not stream.answered and stream.kind is core.ProbeKind.GATEWAY6:
             # The IPv6 gateway answers again: check the probe paths now, not at the next
             # periodic check (ensure_probe_path forgets a FAILED neighbour entry, which

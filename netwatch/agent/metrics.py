@@ -45,15 +45,17 @@ class StreamMetrics:
         a loss, so it stays out of the loss ratio."""
         self._no_verdict.inc()
 
-    def count(self, rtt_s: float | None) -> None:
-        """Count one probe (and observe its RTT when answered)."""
+    def count(self, rtt_s: float | None, timed: bool = True) -> None:
+        """Count one probe (and observe its RTT when answered and `timed`: not a reply that
+        may have been another request's)."""
         self.window.append(rtt_s is None)
         if rtt_s is None:
             self._lost.inc()
         else:
             self._ok.inc()
-            self._rtt.observe(rtt_s)
-            self.rtts.append(rtt_s)
+            if timed:
+                self._rtt.observe(rtt_s)
+                self.rtts.append(rtt_s)
 
 
 class AgentMetrics:

@@ -39,6 +39,10 @@ class Prober(Protocol):
 
     def held_result(self, timeout_s: float) -> float | None: ...
 
+    def timed(self, held: bool = False) -> bool:
+        """Whether the last result (`held`: held result) is a measured round trip (False: a
+        reply that may have answered another request: answered, no RTT sample)."""
+
     def close(self) -> None: ...
 
 

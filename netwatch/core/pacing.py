@@ -201,30 +201,36 @@ class Pacer:
         s.misses += 1
         s.next_send = now
 
-    def judged_held(self, i: int, rtt_s: float | None, now: float) -> None:
+    def judged_held(self, i: int, rtt_s: float | None, now: float, timed: bool = True) -> None:
         """Stream i's held probe: answered in `rtt_s` (late, but within its timeout), or lost.
         Lost changes nothing (its miss was counted when it became suspect); answered clears
-        the suspicion, and a stream with no confirmation in flight goes back to the grid."""
+        the suspicion, and a stream with no confirmation in flight goes back to the grid.
+        `timed` False: answered, but `rtt_s` is no round-trip sample (an ARP or ND reply that
+        may have been the next request's)."""
         s = self._streams[i]
         s.held_deadline = _NEVER
         if rtt_s is None:
             return
-        self._learn(s, rtt_s)
+        if timed:
+            self._learn(s, rtt_s)
         s.misses = 0
         if s.deadline == _NEVER:
             s.next_send = self._next_slot(s)
 
-    def judged(self, i: int, rtt_s: float | None, now: float, verdict: bool = True) -> None:
+    def judged(self, i: int, rtt_s: float | None, now: float, verdict: bool = True,
+               timed: bool = True) -> None:
         """Stream i's probe in flight: answered in `rtt_s` seconds, or lost (None). A probe
         that is no verdict (`verdict` False: left from an address still in duplicate address
-        detection) neither clears nor feeds a suspicion."""
+        detection) neither clears nor feeds a suspicion; `timed` False: answered, but `rtt_s`
+        is no round-trip sample (see `judged_held`)."""
         s = self._streams[i]
         s.deadline = s.suspect_at = _NEVER
         if not verdict:
             s.next_send = self._next_slot(s)
             return
         if rtt_s is not None:
-            self._learn(s, rtt_s)
+            if timed:
+                self._learn(s, rtt_s)
             s.misses = 0
             s.next_send = self._next_slot(s)
             return

@@ -68,6 +68,8 @@ class _RawProber:
 
     _seq = 0  # the echo sequence of the probe in flight (EchoProber's; 0 for ARP and ND)
     _identified = False  # a reply names its request (echo: by sequence); ARP and ND: no
+    _timed = True  # the probe in flight's answer is its own (see `timed`)
+    _held_timed = True
 
     def __init__(self, ifname: str):
         self.ifname = ifname
@@ -136,12 +138,19 @@ class _RawProber:
             if self._sent is not None and self._matches(data):
                 arrival = self._arrival(ancillary, self._sent, self._wall_offset)
                 if arrival is not None:
+                    held = self._held
+                    if not self._identified and held is not None and held[2] is None:
+                        # ARP and ND replies name no request: this one may be the held
+                        # probe's or the next one's. The gateway spoke within both: both are
+                        # answered, and neither round trip is known (Karn's rule).
+                        held[2], held[4] = self._arrival(ancillary, held[0], held[1]), False
+                        if self._answered is None:
+                            self._answered, self._timed = arrival, False
+                        continue
                     if self._answered is None:
                         self._answered = arrival
                     if not self._identified:
-                        # ARP and ND replies name no request: one that came after the next
-                        # request left is that request's, never the held one's (Karn).
-                        continue
+                        continue  # after the next request left: that request's
             held = self._held
             if held is not None and held[2] is None and self._matches_held(data, held[3]):
                 held[2] = self._arrival(ancillary, held[0], held[1])
@@ -174,6 +183,7 @@ class _RawProber:
         back to back (any answer answers it); False when the kernel refused it (link down,
         interface gone: the socket is reopened on the next send)."""
         self._sent = self._answered = None
+        self._timed = True
         try:
             sock = self._ensure()
             if self._request_cache is None:
@@ -203,8 +213,9 @@ class _RawProber:
         waits for its own deadline while confirmations are sent): replies to it still count,
         to `held_result()`. A probe held before is forgotten."""
         self._held = None if self._sent is None else [
-            self._sent, self._wall_offset, self._answered, self._seq]
+            self._sent, self._wall_offset, self._answered, self._seq, self._timed]
         self._sent = self._answered = None
+        self._timed = True
 
     def held_result(self, timeout_s: float) -> float | None:
         """The held probe's round trip, or None (unanswered within timeout_s); it is then
@@ -212,9 +223,16 @@ class _RawProber:
         if self._held is not None and self._held[2] is None:
             self._drain()
         held, self._held = self._held, None
+        self._held_timed = held is None or held[4]
         if held is None or held[2] is None or held[2] - held[0] > timeout_s:
             return None
         return held[2] - held[0]
+
+    def timed(self, held: bool = False) -> bool:
+        """Whether the last `result()` (`held`: `held_result()`) is a measured round trip:
+        False for an ARP or ND reply that may have answered either of two requests (it
+        answers both, and its round trip is no sample: Karn's rule)."""
+        return self._held_timed if held else self._timed
 
     async def probe(self, timeout_s: float) -> float | None:
         """Send one request; the RTT in seconds, or None (no answer in time, or send failed)."""
@@ -378,6 +396,7 @@ class EchoProber(_RawProber):
         to back; False when the kernel refused them all (no route in the uplink's table, link
         down)."""
         self._sent = self._answered = None
+        self._timed = True
         self._seq = (self._seq + 1) & 0xFFFF
         try:
             sock = self._ensure()

@@ -240,6 +240,9 @@ class FakeProbers:
             def held_result(self, timeout_s):
                 return self.held
 
+            def timed(self, held=False):
+                return True
+
             def close(self):
                 probers.closed[role] += 1
 

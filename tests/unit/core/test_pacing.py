@@ -392,3 +392,21 @@ def test_with_suspicion_random_loss_makes_no_false_failover():
     failovers, sends = run(lossy(0.04, seed=7), until=1800.0, suspect=True)
     assert failovers == []
     assert len(sends) > 1800 / INTERVAL
+
+
+def test_an_untimed_answer_clears_but_teaches_no_round_trip():
+    """An ARP or ND reply that may have been either of two requests (Karn's rule)."""
+    pacer = Pacer(CADENCE, 1, now=0.0, suspect=True)
+    pacer.sent(0, 0.0)
+    pacer.judged(0, LAN_RTT, 0.05)
+    pacer.sent(0, 0.05)
+    pacer.suspected(0, 0.08)
+    pacer.sent(0, 0.08)
+    pacer.judged_held(0, 0.035, 0.09, timed=False)
+    pacer.judged(0, 0.005, 0.09, timed=False)
+    assert not pacer.confirming(0)
+    pacer.sent(0, 0.1)
+    assert pacer.next_at() == pytest.approx(0.1 + TIMEOUT - (FALL - 1) * CONFIRM)  # as before
+    pacer.judged(0, 0.035, 0.14)  # a measured 35 ms: the suspicion moves out
+    pacer.sent(0, 0.15)
+    assert pacer.next_at() > 0.15 + TIMEOUT - (FALL - 1) * CONFIRM
