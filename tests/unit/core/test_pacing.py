@@ -347,13 +347,20 @@ def test_a_probe_unanswered_at_its_suspicion_time_is_held_and_confirmed():
     assert not pacer.holds(0) and pacer.to_send(0.1) == [0]  # the grid again
 
 
-def test_a_held_probe_answered_late_clears_the_suspicion():
+def held_at_80_ms() -> Pacer:
+    """A stream that answered, then a probe sent at 50 ms, suspect and held at 80 ms, its
+    first confirmation sent then."""
     pacer = Pacer(CADENCE, 1, now=0.0, suspect=True)
     pacer.sent(0, 0.0)
     pacer.judged(0, LAN_RTT, 0.05)
     pacer.sent(0, 0.05)
     pacer.suspected(0, 0.08)
     pacer.sent(0, 0.08)
+    return pacer
+
+
+def test_a_held_probe_answered_late_clears_the_suspicion():
+    pacer = held_at_80_ms()
     pacer.judged(0, None, 0.09)
     pacer.judged_held(0, 0.035, 0.09)  # it had answered, 35 ms after it left
     assert not pacer.confirming(0)
@@ -377,10 +384,11 @@ def test_with_suspicion_fall_misses_are_known_at_the_first_ones_timeout(start):
 
 
 def test_with_suspicion_a_path_slower_than_its_rto_but_within_the_timeout_never_fails_over():
-    """The round trip jumps from 0.3 ms to 30 ms (a queue filling): the confirmations miss
-    their RTO, but the held probe answers within its 50 ms, and one answer clears."""
+    """The round trip jumps from 0.3 ms to 35 ms (a queue filling), past the suspicion time
+    (30 ms): the probes are held, the confirmations miss their RTO, but the held probe
+    answers within its 50 ms, and one answer clears."""
     def path(sent: float, copies: int):
-        return LAN_RTT if sent < 5.0 else 0.030
+        return LAN_RTT if sent < 5.0 else 0.035
 
     failovers, _ = run(path, until=15.0, suspect=True)
     assert failovers == []
@@ -396,12 +404,7 @@ def test_with_suspicion_random_loss_makes_no_false_failover():
 
 def test_an_untimed_answer_clears_but_teaches_no_round_trip():
     """An ARP or ND reply that may have been either of two requests (Karn's rule)."""
-    pacer = Pacer(CADENCE, 1, now=0.0, suspect=True)
-    pacer.sent(0, 0.0)
-    pacer.judged(0, LAN_RTT, 0.05)
-    pacer.sent(0, 0.05)
-    pacer.suspected(0, 0.08)
-    pacer.sent(0, 0.08)
+    pacer = held_at_80_ms()
     pacer.judged_held(0, 0.035, 0.09, timed=False)
     pacer.judged(0, 0.005, 0.09, timed=False)
     assert not pacer.confirming(0)
