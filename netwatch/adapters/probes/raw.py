@@ -79,7 +79,7 @@ class _RawProber:
         self._sent: float | None = None  # the probe in flight: its send time (monotonic)
         self._wall_offset = 0.0  # time.time() - time.monotonic() at that send
         self._answered: float | None = None  # and its first matching reply's arrival
-        # A held probe (`hold()`): [send time, wall offset, arrival or None, sequence]
+        # A held probe (`hold()`): [send time, wall offset, arrival or None, sequence, timed]
         self._held: list | None = None
         self._request_cache: tuple[bytes, object] | None = None
 
@@ -97,8 +97,9 @@ class _RawProber:
         raise NotImplementedError
 
     def _matches_held(self, data: bytes, seq: int) -> bool:
-        """A reply to the held probe: for ARP and ND any reply of the gateway that came
-        before the next request left (their requests carry nothing to tell them apart)."""
+        """A reply to the held probe: for ARP and ND any reply of the gateway (their
+        requests carry nothing to tell them apart; `_drain` decides whose it is by when it
+        came)."""
         return self._matches(data)
 
     def _ensure(self) -> socket.socket:
