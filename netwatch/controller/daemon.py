@@ -597,8 +597,15 @@ class Controller:
         self.report_probed(opened.probed)
         probe = self.ctl.probe
         interval = probe.interval_ms / 1000
+        # Each target through every upstream, then the next target: a fault that lands in
+        # the middle of a round's sends (a common cause, the Internet dark behind every
+        # transit) then costs every upstream the same targets of that round. Upstream by
+        # upstream, the ones sent last lost a whole round more than the others, and their
+        # confirmations made them FAILED before the all-bad guard could see it was everyone.
         streams = [(p.upstream, prober, t.label, probing.destination(method, t))
-                   for p, prober in opened.probers for t in p.targets]
+                   for j in range(max((len(p.targets) for p, _ in opened.probers), default=0))
+                   for p, prober in opened.probers if j < len(p.targets)
+                   for t in (p.targets[j],)]
         schedule = ProbeSchedule(
             schedule_cadence(self.params, interval, probe.timeout_s, probe.confirm_s), interval,
             [(name, label) for name, _, label, _ in streams], self.window, self.mono())

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import errno
+import itertools
 import json
 import logging
 from dataclasses import dataclass, field
@@ -992,6 +993,7 @@ class ScriptedProbers:
     rtt: object = lambda mark, destination, sent_at: 0.001
     read_late: bool = False
     sent: dict[tuple[int, str], list[float]] = field(default_factory=dict)
+    order: list[tuple[int, str]] = field(default_factory=list)  # every send, in order
 
     def __call__(self, method: str, family: int, mark: int):
         return _ScriptedPath(self, mark)
@@ -1004,6 +1006,7 @@ class _ScriptedPath:
 
     def send(self, destination: str, wait_s: float) -> bool:
         self.probers.sent.setdefault((self.mark, destination), []).append(self.probers.clock())
+        self.probers.order.append((self.mark, destination))
         return True
 
     def result(self, destination: str, wait_s: float) -> float | None:
@@ -1083,6 +1086,23 @@ def test_a_lost_probe_is_confirmed_at_once_not_at_the_next_interval(make, clock)
     lost, answered = probers.sent[first], probers.sent[(MARK["t2"], "203.0.113.2")]
     assert lost[1] - lost[0] == pytest.approx(0.05)  # the timeout, and no more
     assert answered[1] - answered[0] == pytest.approx(0.1)
+
+
+def test_a_round_probes_each_target_through_every_upstream_before_the_next(make, clock):
+    """A fault that lands in the middle of a round's sends must cost every upstream alike:
+    sent upstream by upstream, the Internet going dark behind every transit made the ones
+    sent last FAILED (a round ahead of the others) before the all-bad guard saw it."""
+    time = VirtualTime(clock)
+    probers = ScriptedProbers(clock)
+    r = started(make(prober=probers, sleep=time.sleep, edit=fast_probes))
+    asyncio.run(time.probe(r.c, 0.01))  # the first round only
+    for v6 in (False, True):
+        family = [send for send in probers.order if (":" in send[1]) is v6]
+        runs = [(dest, [m for m, _ in group])
+                for dest, group in itertools.groupby(family, key=lambda s: s[1])]
+        assert len(runs) == len({dest for dest, _ in runs}) > 1, family  # each target once
+        for dest, marks in runs:
+            assert len(marks) == 4 and len(set(marks)) == 4, (dest, marks)  # all four
 
 
 @pytest.mark.parametrize("t2_rtt, state, then", [
