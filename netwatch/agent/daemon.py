@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from functools import partial
 from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry
 from pyroute2.netlink.exceptions import NetlinkError
@@ -60,11 +60,13 @@ from netwatch.agent.control import AgentControl
 from netwatch.agent.metrics import AgentMetrics, StreamMetrics
 from netwatch.agent.probing import Prober, ProberFactory, RawProbers, probe_paths
 from netwatch.agent.routes import DefaultRoutes, RouteTable
-from netwatch.config import AgentSection
 from netwatch.core.pacing import Cadence, Pacer
 from netwatch.core.vocabulary import Family, Health, UplinkRole
 from netwatch.runtime.logs import kv
 from netwatch.runtime.supervise import WorkerDied, supervise
+
+if TYPE_CHECKING:
+    from netwatch.config.schema import AgentSection
 
 log = logging.getLogger("netwatch.agent")
 

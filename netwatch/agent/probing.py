@@ -11,14 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from ipaddress import IPv4Address
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from netwatch.adapters.policy_routing import ProbePath
 from netwatch.adapters.probes.raw import ArpProber, EchoProber, NdProber
 from netwatch.agent.decision import ProbeKind
-from netwatch.config import AgentSection
-from netwatch.config.schema import Uplink
 from netwatch.core.vocabulary import Family, UplinkRole
+
+if TYPE_CHECKING:
+    from netwatch.config.schema import AgentSection, Uplink
 
 
 class Prober(Protocol):

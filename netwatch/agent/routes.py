@@ -7,13 +7,15 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from netwatch.adapters.netlink import DefaultRoute
 from netwatch.agent.decision import RouteSnapshot
 from netwatch.agent.probing import uplink_of
-from netwatch.config import AgentSection
 from netwatch.core.vocabulary import Family, UplinkRole
+
+if TYPE_CHECKING:
+    from netwatch.config.schema import AgentSection
 
 FAMILY = {Family.V4: socket.AF_INET, Family.V6: socket.AF_INET6}
 

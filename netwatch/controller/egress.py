@@ -48,12 +48,14 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from ipaddress import IPv4Address, IPv6Address
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from netwatch.adapters.egress_routes import KernelDefault, NextHop
-from netwatch.config.schema import ControllerSection
 from netwatch.core.vocabulary import Family
 from netwatch.runtime.logs import kv
+
+if TYPE_CHECKING:
+    from netwatch.config.schema import ControllerSection
 
 log = logging.getLogger("netwatch.controller")
 

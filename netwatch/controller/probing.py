@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Protocol
 
 from netwatch.adapters.probes.batch import EchoBatch
 from netwatch.adapters.probes.tcp import TcpProber
-from netwatch.config.schema import ControllerSection, Target
 
 if TYPE_CHECKING:
     from netwatch.adapters.policy_routing import ProbePath
+    from netwatch.config.schema import ControllerSection, Target
 
 # The policy routes are checked (a link flap removes a table's route) every PATH_CHECK_S, and
 # at most every PATH_REPAIR_S while a probe is refused (the table's unreachable default: its
