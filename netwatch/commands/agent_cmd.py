@@ -13,14 +13,12 @@ metrics listener that cannot start is logged and the agent runs without it
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 
 from netwatch import exitcodes
 from netwatch.commands import site_or_fail
 from netwatch.runtime.logs import kv, setup_logging
-from netwatch.runtime.supervise import WorkerDied
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -53,42 +51,12 @@ def cmd_agent(args: argparse.Namespace) -> int:
             log.error(kv("fatal", netns=args.netns, error=exc, note="cannot enter the namespace"))
             return exitcodes.OSERR
 
-    # Imported here: pyroute2 and the raw sockets come after setns.
-    from prometheus_client import CollectorRegistry
-    from pyroute2.netlink.exceptions import NetlinkError
+    # The agent runs in a fresh image without the CLI and pydantic (netwatch.runtime.lean);
+    # pyroute2 and the raw sockets come after setns.
+    from netwatch.runtime.lean import exec_daemon, freeze
 
-    from netwatch.agent.daemon import Agent
-    from netwatch.runtime.metrics_http import serve_metrics
-
-    registry = CollectorRegistry()
-    listen = args.metrics_listen or site.metrics.agent
-    server = None
-    if listen != "none":
-        server = serve_metrics(listen, registry, log)  # logged and carried on when it fails
-    try:
-        try:
-            agent = Agent(site.agent, registry, site=site)  # site: the control API, its leases
-        except ValueError as exc:
-            # The decision's Settings refuse what the schema let through.
-            log.error(kv("fatal", config=args.config, error=exc, note="invalid agent section"))
-            return exitcodes.DATAERR
-        asyncio.run(agent.run())
-    except Exception as exc:
-        # A dead worker's own error says what failed; a worker that returned is a bug.
-        cause = exc.error if isinstance(exc, WorkerDied) else exc
-        if isinstance(cause, PermissionError):
-            log.error(kv("fatal", error=cause, hint="needs CAP_NET_ADMIN and CAP_NET_RAW"))
-            return exitcodes.NOPERM
-        # NetlinkError is not an OSError, and is as much the kernel refusing as one.
-        if isinstance(cause, (OSError, NetlinkError)):
-            log.error(kv("fatal", error=cause))
-            return exitcodes.OSERR
-        log.error(kv("fatal", error="internal error"), exc_info=exc)
-        return exitcodes.SOFTWARE
-    finally:
-        if server is not None:
-            server.shutdown()
-    return exitcodes.OK
+    return exec_daemon("netwatch.agent.main:run", site=freeze(site), config_path=args.config,
+                       metrics_listen=args.metrics_listen, verbose=args.verbose)
 
 
 def _enter_netns(name: str) -> None:

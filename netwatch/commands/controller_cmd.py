@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from netwatch import exitcodes
 from netwatch.commands import site_or_fail
 
 
@@ -20,10 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def cmd_controller(args: argparse.Namespace) -> int:
     site = site_or_fail(args.config, needs="controller")
-    from netwatch.controller.daemon import run_controller
+    # In a fresh image without the CLI and pydantic (netwatch.runtime.lean).
+    from netwatch.runtime.lean import exec_daemon, freeze
 
-    try:
-        return run_controller(site)
-    except ValueError as exc:  # a site the controller cannot run (tcp probes without a port)
-        print(f"{args.config}: {exc}", file=sys.stderr)
-        return exitcodes.DATAERR
+    return exec_daemon("netwatch.controller.daemon:serve", site=freeze(site),
+                       config_path=args.config)

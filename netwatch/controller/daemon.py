@@ -50,6 +50,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 import time
 
 from prometheus_client import CollectorRegistry
@@ -690,6 +691,17 @@ class Controller:
             self.persist()  # the saver is gone: the last change, if not saved yet, at once
         log.info(kv("stop", reason="ExaBGP closed the pipe"))
         return exitcodes.OK
+
+
+def serve(site, config_path: str) -> int:
+    """`netwatch controller` once its site file is read (in a fresh image, see
+    netwatch.runtime.lean): `run_controller`, and a site it cannot run (tcp probes without a
+    port) is exit 65."""
+    try:
+        return run_controller(site)
+    except ValueError as exc:
+        print(f"{config_path}: {exc}", file=sys.stderr)
+        return exitcodes.DATAERR
 
 
 def run_controller(site, registry: CollectorRegistry | None = None) -> int:

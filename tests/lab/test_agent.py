@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -291,3 +292,15 @@ def test_manual_failback_waits_for_sigusr1(agent, own_agent, lab, tmp_path, wait
         assert seen == want, f"after SIGUSR1: {seen}, expected {want}"
         lost = unreached(lab)
         assert lost == [], f"after SIGUSR1, routes on eth0: srv gets no reply from {lost}"
+
+
+def test_the_agent_runs_in_a_fresh_image_without_the_cli(agent):
+    """`netwatch agent` execs a fresh image once the site file is read (netwatch.runtime.lean):
+    the PID it was started as is the running agent (the fixture saw both uplinks UP through
+    its metrics), its command line still names its site file, and the CLI's config
+    validation (pydantic, 15 MB of RSS) is not in its memory."""
+    cmdline = Path(f"/proc/{agent.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"agent" in cmdline and str(agent.site_file).encode() in cmdline, cmdline
+    maps = Path(f"/proc/{agent.pid}/maps").read_text()
+    assert "_pydantic_core" not in maps, "the agent still holds pydantic"
+    assert agent.uplinks_up() == dict.fromkeys(ROLES, 1.0)

@@ -4,8 +4,9 @@ transits' own BIRD tables. Every test heals what it faulted and waits for the no
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-from netwatch.lab import faults
+from netwatch.lab import faults, lifecycle
 
 PREFIXES = ("198.51.100.0/24", "2001:db8:100::/48")
 TRANSITS = ("t1", "t2", "t3", "t4")
@@ -75,3 +76,15 @@ def test_internet_unreachable_through_all_withdraws_nothing(announced, held, wai
         seen = held(t)
         assert set(seen) == set(PREFIXES), f"{t} holds only {seen} with every transit blackholed"
     print(f"local fault declared {tripped:.2f} s into the internet blackhole; nothing withdrawn")
+
+
+def test_the_controller_runs_in_a_fresh_image_without_the_cli(announced):
+    """`netwatch controller` execs a fresh image once the site file is read
+    (netwatch.runtime.lean): ExaBGP's child is the controller (it announced), its command
+    line still names its site file, and the CLI's pydantic is not in its memory."""
+    children = lifecycle.exabgp_children(announced)
+    assert len(children) == 1, f"ExaBGP runs {children}, expected one controller"
+    cmdline = Path(f"/proc/{children[0]}/cmdline").read_bytes().split(b"\0")
+    assert b"controller" in cmdline and b"--config" in cmdline, cmdline
+    maps = Path(f"/proc/{children[0]}/maps").read_text()
+    assert "_pydantic_core" not in maps, "the controller still holds pydantic"

@@ -30,6 +30,7 @@ def failing_agent(exc: Exception):
 def test_an_agent_that_cannot_be_built_exits_with_its_code(site_copy, monkeypatch, capsys,
                                                            exc, code):
     monkeypatch.setattr(daemon, "Agent", failing_agent(exc))
+    monkeypatch.setenv("NETWATCH_IN_PLACE", "1")  # not in a fresh image: this test's Agent
     rc = main(["agent", "--config", str(site_copy()), "--metrics-listen", "none"])
     err = capsys.readouterr().err
     assert rc == code

@@ -718,8 +718,11 @@ def test_manual_failback_waits_for_sigusr1(clock):
 
 
 @pytest.fixture
-def netwatch_logging():
-    """cmd_agent sets up the `netwatch` logger: put it back afterwards."""
+def netwatch_logging(monkeypatch):
+    """cmd_agent sets up the `netwatch` logger: put it back afterwards. And runs the agent in
+    this process, not in a fresh image (netwatch.runtime.lean), so that `Agent` can be
+    replaced."""
+    monkeypatch.setenv("NETWATCH_IN_PLACE", "1")
     root = logging.getLogger("netwatch")
     saved = root.handlers[:], root.level, root.propagate
     yield
