@@ -143,7 +143,9 @@ class Netlink:
         self._tentative: dict[tuple[str, IPv6Address | None], bool] = {}  # answers, cached
 
     async def open(self) -> None:
-        self.ipr = AsyncIPRoute()
+        # strict_check: the kernel filters a dump by table (routes) and interface (neighbours)
+        # itself; without it, every path check decoded every route of every table.
+        self.ipr = AsyncIPRoute(strict_check=True)
         await self.reopen_events()
 
     async def reopen_events(self) -> None:

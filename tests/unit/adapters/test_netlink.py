@@ -52,7 +52,7 @@ class ScriptedSocket:
     LINKS: list[Message] = []
     ADDRESSES: list[Message] = []
 
-    def __init__(self):
+    def __init__(self, strict_check=False):
         self.closed = False
 
     async def bind(self, groups):
