@@ -9,7 +9,8 @@ Runs in its own lab (`netwatch lab up --name bench<random>`, torn down in a fina
 - per kind: median outage (longest gap in the received stream around the fault, ms) and
   median packets lost (the sequence numbers sent in the window that never arrived); a trial
   that never recovered within the window counts the whole window;
-- the agent's CPU (% of one core) and RSS while probing, idle;
+- the agent's CPU (% of one core) and RSS while probing, idle, beside the floor: the agent's
+  own probers, sent and read from a plain 20 Hz loop (FLOOR);
 - with `--noise SECONDS` (the issue's figure: 600): both uplinks lose 2 % of their frames in
   each direction (`lab fault link-loss 2`, ARP and ND included) for that long, and every
   failover the agent makes meanwhile is a false one (goal 0); the probes it lost and the
@@ -87,6 +88,44 @@ while True:
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(argv, capture_output=True, text=True, check=check)
+
+# The floor under the agent's CPU: its own raw probers (the same sockets, BPF filters and
+# packets, 8 streams at 20 Hz), each sent and read once per 50 ms slot from a plain
+# time.sleep loop: no event loop, no suspicion wake-ups, no judging, no metrics. What is left
+# is the kernel's share (the wake-ups, the send and receive calls, and on veth the peer's
+# answer, which runs in the sender's system call) and the least Python per probe.
+FLOOR = r"""
+import asyncio, glob, os, sys, time
+from netwatch.adapters.netlink import Netlink
+from netwatch.agent.decision import ProbeKind
+from netwatch.agent.probing import RawProbers
+from netwatch.config import load_site
+from netwatch.core.vocabulary import UplinkRole
+
+async def build(cfg):
+    netlink = Netlink()
+    await netlink.open()
+    make = RawProbers(cfg, netlink.address_towards)
+    return [(await make(role, kind))[0] for role in UplinkRole for kind in ProbeKind]
+
+def cpu():
+    return sum(int(open(f).read().split()[0])
+               for f in glob.glob(f"/proc/{os.getpid()}/task/*/schedstat")) / 1e9
+
+probers = asyncio.run(build(load_site(sys.argv[1]).agent))
+seconds, slot = float(sys.argv[2]), 0.05
+answered = sent = 0
+start, t0 = cpu(), time.monotonic()
+deadline = t0
+while deadline - t0 < seconds:
+    for p in probers:
+        answered += p.result(slot) is not None if sent else 0
+        p.send()
+    sent += len(probers)
+    deadline += slot
+    time.sleep(max(0.0, deadline - time.monotonic()))
+print(f"{100 * (cpu() - start) / (time.monotonic() - t0):.3f} {sent} {answered}")
+"""
 
 
 def in_ns(ns: str, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -270,6 +309,11 @@ def main() -> int:
         agent.send_signal(signal.SIGTERM)
         agent.wait(10)
         agent = None
+        floor_pct, floor_sent, floor_answered = in_ns(
+            srv, sys.executable, "-c", FLOOR, lab_site, "10").stdout.split()
+        floor_pct = float(floor_pct)
+        print(f"floor: {floor_pct:.2f}% of a core ({floor_sent} probes, {floor_answered} "
+              "answered)", file=sys.stderr)
 
         # The kernel's answer: two default routes, the dead link's ignored.
         in_ns(srv, "ip", "route", "del", "default", check=False)
@@ -291,7 +335,8 @@ def main() -> int:
         previous = previous_results()
         results: dict = {"rate_pps": RATE_HZ, "trials": args.trials, "window_s": WINDOW_S,
                          "probe": {"interval_ms": 50, "fall": 3, "confirm_interval_ms": 10},
-                         "agent_cpu_pct": cpu_pct, "agent_rss_mb": rss_mb, "faults": {}}
+                         "agent_cpu_pct": cpu_pct, "agent_rss_mb": rss_mb,
+                         "floor_cpu_pct": floor_pct, "faults": {}}
         if noise_result is not None:
             results["noise"] = noise_result
         elif "noise" in previous:
@@ -324,7 +369,8 @@ def main() -> int:
             return f" (previous {previous[key]:.2f}{unit})" if key in previous else ""
 
         print(f"agent while probing: {cpu_pct:.2f}% of a core{was('agent_cpu_pct', '%')}, "
-              f"RSS {rss_mb:.1f} MB{was('agent_rss_mb', ' MB')}; kernel: no process")
+              f"RSS {rss_mb:.1f} MB{was('agent_rss_mb', ' MB')}; kernel: no process; floor "
+              f"(the same probers from a plain loop, see FLOOR): {floor_pct:.2f}% of a core")
         if noise_result is not None:
             before = previous.get("noise")
             was_noise = (f"{before['false_failovers']:.0f} in {before['seconds']:g} s"
