@@ -10,9 +10,9 @@ namespace, same stdin/stdout (the controller's pipes to ExaBGP), same environmen
 Python image is new. The command line keeps the original arguments, so `ps` still shows
 `... agent --config FILE`.
 
-When the exec itself fails (no interpreter at `sys.executable`), the daemon runs in the CLI's
-process as before, and says so. `NETWATCH_IN_PLACE=1` asks for that on purpose (tests that
-call a command in their own process).
+When there is no interpreter to exec (`sys.executable` empty, or the exec fails), the daemon
+runs in the CLI's process as before, and says so when the exec failed. `NETWATCH_IN_PLACE=1`
+asks for that on purpose (tests that call a command in their own process).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def freeze(value: Any) -> Any:
 def exec_daemon(entry: str, **kwargs: Any) -> int:
     """Call `entry` ("package.module:function") with `kwargs` in a fresh image of this process
     (see the module doc). Returns only when it ran in place: `entry`'s exit code."""
-    if os.environ.get("NETWATCH_IN_PLACE") != "1":
+    if sys.executable and os.environ.get("NETWATCH_IN_PLACE") != "1":
         payload = pickle.dumps((entry, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
         fd = os.memfd_create("netwatch-handover", 0)  # inherited across the exec
         try:
