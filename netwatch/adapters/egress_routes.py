@@ -69,9 +69,10 @@ class NetlinkEgressRoutes:
         from pyroute2.iproute.linux import AsyncIPRoute
         from pyroute2.netlink.rtnl import RTMGRP_IPV4_ROUTE, RTMGRP_IPV6_ROUTE
 
-        # strict_check: the kernel filters a dump by table itself, instead of sending every
-        # table for us to throw away.
-        self.ipr = AsyncIPRoute(strict_check=True)
+        from netwatch.adapters.netlink import kernel_filters_dumps
+
+        # The kernel filters a dump by table (before Linux 4.20 it cannot: we do, below).
+        self.ipr = AsyncIPRoute(strict_check=kernel_filters_dumps())
         try:
             events = AsyncIPRoute()
         except BaseException:  # out of file descriptors: the first socket must not leak

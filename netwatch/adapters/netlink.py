@@ -23,6 +23,8 @@ Facts that shape the callers, measured on the dev machine:
 from __future__ import annotations
 
 import enum
+import errno
+import functools
 import ipaddress
 import socket
 from collections.abc import AsyncIterator
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address, ip_address
 
 from pyroute2.iproute.linux import AsyncIPRoute
+from pyroute2.netlink import NETLINK_GET_STRICT_CHK, SOL_NETLINK
 from pyroute2.netlink.rtnl import (
     RTMGRP_IPV4_ROUTE,
     RTMGRP_IPV6_IFADDR,
@@ -56,6 +59,21 @@ IFA_F_DADFAILED = 0x08  # a duplicate was found: never usable (stays TENTATIVE t
 IFA_F_TENTATIVE = 0x40  # DAD has not finished: not usable as a source
 NUD_FAILED = 0x20  # a neighbour entry whose resolution gave up
 
+
+@functools.cache
+def kernel_filters_dumps() -> bool:
+    """Whether the kernel filters a dump by what it asks for (NETLINK_GET_STRICT_CHK, Linux
+    4.20: routes by table, neighbours by interface): without it, every probe-path check
+    decoded every route of every table in Python. Asked once; before 4.20 the sockets are
+    opened without it, as they were (every caller checks table and interface itself too)."""
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as probe:
+        try:
+            probe.setsockopt(SOL_NETLINK, NETLINK_GET_STRICT_CHK, 1)
+        except OSError as exc:
+            if exc.errno == errno.ENOPROTOOPT:
+                return False
+            raise
+    return True
 
 @dataclass(frozen=True)
 class LinkState:
@@ -143,9 +161,7 @@ class Netlink:
         self._tentative: dict[tuple[str, IPv6Address | None], bool] = {}  # answers, cached
 
     async def open(self) -> None:
-        # strict_check: the kernel filters a dump by table (routes) and interface (neighbours)
-        # itself; without it, every path check decoded every route of every table.
-        self.ipr = AsyncIPRoute(strict_check=True)
+        self.ipr = AsyncIPRoute(strict_check=kernel_filters_dumps())
         await self.reopen_events()
 
     async def reopen_events(self) -> None:

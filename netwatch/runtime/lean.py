@@ -4,11 +4,13 @@
 and the site file validated by pydantic. That is 24 MB of RSS the daemon never uses again,
 and the agent runs on every server. So, once the site file is good, the command calls
 `exec_daemon(entry, **kwargs)`: the arguments (the site as a `Frozen` copy, see `freeze`) go
-into a memfd, and the process execs `python -P -c ... FD ARGV...`, which loads them and calls
-`entry(**kwargs)`. Same PID (systemd, ExaBGP and `kill` see no change), same network
-namespace, same stdin/stdout (the controller's pipes to ExaBGP), same environment; only the
-Python image is new. The command line keeps the original arguments, so `ps` still shows
-`... agent --config FILE`.
+into a memfd, and the process execs `python [its flags] -c ... FD ARGV...`, which loads
+them and calls `entry(**kwargs)`. Same PID (systemd, ExaBGP and `kill` see no change), same
+network namespace, same stdin/stdout (the controller's pipes to ExaBGP), same environment,
+interpreter flags and sys.path (the same netwatch, from a source tree too); only the Python
+image is new. The CLI's whole command line follows FD, so `ps` and `pgrep -f "netwatch
+agent"` still find `.../netwatch agent --config FILE`, and the process name (`comm`, what
+`pgrep netwatch` matches) is set back to the CLI's.
 
 When there is no interpreter to exec (`sys.executable` empty, or the exec fails), the daemon
 runs in the CLI's process as before, and says so when the exec failed. `NETWATCH_IN_PLACE=1`
@@ -17,22 +19,25 @@ asks for that on purpose (tests that call a command in their own process).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
 import pickle
+import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
+from netwatch import exitcodes
 from netwatch.runtime.logs import kv
 
 log = logging.getLogger("netwatch")
 
-# Run by the new image: argv is [-c, PATH, FD, original arguments...]. PATH, where this
-# process found netwatch, goes last on sys.path: an installed netwatch is found where it was
-# (the same one), a source tree that was never installed still is.
-_BOOT = "import sys; sys.path.append(sys.argv[1]); from netwatch.runtime import lean; lean.main()"
+# Run by the new image, argv [-c, FD, the CLI's argv...]: sys.path first (see exec_daemon).
+_BOOT = ("import os, pickle, sys; handover = os.fdopen(int(sys.argv[1]), 'rb'); "
+         "sys.path[:] = pickle.load(handover); from netwatch.runtime import lean; "
+         "lean.main(handover)")
 
 
 class Frozen:
@@ -96,16 +101,20 @@ def exec_daemon(entry: str, **kwargs: Any) -> int:
     """Call `entry` ("package.module:function") with `kwargs` in a fresh image of this process
     (see the module doc). Returns only when it ran in place: `entry`'s exit code."""
     if sys.executable and os.environ.get("NETWATCH_IN_PLACE") != "1":
-        payload = pickle.dumps((entry, kwargs), protocol=pickle.HIGHEST_PROTOCOL)
         fd = os.memfd_create("netwatch-handover", 0)  # inherited across the exec
         try:
-            os.write(fd, payload)
+            with os.fdopen(os.dup(fd), "wb") as handover:
+                # sys.path first, alone: the new image must find this very netwatch (a
+                # source tree's, not an installed one) before it can load the rest.
+                pickle.dump(sys.path, handover)
+                pickle.dump((entry, kwargs, _comm()), handover, pickle.HIGHEST_PROTOCOL)
             os.lseek(fd, 0, os.SEEK_SET)
-            where = str(Path(__file__).resolve().parents[2])
             sys.stdout.flush()
             sys.stderr.flush()
+            # The interpreter's own flags (-I, -s, -O, -W, -X...) as this process has them.
+            flags = subprocess._args_from_interpreter_flags()
             os.execv(sys.executable,
-                     [sys.executable, "-P", "-c", _BOOT, where, str(fd), *sys.argv[1:]])
+                     [sys.executable, *flags, "-c", _BOOT, str(fd), *sys.argv])
         except OSError as exc:
             log.warning(kv("exec_failed", error=exc, note="the daemon runs in the CLI's process"))
         finally:
@@ -113,13 +122,34 @@ def exec_daemon(entry: str, **kwargs: Any) -> int:
     return _call(entry, kwargs)
 
 
-def main() -> None:
-    """The new image's entry (`_BOOT`): load what `exec_daemon` handed over, run it, exit."""
-    fd = int(sys.argv[2])
-    with os.fdopen(fd, "rb") as handover:
-        entry, kwargs = pickle.load(handover)
-    del sys.argv[1:3]  # the daemon sees the command line it was started with
-    sys.exit(_call(entry, kwargs))
+def main(handover: BinaryIO) -> None:
+    """The new image's entry (`_BOOT`, which has read sys.path from `handover`): load the
+    rest, take the CLI's command line and process name back, run the daemon, exit with its
+    code (130 on Ctrl-C, as the CLI; 70 when the handover cannot be loaded)."""
+    try:
+        with handover:
+            entry, kwargs, comm = pickle.load(handover)
+    except Exception as exc:  # a netwatch changed on disk under a starting daemon
+        print(f"netwatch: the daemon's handover cannot be loaded: {exc!r}", file=sys.stderr)
+        sys.exit(exitcodes.SOFTWARE)
+    sys.argv[:] = sys.argv[2:]  # [-c, FD, the CLI's argv...]
+    if comm:
+        with contextlib.suppress(OSError):
+            Path("/proc/self/comm").write_text(comm)
+    try:
+        code = _call(entry, kwargs)
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def _comm() -> str | None:
+    """This process's name (`/proc/self/comm`: `netwatch` when run as the installed script):
+    the exec would make it `python`, and `pgrep netwatch` looks for it."""
+    try:
+        return Path("/proc/self/comm").read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _call(entry: str, kwargs: dict[str, Any]) -> int:

@@ -5,8 +5,12 @@ scripted one."""
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 from ipaddress import IPv6Address
+
+import pytest
 
 from netwatch.adapters import netlink
 from netwatch.adapters.netlink import Event, EventKind, LinkState, Netlink
@@ -318,3 +322,21 @@ def test_a_rename_during_a_link_dump_is_not_lost(monkeypatch):
                                                     renamed_to="wan0"))
     assert via == ["wan0"]
     assert not found["eth0"].exists
+
+
+def test_dumps_are_filtered_by_the_kernel_where_it_can(monkeypatch):
+    """NETLINK_GET_STRICT_CHK: this kernel takes it; one before 4.20 refuses it with
+    ENOPROTOOPT, and the sockets are then opened without it (not an agent that cannot
+    start); any other refusal is an error."""
+    assert netlink.kernel_filters_dumps.__wrapped__() is True
+
+    class Refusing(socket.socket):
+        def setsockopt(self, *args):
+            raise OSError(REFUSED, os.strerror(REFUSED))
+
+    monkeypatch.setattr(netlink.socket, "socket", Refusing)
+    REFUSED = errno.ENOPROTOOPT
+    assert netlink.kernel_filters_dumps.__wrapped__() is False
+    REFUSED = errno.EPERM
+    with pytest.raises(PermissionError):
+        netlink.kernel_filters_dumps.__wrapped__()

@@ -45,21 +45,39 @@ def test_frozen_compares_hashes_and_pickles_by_value(site):
     assert again == freeze(site) and again.agent.probe.timeout_s == site.agent.probe.timeout_s
 
 
+ENTRY = """
+import os, sys
+
+
+def describe_image(answer):
+    comm = open("/proc/self/comm").read().strip()
+    print(f"pid={os.getpid()} argv={' '.join(sys.argv[1:])} comm={comm} "
+          f"optimize={sys.flags.optimize} pydantic={'pydantic' in sys.modules}", flush=True)
+    return answer
+"""
+
+
 def test_the_handover_crosses_a_real_exec_and_keeps_the_pid(tmp_path):
     """exec_daemon in a child: the entry runs in the new image with the handed-over value,
-    under the same PID, with the command line it was started with and without pydantic."""
+    under the same PID, with the command line, process name, interpreter flags and sys.path
+    it was started with (the entry's module is found only on a path the CLI added), and
+    without pydantic."""
+    (tmp_path / "handover_entry.py").write_text(ENTRY)
     script = tmp_path / "start.py"
     script.write_text(
         "import os, sys\n"
+        f"sys.path.insert(0, {str(tmp_path)!r})\n"
         "from netwatch.runtime.lean import exec_daemon\n"
+        "open('/proc/self/comm', 'w').write('nwtest')\n"
         "print(os.getpid(), flush=True)\n"
-        "sys.exit(exec_daemon('tests.unit.runtime.lean_entry:describe_image', answer=42))\n"
+        "sys.exit(exec_daemon('handover_entry:describe_image', answer=42))\n"
     )
-    out = subprocess.run([sys.executable, str(script), "agent", "--config", "x.yaml"],
-                         capture_output=True, text=True, timeout=30)
+    out = subprocess.run([sys.executable, "-O", str(script), "agent", "--config", "x.yaml"],
+                         capture_output=True, text=True, timeout=30, cwd="/")
     assert out.returncode == 42, out.stderr
     before, after = out.stdout.split("\n", 1)
-    assert after.strip() == f"pid={before} argv=agent --config x.yaml pydantic=False"
+    assert after.strip() == (f"pid={before} argv=agent --config x.yaml comm=nwtest "
+                             "optimize=1 pydantic=False")
 
 
 def test_the_daemons_modules_import_no_pydantic():
