@@ -92,3 +92,24 @@ def test_the_daemons_modules_import_no_pydantic():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[] []"
+
+
+def test_the_frozen_site_holds_nothing_of_pydantic(site):
+    """What crosses the exec must load without pydantic: every value in the frozen site is
+    a Frozen, a container of them, or a value of the standard library."""
+    def walk(value, path):
+        if isinstance(value, Frozen):
+            for name, field in value._fields.items():
+                yield from walk(field, f"{path}.{name}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                yield from walk(item, f"{path}[{i}]")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                yield from walk(item, f"{path}[{key!r}]")
+        else:
+            yield path, type(value).__module__
+
+    modules = dict(walk(freeze(site), "site"))
+    assert len(modules) > 50
+    assert {p: m for p, m in modules.items() if m.partition(".")[0].startswith("pydantic")} == {}
