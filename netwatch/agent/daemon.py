@@ -25,7 +25,9 @@ Contract:
   move): `systemctl kill -s USR1 netwatch-agent`. While an operator's forced failover (a
   lease) is in force, a signal is logged and ignored: `netwatch failover --auto` ends it.
   A family the asked-for uplink is DOWN in (or whose link is lost) is not moved:
-  `event=operator_request_refused` says which and why (a signal has no other answer).
+  `event=operator_request_refused` says which and why (a signal has no other answer). With
+  failback `auto`, a primary that has served its hold-down takes the routes back at the next
+  probe round after SIGUSR2: a move that lasts is `netwatch failover --to secondary` (a lease).
 - Given the site file (`site=`), the agent serves the control API on `site.control.agent`
   (`netwatch.agent.control.AgentControl`: status, the forced failover as a lease that
   survives a restart, the audit log of every automatic action); without it, none (tests).
