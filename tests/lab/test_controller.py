@@ -57,9 +57,10 @@ def test_three_blackholed_keep_two_announced(announced, held, wait_for):
 
 
 def test_internet_unreachable_through_all_withdraws_nothing(announced, held, wait_for):
-    """One cause darkens every transit at once: the all-bad guard trips and nothing is sent.
-    (Four transit-blackholes land ~0.1 s apart: the first one is FAILED, rightly, in 0.5 s,
-    before the last one lands; docs/controller.md, the guard's onset.)"""
+    """One cause darkens every transit at once (`internet-blackhole`: inet drops all but BGP
+    and ND from the transits): the all-bad guard trips and nothing is sent. Four
+    transit-blackholes ~0.1 s apart would not do: the first is FAILED, rightly, in 0.5 s,
+    before the last one lands (docs/controller.md, the guard's onset)."""
     lab = announced
 
     def local_fault() -> float:

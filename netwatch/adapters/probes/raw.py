@@ -57,6 +57,27 @@ _TIMESPEC = struct.Struct("@qq")  # struct timespec on a 64-bit kernel: the stam
 _CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
+
+def kernel_arrival(ancillary, sent: float, wall_offset: float) -> float | None:
+    """A reply's arrival on the monotonic clock, from the kernel's wall-clock stamp in
+    `ancillary` (SO_TIMESTAMPNS), or None when it arrived before the send. The stamp is
+    converted with the wall clock's offset now, else with its offset at the send
+    (`wall_offset`: the clock was stepped between the reply and now); a stamp that neither
+    puts between the send and now counts as before it. No stamp: now."""
+    now = time.monotonic()
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            stamp = seconds + nanoseconds * 1e-9
+            break
+    else:
+        return now
+    for offset in (time.time() - now, wall_offset):
+        arrival = stamp - offset
+        if sent <= arrival <= now:
+            return arrival
+    return None
+
 class _RawProber:
     """A socket opened lazily, reopened after errors, and one probe in flight at a time.
 
@@ -137,14 +158,14 @@ class _RawProber:
                 self.close()
                 return
             if self._sent is not None and self._matches(data):
-                arrival = self._arrival(ancillary, self._sent, self._wall_offset)
+                arrival = kernel_arrival(ancillary, self._sent, self._wall_offset)
                 if arrival is not None:
                     held = self._held
                     if not self._identified and held is not None and held[2] is None:
                         # ARP and ND replies name no request: this one may be the held
                         # probe's or the next one's. The gateway spoke within both: both are
                         # answered, and neither round trip is known (Karn's rule).
-                        held[2], held[4] = self._arrival(ancillary, held[0], held[1]), False
+                        held[2], held[4] = kernel_arrival(ancillary, held[0], held[1]), False
                         if self._answered is None:
                             self._answered, self._timed = arrival, False
                         continue
@@ -154,26 +175,7 @@ class _RawProber:
                         continue  # after the next request left: that request's
             held = self._held
             if held is not None and held[2] is None and self._matches_held(data, held[3]):
-                held[2] = self._arrival(ancillary, held[0], held[1])
-
-    def _arrival(self, ancillary, sent: float, wall_offset: float) -> float | None:
-        """A reply's arrival on the monotonic clock, from the kernel's wall-clock stamp, or
-        None when it arrived before the send. The stamp is converted with the wall clock's
-        offset now, else with its offset at the send (the clock was stepped between the reply
-        and now); a stamp that neither puts between the send and now counts as before it."""
-        now = time.monotonic()
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= 16:
-                seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-                stamp = seconds + nanoseconds * 1e-9
-                break
-        else:
-            return now
-        for offset in (time.time() - now, wall_offset):
-            arrival = stamp - offset
-            if sent <= arrival <= now:
-                return arrival
-        return None
+                held[2] = kernel_arrival(ancillary, held[0], held[1])
 
     def _mark_sent(self) -> None:
         self._sent = time.monotonic()

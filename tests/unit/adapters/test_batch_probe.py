@@ -5,9 +5,11 @@ another socket's replies out."""
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import select
 import socket
+import time
 
 import pytest
 
@@ -52,3 +54,19 @@ def test_loopback_replies_are_matched_and_filtered_per_socket(family, address):
     rtt, readable = asyncio.run(run())
     assert rtt is not None and 0 <= rtt < 0.1
     assert readable == []
+
+
+@pytest.mark.parametrize("family, address", [(socket.AF_INET, "127.0.0.1"),
+                                             (socket.AF_INET6, "::1")])
+def test_a_reply_waits_for_result_and_keeps_the_kernels_stamp(family, address):
+    """No reader callback: the reply stays queued until `result()` (here without any event
+    loop), so it costs no wake-up of its own; its round trip is the kernel's receive stamp
+    minus the send, not the 0.2 s the reply waited to be read."""
+    b = _batch(family)
+    try:
+        assert b.send(address, 0.5)
+        time.sleep(0.2)
+        rtt = b.result(address, math.inf)
+    finally:
+        b.close()
+    assert rtt is not None and 0 <= rtt < 0.05
