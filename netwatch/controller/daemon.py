@@ -618,9 +618,10 @@ class Controller:
                 for i in schedule.to_judge(now):
                     name, prober, label, dest = streams[i]
                     try:
-                        # Judged at its deadline or later: an answer already read counts,
-                        # even when it measured longer than its wait because the loop read it
-                        # late (a busy loop must not turn its own latency into lost probes).
+                        # Judged at its deadline or later: an answer that came counts, even
+                        # when it measured longer than its wait. An echo reply carries the
+                        # kernel's stamp; a TCP probe's round trip ends when the loop runs its
+                        # task (a busy loop must not turn its own latency into lost probes).
                         rtt = prober.result(dest, math.inf)
                     except Exception as exc:
                         self.metrics.errors.labels("probe").inc()

@@ -57,12 +57,13 @@ _TIMESPEC = struct.Struct("@qq")  # struct timespec on a 64-bit kernel: the stam
 _CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
 
 
-
 def kernel_arrival(ancillary, sent: float, wall_offset: float) -> float | None:
     """A reply's arrival on the monotonic clock, from the kernel's wall-clock stamp in
     `ancillary` (SO_TIMESTAMPNS), or None when it arrived before the send. The stamp is
-    converted with the wall clock's offset now, else with its offset at the send
-    (`wall_offset`: the clock was stepped between the reply and now); a stamp that neither
+    converted with the wall clock's offset at the send (`wall_offset`), else with its offset
+    now: a reply arrives a round trip after its send but is read up to a whole timeout later
+    (the controller reads at the deadline), so a step of the wall clock falls between the
+    arrival and the read far more often than before the arrival. A stamp that neither offset
     puts between the send and now counts as before it. No stamp: now."""
     now = time.monotonic()
     for level, kind, data in ancillary:
@@ -72,7 +73,7 @@ def kernel_arrival(ancillary, sent: float, wall_offset: float) -> float | None:
             break
     else:
         return now
-    for offset in (time.time() - now, wall_offset):
+    for offset in (wall_offset, time.time() - now):
         arrival = stamp - offset
         if sent <= arrival <= now:
             return arrival

@@ -70,3 +70,28 @@ def test_a_reply_waits_for_result_and_keeps_the_kernels_stamp(family, address):
     finally:
         b.close()
     assert rtt is not None and 0 <= rtt < 0.05
+
+
+def test_one_read_stamps_every_target_and_a_stale_reply_answers_nothing(monkeypatch):
+    """The first `result()` reads every reply queued: the other targets' answers are stamped
+    with their own arrivals. A reply to a probe sent again (forgotten) answers nothing, even
+    while the new probe is still unanswered."""
+    b = _batch(socket.AF_INET)
+    targets = ["127.0.0.1", "127.0.0.2", "127.0.0.3"]
+    try:
+        for t in targets:
+            assert b.send(t, 0.5)
+        time.sleep(0.1)
+        rtts = [b.result(t, math.inf) for t in reversed(targets)]  # .3 reads all three
+        assert b.send("127.0.0.1", 0.5)
+        time.sleep(0.05)  # its reply is queued, unread
+        # Sent again, with a token of another socket: its own reply never comes in (the
+        # filter), so only the queued reply to the forgotten probe could answer it.
+        monkeypatch.setattr(b, "_token", bytes(8))
+        assert b.send("127.0.0.1", 0.5)
+        time.sleep(0.05)
+        again = b.result("127.0.0.1", math.inf)
+    finally:
+        b.close()
+    assert all(rtt is not None and 0 <= rtt < 0.05 for rtt in rtts), rtts
+    assert again is None

@@ -23,12 +23,13 @@ def approx(value):
 
 class Clock:
     now = 1000.0
+    wall = WALL  # a test steps the wall clock by changing this
 
     def monotonic(self) -> float:
         return self.now
 
     def time(self) -> float:
-        return self.now + WALL
+        return self.now + self.wall
 
 
 class FakeSocket:
@@ -124,3 +125,31 @@ def test_an_echo_reply_answers_its_own_sequence(clock):
     held, current = held_and_confirmed(clock, prober, [(0.035, reply(first))])
     assert held == (approx(0.035), True)
     assert current == (None, True)
+
+
+def stamp(wall_time: float) -> list:
+    """recvmsg's ancillary data for a reply the kernel stamped at `wall_time`."""
+    data = struct.pack("@qq", int(wall_time), round((wall_time % 1) * 1e9))
+    return [(socket.SOL_SOCKET, raw.SO_TIMESTAMPNS, data)]
+
+
+def test_a_step_of_the_wall_clock_after_the_arrival_keeps_the_round_trip(clock):
+    """The controller reads a reply up to a timeout after it came: a step of the wall clock
+    between the arrival and the read (far likelier than one within the round trip) must not
+    move the arrival. The offset at the send converts the stamp, the one now only when that
+    puts it outside the send and now. A stamp before the send is no reply to it."""
+    sent = clock.now
+    arrived = sent + 0.002
+    ancillary = stamp(arrived + WALL)
+    clock.now = sent + 0.5
+    assert raw.kernel_arrival(ancillary, sent, WALL) == approx(arrived)
+    clock.wall = WALL - 0.3  # stepped back after the arrival, before the read
+    assert raw.kernel_arrival(ancillary, sent, WALL) == approx(arrived)
+    clock.wall = WALL + 0.3  # and forward
+    assert raw.kernel_arrival(ancillary, sent, WALL) == approx(arrived)
+    # Stepped back 1 s between the send and the arrival: the offset at the send puts the
+    # stamp before the send, the one now converts it.
+    clock.wall = WALL - 1.0
+    assert raw.kernel_arrival(stamp(arrived + WALL - 1.0), sent, WALL) == approx(arrived)
+    clock.wall = WALL
+    assert raw.kernel_arrival(stamp(sent - 0.010 + WALL), sent, WALL) is None

@@ -985,9 +985,9 @@ class ScriptedProbers:
     """A ProberFactory of batch probers on the fake clock, with EchoBatch's contract: the probe
     through `mark` to `destination` sent at `sent_at` is answered `rtt(mark, destination,
     sent_at)` seconds later (None: lost); `result(destination, wait_s)` counts an answer read
-    by then, as measured, and not when that is more than `wait_s`. `read_late`: the busy loop
-    reads the answers only when it judges them (measured up to then). `sent` has every probe's
-    send time per (mark, destination)."""
+    by then, as measured, and not when that is more than `wait_s`. `read_late`: the round trip
+    ends only when a busy loop gets to it (PingEach's TCP probes: a task per probe). `sent`
+    has every probe's send time per (mark, destination)."""
 
     clock: object
     rtt: object = lambda mark, destination, sent_at: 0.001
