@@ -8,9 +8,9 @@ into a memfd, and the process execs `python [its flags] -c ... FD ARGV...`, whic
 them and calls `entry(**kwargs)`. Same PID (systemd, ExaBGP and `kill` see no change), same
 network namespace, same stdin/stdout (the controller's pipes to ExaBGP), same environment,
 interpreter flags and sys.path (the same netwatch, from a source tree too); only the Python
-image is new. The CLI's whole command line follows FD, so `ps` and `pgrep -f "netwatch
-agent"` still find `.../netwatch agent --config FILE`, and the process name (`comm`, what
-`pgrep netwatch` matches) is set back to the CLI's.
+image is new. The CLI's whole command line, as the kernel has it, follows FD, so `ps` and
+`pgrep -f` still find `.../netwatch agent --config FILE` or `-m netwatch.cli controller ...`,
+and the process name (`comm`, what `pgrep netwatch` matches) is set back to the CLI's.
 
 When there is no interpreter to exec (`sys.executable` empty, or the exec fails), the daemon
 runs in the CLI's process as before, and says so when the exec failed. `NETWATCH_IN_PLACE=1`
@@ -107,14 +107,15 @@ def exec_daemon(entry: str, **kwargs: Any) -> int:
                 # sys.path first, alone: the new image must find this very netwatch (a
                 # source tree's, not an installed one) before it can load the rest.
                 pickle.dump(sys.path, handover)
-                pickle.dump((entry, kwargs, _comm()), handover, pickle.HIGHEST_PROTOCOL)
+                pickle.dump((entry, kwargs, sys.argv, _comm()), handover,
+                            pickle.HIGHEST_PROTOCOL)
             os.lseek(fd, 0, os.SEEK_SET)
             sys.stdout.flush()
             sys.stderr.flush()
             # The interpreter's own flags (-I, -s, -O, -W, -X...) as this process has them.
             flags = subprocess._args_from_interpreter_flags()
             os.execv(sys.executable,
-                     [sys.executable, *flags, "-c", _BOOT, str(fd), *sys.argv])
+                     [sys.executable, *flags, "-c", _BOOT, str(fd), *_command_line()])
         except OSError as exc:
             log.warning(kv("exec_failed", error=exc, note="the daemon runs in the CLI's process"))
         finally:
@@ -128,11 +129,11 @@ def main(handover: BinaryIO) -> None:
     code (130 on Ctrl-C, as the CLI; 70 when the handover cannot be loaded)."""
     try:
         with handover:
-            entry, kwargs, comm = pickle.load(handover)
+            entry, kwargs, argv, comm = pickle.load(handover)
     except Exception as exc:  # a netwatch changed on disk under a starting daemon
         print(f"netwatch: the daemon's handover cannot be loaded: {exc!r}", file=sys.stderr)
         sys.exit(exitcodes.SOFTWARE)
-    sys.argv[:] = sys.argv[2:]  # [-c, FD, the CLI's argv...]
+    sys.argv[:] = argv
     if comm:
         with contextlib.suppress(OSError):
             Path("/proc/self/comm").write_text(comm)
@@ -141,6 +142,17 @@ def main(handover: BinaryIO) -> None:
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
+
+
+def _command_line() -> list[str]:
+    """This process's command line as the kernel has it (`python -m netwatch.cli agent ...`,
+    `/usr/bin/python3 /usr/local/bin/netwatch agent ...`), for `ps` and `pgrep -f` to find
+    after the exec: sys.argv lost `-m netwatch.cli` and the interpreter."""
+    try:
+        words = Path("/proc/self/cmdline").read_bytes().split(b"\0")[:-1]
+        return [os.fsdecode(w) for w in words] or sys.argv
+    except OSError:
+        return sys.argv
 
 
 def _comm() -> str | None:

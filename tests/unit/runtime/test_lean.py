@@ -51,8 +51,10 @@ import os, sys
 
 def describe_image(answer):
     comm = open("/proc/self/comm").read().strip()
+    cmdline = open("/proc/self/cmdline").read().rstrip("\\0").replace("\\0", " ")
     print(f"pid={os.getpid()} argv={' '.join(sys.argv[1:])} comm={comm} "
           f"optimize={sys.flags.optimize} pydantic={'pydantic' in sys.modules}", flush=True)
+    print(cmdline, flush=True)
     return answer
 """
 
@@ -75,9 +77,11 @@ def test_the_handover_crosses_a_real_exec_and_keeps_the_pid(tmp_path):
     out = subprocess.run([sys.executable, "-O", str(script), "agent", "--config", "x.yaml"],
                          capture_output=True, text=True, timeout=30, cwd="/")
     assert out.returncode == 42, out.stderr
-    before, after = out.stdout.split("\n", 1)
-    assert after.strip() == (f"pid={before} argv=agent --config x.yaml comm=nwtest "
-                             "optimize=1 pydantic=False")
+    before, after, cmdline = out.stdout.strip().split("\n")
+    assert after == (f"pid={before} argv=agent --config x.yaml comm=nwtest "
+                     "optimize=1 pydantic=False")
+    # ps and pgrep -f see the command line as it was started, after the handover's words
+    assert cmdline.endswith(f"{sys.executable} -O {script} agent --config x.yaml"), cmdline
 
 
 def test_the_daemons_modules_import_no_pydantic():
