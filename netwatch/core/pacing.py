@@ -98,15 +98,14 @@ class Cadence:
 
 
 class _Stream:
-    __slots__ = ("deadline", "held_deadline", "held_wait", "misses", "next_send", "off_grid",
-                 "rttvar", "sent_at", "srtt", "suspect_at", "wait")
+    __slots__ = ("deadline", "held_deadline", "held_wait", "misses", "next_send", "rttvar",
+                 "sent_at", "srtt", "suspect_at", "wait")
 
     def __init__(self, now: float):
         self.next_send = now
         self.sent_at = -math.inf
         self.deadline = _NEVER  # the probe in flight is judged then; _NEVER: none in flight
         self.wait = 0.0  # ... and was given this long
-        self.off_grid = False  # ... and was a confirmation, sent when the one before was judged
         self.suspect_at = _NEVER  # a routine probe unanswered by then is suspect
         self.held_deadline = _NEVER  # a suspect routine probe, still in flight: judged then
         self.held_wait = 0.0
@@ -181,7 +180,6 @@ class Pacer:
         s = self._streams[i]
         confirming = self.confirming(i)
         s.wait = self._confirm_wait(s) if confirming else self.cadence.timeout_s
-        s.off_grid = confirming
         s.sent_at = now
         s.deadline = now + s.wait
         s.suspect_at = _NEVER
@@ -217,7 +215,7 @@ class Pacer:
             self._learn(s, rtt_s)
         s.misses = 0
         if s.deadline == _NEVER:
-            s.next_send = self._next_slot(s, now)
+            s.next_send = self._next_slot(s)
 
     def judged(self, i: int, rtt_s: float | None, now: float, verdict: bool = True,
                timed: bool = True) -> None:
@@ -228,38 +226,30 @@ class Pacer:
         s = self._streams[i]
         s.deadline = s.suspect_at = _NEVER
         if not verdict:
-            s.next_send = self._next_slot(s, now)
+            s.next_send = self._next_slot(s)
             return
         if rtt_s is not None:
             if timed:
                 self._learn(s, rtt_s)
             s.misses = 0
-            s.next_send = self._next_slot(s, now)
+            s.next_send = self._next_slot(s)
             return
         s.misses += 1
         if self.confirming(i):
             s.next_send = now  # confirm at once; the next one when this one is judged
         else:
-            s.next_send = self._next_slot(s, now)
+            s.next_send = self._next_slot(s)
 
     # --- inside ----------------------------------------------------------------------------
 
-    def _next_slot(self, s: _Stream, now: float) -> float:
+    def _next_slot(self, s: _Stream) -> float:
         """The grid slot after the one the stream's last probe left in. It may be past
         already (the loop woke late, or stalled): the stream then probes at once, one probe,
         and the slot after that one is its next; one probe in flight per stream means a
-        stalled loop never sends a burst.
-        After a confirmation (sent off the grid, when the one before it was judged), the
-        first slot from `now` on instead: probing at once would keep the stream off the
-        grid for good (its probe judged a timeout after it left, when the next slot is past
-        again), and streams out of step see a cause common to them at different times (the
-        lab's controller condemned the one transit whose streams had stayed in step, against
-        three others ~50 ms behind, when every transit went dark)."""
+        stalled loop never sends a burst."""
         interval = self.cadence.interval_s
-        slot = math.floor((s.sent_at + SLACK_S - self._origin) / interval) + 1
-        if s.off_grid:
-            slot = max(slot, math.ceil((now - SLACK_S - self._origin) / interval))
-        return self._origin + slot * interval
+        slot = math.floor((s.sent_at + SLACK_S - self._origin) / interval)
+        return self._origin + (slot + 1) * interval
 
     def _confirm_wait(self, s: _Stream) -> float:
         """RFC 6298's RTO, srtt + max(G, 4 rttvar), with MIN_CONFIRM_S as the granularity G:

@@ -413,24 +413,3 @@ def test_an_untimed_answer_clears_but_teaches_no_round_trip():
     pacer.judged(0, 0.035, 0.14)  # a measured 35 ms: the suspicion moves out
     pacer.sent(0, 0.15)
     assert pacer.next_at() > 0.15 + TIMEOUT - (FALL - 1) * CONFIRM
-
-
-def test_a_stream_leaving_its_confirmations_goes_back_to_the_grid():
-    """Its last confirmation is judged after a slot has passed (a slow path's wait, or a late
-    loop): the stream waits for the next slot instead of probing at once. At once, its next
-    probe would be judged a timeout later, past the next slot again: off the grid for good,
-    out of step with the others."""
-    pacer = Pacer(CADENCE, 2, now=0.0)
-    for i in (0, 1):
-        pacer.sent(i, 0.0)
-        pacer.judged(i, LAN_RTT, 0.05)
-        pacer.sent(i, 0.05)
-    pacer.judged(0, None, 0.10)  # stream 0 loses one: confirmed at once
-    pacer.judged(1, LAN_RTT, 0.10)
-    pacer.sent(0, 0.10)
-    pacer.sent(1, 0.10)
-    pacer.judged(0, LAN_RTT, 0.16)  # the confirmation answered, judged after the 0.15 slot
-    pacer.judged(1, LAN_RTT, 0.15)
-    assert pacer.to_send(0.16) == [1]  # stream 1 is on its slot, 10 ms late; stream 0 waits
-    pacer.sent(1, 0.16)
-    assert pacer.to_send(0.199) == [0]  # the 0.20 slot, within the slack
