@@ -39,9 +39,7 @@ from netwatch.adapters.probes.icmp import (
     open_echo_socket,
     parse_echo_reply,
 )
-from netwatch.adapters.probes.raw import SO_TIMESTAMPNS, kernel_arrival
-
-_CMSG_SPACE = socket.CMSG_SPACE(16)  # one struct timespec: the receive stamp
+from netwatch.adapters.probes.raw import SO_TIMESTAMPNS, STAMP_SPACE, kernel_arrival
 
 _HEADER = struct.Struct("!HHHH")  # type << 8 | code, checksum, identifier, sequence
 
@@ -122,7 +120,7 @@ class EchoBatch:
         recvmsg = self._sock.recvmsg
         while True:
             try:
-                data, ancillary, _flags, _address = recvmsg(2048, _CMSG_SPACE)
+                data, ancillary, _flags, _address = recvmsg(2048, STAMP_SPACE)
             except OSError:  # EAGAIN: all read (another error: the next send says it)
                 return
             reply = parse_echo_reply(self.family, data)

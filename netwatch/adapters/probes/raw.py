@@ -54,7 +54,7 @@ SIOCGIFHWADDR = 0x8927
 BROADCAST = b"\xff" * 6
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # SCM_TIMESTAMPNS: the same number
 _TIMESPEC = struct.Struct("@qq")  # struct timespec on a 64-bit kernel: the stamp
-_CMSG_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)
+STAMP_SPACE = socket.CMSG_SPACE(_TIMESPEC.size)  # recvmsg room for the receive stamp
 
 
 def kernel_arrival(ancillary, sent: float, wall_offset: float) -> float | None:
@@ -152,7 +152,7 @@ class _RawProber:
         sock = self._sock
         while sock is not None and self._waiting():
             try:
-                data, ancillary, _flags, _address = sock.recvmsg(2048, _CMSG_SPACE)
+                data, ancillary, _flags, _address = sock.recvmsg(2048, STAMP_SPACE)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
