@@ -9,9 +9,10 @@
   "the norm"). At least `min_targets` such targets are needed for a verdict (quorum).
 * DEGRADED is judged on the whole window (loss and RTT excess). FAILED is judged on the most
   recent probes: the last `Params.recent_probes` (max(fall, 5)) probes of each path, compared
-  like the window with the other upstreams' last probes. That look-back of consecutive probes
-  *is* the fall hysteresis of FAILED. With the lab policy (interval 200 ms, failed_loss 0.8) a
-  blackhole is FAILED once 4 probes per path were lost, ~1.0 s. A path losing 51 % of its
+  like the window with the other upstreams' probes over the same time (`_recent_excess`).
+  That look-back of consecutive probes *is* the fall hysteresis of FAILED. With the lab
+  policy (interval 200 ms, failed_loss 0.8, confirmations) a blackhole is FAILED once 4
+  probes per path were lost, ~0.4 s. A path losing 51 % of its
   probes (the lab's `loss 30`, both ways) reaches 0.8 over 20 targets x 5 probes with
   p ~ 1e-9 per judgement: it stays DEGRADED.
 * `is_local_fault`: every upstream with samples (at least 2 of them) loses at least the
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from netwatch.controller.params import Params, TransitState
@@ -40,6 +41,9 @@ class PathStats:
     rtt_s: float | None  # median RTT of the answered probes, None when none answered
     recent_sent: int = 0  # the path's latest probes (Params.recent_probes); 0: use the window
     recent_lost: int = 0
+    # Those latest probes as (sent at, RTT or None if lost), oldest first; () when their
+    # times are unknown.
+    recent_probes: Sequence[tuple[float, float | None]] = ()
 
     @property
     def loss(self) -> float:
@@ -50,6 +54,29 @@ class PathStats:
         if not self.recent_sent:
             return self.loss
         return self.recent_lost / self.recent_sent
+
+    @property
+    def first_recent_loss_at(self) -> float | None:
+        """When the oldest lost probe of the latest ones was sent (None: none lost, or the
+        times are unknown)."""
+        if not self.recent_lost:
+            return None
+        return next((at for at, rtt in self.recent_probes if rtt is None), None)
+
+    @property
+    def last_sent_at(self) -> float | None:
+        """When the latest probe whose fate is known was sent (None: times unknown)."""
+        return self.recent_probes[-1][0] if self.recent_probes else None
+
+    def loss_since(self, at: float) -> float:
+        """The loss of the latest probes sent at or after `at` (the recent loss when none
+        was, or the times are unknown)."""
+        sent = lost = 0
+        for sent_at, rtt in self.recent_probes:
+            if sent_at >= at:
+                sent += 1
+                lost += rtt is None
+        return lost / sent if sent else self.recent_loss
 
 
 @dataclass(frozen=True)
@@ -116,7 +143,7 @@ class ProbeWindow:
             latest = settled[-self.recent :]
             paths[key] = PathStats(
                 len(settled), len(settled) - len(rtts), statistics.median(rtts) if rtts else None,
-                len(latest), sum(1 for _, r in latest if r is None),
+                len(latest), sum(1 for _, r in latest if r is None), latest,
             )
         return ProbeStats(paths)
 
@@ -152,7 +179,9 @@ def assess(params: Params, stats: ProbeStats) -> dict[str, Assessment]:
             if not others:
                 continue  # a dead target, or one only we reach: says nothing against us
             losses.append(mine.loss - statistics.median(ps.loss for ps in others))
-            recent.append(mine.recent_loss - statistics.median(ps.recent_loss for ps in others))
+            excess = _recent_excess(mine, others)
+            if excess is not None:
+                recent.append(excess)
             other_rtts = [ps.rtt_s for ps in others if ps.rtt_s is not None]
             if mine.rtt_s is not None and other_rtts:
                 rtt_deltas.append(mine.rtt_s - statistics.median(other_rtts))
@@ -161,13 +190,39 @@ def assess(params: Params, stats: ProbeStats) -> dict[str, Assessment]:
             result[name] = Assessment(None, targets=len(losses), loss=loss_abs)
             continue
         loss_excess = statistics.fmean(losses)
-        recent_excess = statistics.fmean(recent)
+        # No early verdict on the targets whose other upstreams have not yet been probed
+        # since our losses began: too few of them, and FAILED waits for their probes.
+        recent_excess = statistics.fmean(recent) if len(recent) >= params.min_targets else 0.0
         rtt_excess = statistics.median(rtt_deltas) if rtt_deltas else None
         level = _level(params, loss_excess, recent_excess, rtt_excess)
         result[name] = Assessment(
             level, loss_excess, rtt_excess, len(losses), loss_abs, recent_excess
         )
     return result
+
+
+def _recent_excess(mine: PathStats, others: list[PathStats]) -> float | None:
+    """FAILED's input on one target: our latest probes' loss minus the other upstreams' over
+    the same time, or None while no other upstream has a probe sent since our first loss
+    whose fate is known (a fault common to all would be judged on our probes alone).
+
+    Same time, not the same count: streams do not all probe at the same instant (a stream
+    that has just confirmed can run tens of ms behind), and confirmations pack several of a
+    path's probes into one interval. Compared with the others' last N probes, a path whose
+    probes happened to leave first after a fault common to every upstream looked 0.8 worse
+    for the ~0.2 s until the others' probes since the fault were judged (seen in the lab).
+    So the others count only from our oldest latest probe on, and only once they have a
+    probe since our first loss to show how the target looked through them then.
+    """
+    first_loss = mine.first_recent_loss_at
+    if first_loss is None:  # nothing lost (or times unknown): the counts compare
+        return mine.recent_loss - statistics.median(ps.recent_loss for ps in others)
+    since = mine.recent_probes[0][0]
+    witnesses = [ps.loss_since(since) for ps in others
+                 if (ps.last_sent_at is None or ps.last_sent_at >= first_loss)]
+    if not witnesses:
+        return None
+    return mine.recent_loss - statistics.median(witnesses)
 
 
 def _level(params: Params, loss: float, recent: float, rtt_s: float | None) -> TransitState:

@@ -11,6 +11,8 @@ import random
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from netwatch.controller.decision import initial_state, step
 from netwatch.controller.params import (
@@ -41,27 +43,39 @@ def params(**changes) -> Params:
 
 
 def simulate(p: Params, lost, seconds: float, targets: int = 5, confirm_s: float = 0.04,
-             window_s: float = 2.0):
+             window_s: float = 2.0, phases: dict[str, float] | None = None):
     """Run `seconds` of probing; `lost(upstream, now)` says whether a probe sent then is lost.
     Returns (transitions [(time, upstream, new state)], the window's loss per grid judgement
-    per upstream, the number of judgements)."""
+    per upstream, the number of judgements).
+
+    `phases`: each upstream's streams probe that much after the grid (a schedule of their
+    own, sharing the window), as streams that drifted do; any upstream's schedule can call
+    for an early look, and only the first one's grid is the interval's judgement."""
     interval = 0.2
     window = ProbeWindow(window_s, p.recent_probes)
-    streams = [(u, f"x{k}") for u in UPSTREAMS for k in range(targets)]
+    phases = phases or {}
+    groups = [[u for u in UPSTREAMS if u not in phases]] + [[u] for u in phases]
+    groups = [g for g in groups if g]
+    scheds, streams = [], []
+    for g in groups:
+        streams.append([(u, f"x{k}") for u in g for k in range(targets)])
+        scheds.append(ProbeSchedule(cadence(p, interval, interval, confirm_s), interval,
+                                    streams[-1], window, phases.get(g[0], 0.0)))
     now = 0.0
-    sched = ProbeSchedule(cadence(p, interval, interval, confirm_s), interval, streams, window,
-                          now)
     state = initial_state(p, now=now)
-    fates: dict[int, bool] = {}
+    fates: dict[tuple[int, int], bool] = {}
     transitions, losses, judgements = [], {u: [] for u in UPSTREAMS}, 0
     while now < seconds:
-        for i in sched.to_judge(now):
-            sched.judged(i, None if fates[i] else RTT_S, now)
-        for i in sched.to_send(now):
-            sched.sent(i, now)
-            fates[i] = lost(streams[i][0], now)
-        due = sched.verdict_due(now)
-        if due is not None and now >= window_s:
+        dues = []
+        for n, sched in enumerate(scheds):
+            for i in sched.to_judge(now):
+                sched.judged(i, None if fates[n, i] else RTT_S, now)
+            for i in sched.to_send(now):
+                sched.sent(i, now)
+                fates[n, i] = lost(streams[n][i][0], now)
+            dues.append(sched.verdict_due(now))
+        due = dues[0] or (Due.EARLY if any(dues) else None)
+        if due is not None and now >= window_s + max(phases.values(), default=0.0):
             judgements += 1
             stats = window.stats(now)
             state, actions = step(state, ProbeStats(stats.paths, early=due is Due.EARLY), now)
@@ -69,7 +83,7 @@ def simulate(p: Params, lost, seconds: float, targets: int = 5, confirm_s: float
             if due is Due.GRID:
                 for u in UPSTREAMS:
                     losses[u].append(state.upstreams[u].last.loss)
-        now = sched.next_at()
+        now = min(s.next_at() for s in scheds)
     return transitions, losses, judgements
 
 
@@ -94,6 +108,42 @@ def test_a_blackhole_is_failed_after_the_timeout_and_three_confirmations(confirm
     assert at - fault <= at_most_s + 1e-9
     if confirm_s:
         assert at - fault <= 0.6  # the lab's goal at the peer, ExaBGP included
+
+
+@settings(max_examples=40, deadline=None)
+@given(phases=st.lists(st.floats(0.0, 0.19), min_size=4, max_size=4),
+       fault=st.floats(3.0, 3.2))
+def test_a_fault_common_to_every_upstream_withdraws_none_whatever_their_phases(phases, fault):
+    """Nothing answers through any upstream from `fault` on (our side of the internet is
+    gone), with every upstream's streams at a phase of their own: the guard sees a local
+    fault, and no upstream is judged on probes the others have not had yet. (Compared by
+    count, the upstream whose probes left first after the fault was FAILED ~0.2 s before the
+    others' losses were known: the lab's t4 with t1-t3 50 ms behind, 9 runs of 52.)"""
+    transitions, _, _ = simulate(params(), lambda u, t: t >= fault, fault + 3.0,
+                                 phases=dict(zip(UPSTREAMS, phases, strict=True)))
+    assert transitions == []
+
+
+def test_the_lab_case_a_common_fault_with_one_upstream_ahead_withdraws_none():
+    """The logged lab run: t4 probing at .060 past the slot, t1-t3 at .007, the fault
+    between their probes."""
+    transitions, _, _ = simulate(params(), lambda u, t: t >= 3.03, 6.0,
+                                 phases={"t1": 0.007, "t2": 0.007, "t3": 0.007, "t4": 0.06})
+    assert transitions == []
+
+
+@settings(max_examples=30, deadline=None)
+@given(phases=st.lists(st.floats(0.0, 0.19), min_size=4, max_size=4),
+       fault=st.floats(3.0, 3.2))
+def test_a_blackhole_is_failed_whatever_the_phases_within_an_interval_more(phases, fault):
+    """t2 alone stops answering: FAILED, and nobody else moves. The other upstreams' probes
+    since t2's first loss may come up to an interval later than in step (the first test),
+    and the verdict waits for the next interval's judgement."""
+    transitions, _, _ = simulate(params(), lambda u, t: u == "t2" and t >= fault, fault + 2.0,
+                                 phases=dict(zip(UPSTREAMS, phases, strict=True)))
+    [(at, upstream, new)] = transitions
+    assert (upstream, new) == ("t2", TransitState.FAILED)
+    assert at - fault <= 0.2 + 0.2 + 3 * 0.04 + 0.2 + 0.2 + 1e-9
 
 
 def test_random_loss_with_confirmations_is_never_failed_and_its_loss_estimate_is_unbiased():
