@@ -39,9 +39,15 @@ then clears the suspicion, however late), and the caller feeds the decision ever
 the held one after its confirmations. One answer clears: a confirmation answered first makes
 the caller judge the held probe at once.
 
-Streams share the grid, so every stream not in confirmation sends in the same wake-up. When
-the caller wakes late (a stalled loop), each stream sends one probe at once and then
-returns to the grid: missed slots are skipped, not sent in a burst.
+Streams share the grid, so every stream not in confirmation sends in the same wake-up. A
+routine probe's timeout of up to the interval (the default: equal) ends by the next slot, so
+that the probe never holds its stream's next one past the slot: judged at send + timeout,
+each probe left the loop's latency later than the one before, and streams drifted apart
+(each confirmation episode put one back on the grid). A probe whose deadline is past its
+next slot anyway (a longer timeout, a send late by more than half the timeout, a
+confirmation) is followed on the first slot after that deadline. When the caller wakes late
+(a stalled loop), each stream sends one probe at once and then returns to the grid: missed
+slots are skipped, not sent in a burst.
 
     pacer = Pacer(Cadence(0.05, 0.05, 0.01, fall=3), streams=8, now=clock())
     for i in pacer.to_judge(now): pacer.judged(i, rtt_of(i, pacer.wait(i)), now)
@@ -178,8 +184,19 @@ class Pacer:
     def sent(self, i: int, now: float) -> None:
         """Stream i's probe left at `now`."""
         s = self._streams[i]
-        confirming = self.confirming(i)
-        s.wait = self._confirm_wait(s) if confirming else self.cadence.timeout_s
+        c = self.cadence
+        if self.confirming(i):
+            s.wait = self._confirm_wait(s)
+        else:
+            s.wait = c.timeout_s
+            # A timeout of up to the interval (the default: equal) ends by the next slot:
+            # judged later, the probe would hold the stream's next one past its slot, and
+            # every interval would add the loop's latency to the stream's phase (streams
+            # drifted apart by tens of ms, each confirmation putting one back on the grid).
+            # A send late by more than half the timeout (a stalled loop) keeps its timeout.
+            slot_end = self._slot_after(now)
+            if c.timeout_s <= c.interval_s and now + s.wait / 2 <= slot_end < now + s.wait:
+                s.wait = slot_end - now
         s.sent_at = now
         s.deadline = now + s.wait
         s.suspect_at = _NEVER
@@ -247,8 +264,17 @@ class Pacer:
         already (the loop woke late, or stalled): the stream then probes at once, one probe,
         and the slot after that one is its next; one probe in flight per stream means a
         stalled loop never sends a burst."""
+        slot = self._slot_after(s.sent_at)
+        if s.sent_at + s.wait > slot + SLACK_S:
+            # Its deadline was past that slot (a timeout longer than the interval, a send late
+            # by more than half the timeout, a confirmation): the first slot after it.
+            slot = self._slot_after(s.sent_at + s.wait)
+        return slot
+
+    def _slot_after(self, t: float) -> float:
+        """The start of the grid slot after the one `t` is in."""
         interval = self.cadence.interval_s
-        slot = math.floor((s.sent_at + SLACK_S - self._origin) / interval)
+        slot = math.floor((t + SLACK_S - self._origin) / interval)
         return self._origin + (slot + 1) * interval
 
     def _confirm_wait(self, s: _Stream) -> float:

@@ -132,6 +132,49 @@ def test_a_stalled_loop_skips_the_missed_slots():
     assert pacer.to_send(1.05) == [0]
 
 
+@pytest.mark.parametrize("timeout", [INTERVAL, INTERVAL * 0.99])
+def test_a_late_loop_does_not_drift_the_streams_off_the_grid(timeout):
+    """The loop wakes 1 ms late every time, and the timeout is the interval (the default):
+    each probe is judged by its stream's next slot, so 1,000 intervals later the streams
+    still probe 1 ms after each slot. (Judged at send + timeout, each probe held the next one
+    past its slot and the phase grew by the latency every interval: 50 ms in 50 intervals.)
+    A stream that went through confirmations is back in step with the others."""
+    pacer = Pacer(Cadence(INTERVAL, timeout, CONFIRM, FALL), 2, now=0.0)
+    now, late, sends = 0.0, 0.001, {0: [], 1: []}
+    while now < 1000 * INTERVAL:
+        for i in pacer.to_judge(now):
+            lost = i == 1 and 10.0 <= now < 10.2  # stream 1: an episode of confirmations
+            pacer.judged(i, None if lost else LAN_RTT, now)
+        for i in pacer.to_send(now):
+            pacer.sent(i, now)
+            sends[i].append(now)
+        now = pacer.next_at() + late
+    for i in (0, 1):
+        phases = [t % INTERVAL for t in sends[i][-100:]]
+        assert max(phases) == pytest.approx(late, abs=1e-6)
+    assert len(sends[0]) == 1000
+
+
+def test_a_send_late_by_more_than_half_the_timeout_keeps_its_timeout_then_the_grid():
+    pacer = Pacer(CADENCE, 1, now=0.0)
+    pacer.sent(0, 0.03)  # a stalled loop: 30 ms past the slot
+    assert pacer.wait(0) == pytest.approx(TIMEOUT)
+    pacer.judged(0, LAN_RTT, 0.08)
+    assert pacer.to_send(0.08) == []  # its deadline was past the slot: the next one, 0.10
+    assert pacer.next_at() == pytest.approx(0.10)
+    pacer.sent(0, 0.10)
+    assert pacer.wait(0) == pytest.approx(TIMEOUT)
+
+
+def test_a_timeout_longer_than_the_interval_skips_the_slots_it_covers_on_the_grid():
+    pacer = Pacer(Cadence(0.2, 0.5, 0.04, 4), 1, now=0.0)
+    pacer.sent(0, 0.0)
+    assert pacer.wait(0) == pytest.approx(0.5)
+    pacer.judged(0, LAN_RTT, 0.5)
+    assert pacer.to_send(0.5) == []
+    assert pacer.next_at() == pytest.approx(0.6)
+
+
 def test_confirmation_off_probes_at_the_grids_pace():
     pacer = Pacer(Cadence(INTERVAL, TIMEOUT, 0.0, FALL), 1, now=0.0)
     pacer.sent(0, 0.0)
