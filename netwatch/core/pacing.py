@@ -43,9 +43,11 @@ Streams share the grid, so every stream not in confirmation sends in the same wa
 routine probe's timeout of up to the interval (the default: equal) ends by the next slot, so
 that the probe never holds its stream's next one past the slot: judged at send + timeout,
 each probe left the loop's latency later than the one before, and streams drifted apart
-(each confirmation episode put one back on the grid). A probe whose deadline is past its
-next slot anyway (a longer timeout, a send late by more than half the timeout, a
-confirmation) is followed on the first slot after that deadline. When the caller wakes late
+(each confirmation episode put one back on the grid). A routine probe whose deadline is past
+its next slot anyway (a longer timeout: the slots it covers are skipped; a send late by more
+than MAX_CUT of the timeout) is followed on the first slot after that deadline; after a
+confirmation episode the stream probes at once if its slot is past, and is back on the grid
+by the next slot. When the caller wakes late
 (a stalled loop), each stream sends one probe at once and then returns to the grid: missed
 slots are skipped, not sent in a burst.
 
@@ -70,6 +72,10 @@ _NEVER = math.inf
 # loss: 1e-7 per lost probe, where p^fall is 6e-5: 8 false failovers in 10 minutes of the
 # lab's noise soak). A dead path loses them all the same.
 CONFIRM_COPIES = 2
+# A routine probe sent late gives up at most this share of its timeout to end by the next
+# slot and keep its stream on the grid (Pacer.sent). Later than that, the loop is badly
+# behind: the probe keeps its whole timeout and the stream skips a slot instead.
+MAX_CUT = 0.25
 # The default confirmation pace is a fifth of the interval, never under this (a 10 ms
 # interval confirms every 5 ms, not every 2: a round trip on a busy LAN can take 2 ms).
 MIN_CONFIRM_S = 0.005
@@ -104,12 +110,14 @@ class Cadence:
 
 
 class _Stream:
-    __slots__ = ("deadline", "held_deadline", "held_wait", "misses", "next_send", "rttvar",
-                 "sent_at", "srtt", "suspect_at", "wait")
+    __slots__ = ("deadline", "held_deadline", "held_wait", "misses", "next_send", "routine",
+                 "rttvar", "sent_at", "slot_end", "srtt", "suspect_at", "wait")
 
     def __init__(self, now: float):
         self.next_send = now
         self.sent_at = -math.inf
+        self.slot_end = now  # the end of the grid slot the last probe left for
+        self.routine = True  # the last probe was a routine one (not a confirmation)
         self.deadline = _NEVER  # the probe in flight is judged then; _NEVER: none in flight
         self.wait = 0.0  # ... and was given this long
         self.suspect_at = _NEVER  # a routine probe unanswered by then is suspect
@@ -185,18 +193,22 @@ class Pacer:
         """Stream i's probe left at `now`."""
         s = self._streams[i]
         c = self.cadence
-        if self.confirming(i):
+        s.routine = not self.confirming(i)
+        # Sent up to SLACK_S early, a probe is for the slot it was due in: count from there.
+        s.slot_end = self._slot_after(max(now, s.next_send))
+        if not s.routine:
             s.wait = self._confirm_wait(s)
         else:
             s.wait = c.timeout_s
-            # A timeout of up to the interval (the default: equal) ends by the next slot:
-            # judged later, the probe would hold the stream's next one past its slot, and
-            # every interval would add the loop's latency to the stream's phase (streams
-            # drifted apart by tens of ms, each confirmation putting one back on the grid).
-            # A send late by more than half the timeout (a stalled loop) keeps its timeout.
-            slot_end = self._slot_after(now)
-            if c.timeout_s <= c.interval_s and now + s.wait / 2 <= slot_end < now + s.wait:
-                s.wait = slot_end - now
+            # A timeout of up to the interval (the default: equal) ends by the next slot, when
+            # that cuts at most MAX_CUT of it: judged later, the probe would hold the stream's
+            # next one past its slot, and every interval would add the loop's latency to the
+            # stream's phase (streams drifted apart by tens of ms, each confirmation episode
+            # putting one back on the grid). A send later than that keeps its whole timeout,
+            # and the stream goes back to the grid after it (`_next_slot`).
+            if (c.timeout_s <= c.interval_s
+                    and now + (1 - MAX_CUT) * s.wait <= s.slot_end < now + s.wait):
+                s.wait = s.slot_end - now
         s.sent_at = now
         s.deadline = now + s.wait
         s.suspect_at = _NEVER
@@ -260,19 +272,19 @@ class Pacer:
     # --- inside ----------------------------------------------------------------------------
 
     def _next_slot(self, s: _Stream) -> float:
-        """The grid slot after the one the stream's last probe left in. It may be past
-        already (the loop woke late, or stalled): the stream then probes at once, one probe,
-        and the slot after that one is its next; one probe in flight per stream means a
-        stalled loop never sends a burst."""
-        slot = self._slot_after(s.sent_at)
-        if s.sent_at + s.wait > slot + SLACK_S:
-            # Its deadline was past that slot (a timeout longer than the interval, a send late
-            # by more than half the timeout, a confirmation): the first slot after it.
-            slot = self._slot_after(s.sent_at + s.wait)
-        return slot
+        """The grid slot after the one the stream's last probe left for. It may be past
+        already (the loop woke late, or stalled, or a confirmation ended after it): the
+        stream then probes at once, one probe, and the slot after that one is its next; one
+        probe in flight per stream means a stalled loop never sends a burst. A routine probe
+        whose whole timeout ran past that slot (a timeout longer than the interval: the
+        slots it covers are skipped; a send later than MAX_CUT of the timeout) is followed
+        on the first slot after its deadline, back on the grid."""
+        if s.routine and s.sent_at + s.wait > s.slot_end + SLACK_S:
+            return self._slot_after(s.sent_at + s.wait)
+        return s.slot_end
 
     def _slot_after(self, t: float) -> float:
-        """The start of the grid slot after the one `t` is in."""
+        """The start of the grid slot after the one `t` is in (within SLACK_S of its start)."""
         interval = self.cadence.interval_s
         slot = math.floor((t + SLACK_S - self._origin) / interval)
         return self._origin + (slot + 1) * interval

@@ -132,15 +132,17 @@ def test_a_stalled_loop_skips_the_missed_slots():
     assert pacer.to_send(1.05) == [0]
 
 
-@pytest.mark.parametrize("timeout", [INTERVAL, INTERVAL * 0.99])
-def test_a_late_loop_does_not_drift_the_streams_off_the_grid(timeout):
-    """The loop wakes 1 ms late every time, and the timeout is the interval (the default):
+@pytest.mark.parametrize("timeout, late", [(INTERVAL, 0.0007), (INTERVAL, 0.003),
+                                           (INTERVAL * 0.99, 0.001), (INTERVAL, 0.012)])
+def test_a_late_loop_does_not_drift_the_streams_off_the_grid(timeout, late):
+    """The loop wakes `late` every time, and the timeout is the interval (the default):
     each probe is judged by its stream's next slot, so 1,000 intervals later the streams
-    still probe 1 ms after each slot. (Judged at send + timeout, each probe held the next one
-    past its slot and the phase grew by the latency every interval: 50 ms in 50 intervals.)
-    A stream that went through confirmations is back in step with the others."""
+    still probe `late` after each slot, and none skipped one. (Judged at send + timeout,
+    each probe held the next one past its slot and the phase grew by the latency every
+    interval: 50 ms in 50 intervals at 1 ms.) A stream that went through confirmations is
+    back in step with the others, with no gap longer than an interval on the way."""
     pacer = Pacer(Cadence(INTERVAL, timeout, CONFIRM, FALL), 2, now=0.0)
-    now, late, sends = 0.0, 0.001, {0: [], 1: []}
+    now, sends = 0.0, {0: [], 1: []}
     while now < 1000 * INTERVAL:
         for i in pacer.to_judge(now):
             lost = i == 1 and 10.0 <= now < 10.2  # stream 1: an episode of confirmations
@@ -152,10 +154,27 @@ def test_a_late_loop_does_not_drift_the_streams_off_the_grid(timeout):
     for i in (0, 1):
         phases = [t % INTERVAL for t in sends[i][-100:]]
         assert max(phases) == pytest.approx(late, abs=1e-6)
+        gaps = [b - a for a, b in zip(sends[i], sends[i][1:], strict=False)]
+        assert max(gaps) <= INTERVAL + late + 1e-9
     assert len(sends[0]) == 1000
 
 
-def test_a_send_late_by_more_than_half_the_timeout_keeps_its_timeout_then_the_grid():
+def test_after_a_confirmation_past_the_slot_the_stream_probes_at_once_and_is_back_on_grid():
+    pacer = Pacer(CADENCE, 1, now=0.0)
+    for t in (0.0, 0.05):  # a round trip is known: confirmations wait CONFIRM
+        pacer.sent(0, t)
+        pacer.judged(0, LAN_RTT, t + LAN_RTT)
+    pacer.sent(0, 0.10)
+    pacer.judged(0, None, 0.195)  # lost, and judged late: its confirmation leaves at 0.195
+    pacer.sent(0, 0.195)
+    assert pacer.wait(0) == pytest.approx(CONFIRM)
+    pacer.judged(0, LAN_RTT, 0.205)  # answered, its deadline 5 ms past the slot of 0.20
+    assert pacer.to_send(0.205) == [0]  # at once: the slot is not skipped
+    pacer.sent(0, 0.205)
+    assert pacer.wait(0) == pytest.approx(0.25 - 0.205)  # and on the grid from the next one
+
+
+def test_a_send_late_by_more_than_a_quarter_of_the_timeout_keeps_it_then_the_grid():
     pacer = Pacer(CADENCE, 1, now=0.0)
     pacer.sent(0, 0.03)  # a stalled loop: 30 ms past the slot
     assert pacer.wait(0) == pytest.approx(TIMEOUT)
