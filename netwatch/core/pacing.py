@@ -47,9 +47,8 @@ each probe left the loop's latency later than the one before, and streams drifte
 its next slot anyway (a longer timeout: the slots it covers are skipped; a send late by more
 than MAX_CUT of the timeout) is followed on the first slot after that deadline; after a
 confirmation episode the stream probes at once if its slot is past, and is back on the grid
-by the next slot. When the caller wakes late
-(a stalled loop), each stream sends one probe at once and then returns to the grid: missed
-slots are skipped, not sent in a burst.
+by the next slot. When the caller wakes late (a stalled loop), each stream sends one probe at
+once and then returns to the grid: missed slots are skipped, not sent in a burst.
 
     pacer = Pacer(Cadence(0.05, 0.05, 0.01, fall=3), streams=8, now=clock())
     for i in pacer.to_judge(now): pacer.judged(i, rtt_of(i, pacer.wait(i)), now)
