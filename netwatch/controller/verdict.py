@@ -12,9 +12,9 @@
   like the window with the other upstreams' probes over the same time (`_recent_excess`).
   That look-back of consecutive probes *is* the fall hysteresis of FAILED. With the lab
   policy (interval 200 ms, failed_loss 0.8, confirmations) a blackhole is FAILED once 4
-  probes per path were lost, ~0.4 s. A path losing 51 % of its
-  probes (the lab's `loss 30`, both ways) reaches 0.8 over 20 targets x 5 probes with
-  p ~ 1e-9 per judgement: it stays DEGRADED.
+  probes per path were lost, ~0.4 s. A path losing 51 % of its probes (the lab's `loss 30`,
+  both ways) reaches 0.8 over 20 targets x 5 probes with p ~ 1e-9 per judgement: it stays
+  DEGRADED.
 * `is_local_fault`: every upstream with samples (at least 2 of them) loses at least the
   degraded loss: the fault is ours, and the decision freezes.
 """
@@ -206,11 +206,12 @@ def _recent_excess(mine: PathStats, others: list[PathStats]) -> float | None:
     the same time, or None while no other upstream has a probe sent since our first loss
     whose fate is known (a fault common to all would be judged on our probes alone).
 
-    Same time, not the same count: streams do not all probe at the same instant (a stream
-    that has just confirmed can run tens of ms behind), and confirmations pack several of a
-    path's probes into one interval. Compared with the others' last N probes, a path whose
-    probes happened to leave first after a fault common to every upstream looked 0.8 worse
-    for the ~0.2 s until the others' probes since the fault were judged (seen in the lab).
+    Same time, not the same count: streams need not probe at the same instant (the pacer
+    keeps them on one grid, but a confirmation or a late send moves one for a slot, and they
+    once drifted tens of ms apart), and confirmations pack several of a path's probes into
+    one interval. Compared with the others' last N probes, a path whose probes happened to
+    leave first after a fault common to every upstream looked 0.8 worse for the ~0.2 s until
+    the others' probes since the fault were judged (the lab: 9 of 52 runs withdrew one).
     So the others count only from our oldest latest probe on, and only once they have a
     probe since our first loss to show how the target looked through them then.
     """
